@@ -1,0 +1,67 @@
+"""Every exception type buttress raises.
+
+Each subclasses :class:`ButtressError` and the builtin that fits, so callers can catch
+either the package's errors as a family or the ordinary builtin they already handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = [
+    "ButtressError",
+    "ConfigurationError",
+    "RetryError",
+    "is_fatal",
+]
+
+
+class ButtressError(Exception):
+    """Base class of every error raised by buttress itself."""
+
+
+class ConfigurationError(ButtressError, ValueError):
+    """A decorator was given settings that cannot work.
+
+    Raised at decoration time, naming the parameter, so a bad setting fails when the
+    module is imported rather than on the first request.
+    """
+
+
+class RetryError(ButtressError):
+    """Retries ran out while ``retry_on_result`` still flagged the result.
+
+    Errors are never wrapped in this type: when attempts run out on an exception, the
+    last exception itself is re-raised. This type exists for results, which have no
+    exception of their own to re-raise.
+    """
+
+    def __init__(self, message: str, *, last_result: Any, attempts: int) -> None:
+        super().__init__(message)
+        self.last_result = last_result
+        self.attempts = attempts
+
+
+#: Cancellation and interpreter exits; trio's ``Cancelled`` is checked beside these.
+_FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True for cancellation (asyncio, trio, anyio) and interpreter exits, also in groups.
+
+    Such an exception is never retried, cached, counted as a failure or turned into
+    another error.
+    """
+    if isinstance(exc, _FATAL):
+        return True
+    trio = sys.modules.get("trio")  # imported by whoever runs trio; never by us
+    if trio is not None and isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_fatal(inner) for inner in exc.exceptions)
+    return False

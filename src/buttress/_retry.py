@@ -1,0 +1,514 @@
+"""@retry: exponential backoff with jitter, a deadline, attempt timeouts and Retry-After.
+
+The policy (:class:`_Policy`) and one call's state (:class:`_Run`) are plain code: they
+decide whether to try again and how long to wait. The two shells at the bottom only call,
+catch and sleep. Nothing is allocated for a call that succeeds first time but the clock
+reading that anchors its deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, ParamSpec, TypeVar, overload
+
+import anyio
+
+from . import _clock, _settings
+from ._errors import ButtressError, ConfigurationError, RetryError, is_fatal
+from ._events import Event, events
+from ._wrapping import function_name, wrap
+
+__all__ = [
+    "AttemptTimeoutError",
+    "Jitter",
+    "RetryGaveUp",
+    "RetryScheduled",
+    "retry",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Jitter = Literal["full", "equal", "decorrelated"]
+_JITTERS: tuple[Jitter | None, ...] = ("full", "equal", "decorrelated", None)
+
+
+class AttemptTimeoutError(ButtressError, TimeoutError):
+    """One attempt ran past ``attempt_timeout`` and was cancelled; always retriable."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled(Event):
+    """An attempt failed and another will follow after ``delay`` seconds.
+
+    This is also the record ``on_retry`` receives.
+
+    Attributes:
+        attempt: the number of the attempt that just failed, from 1.
+        error: the exception it raised, or ``None`` when ``retry_on_result`` flagged
+            its result.
+        result: the flagged result (``None`` when it raised).
+        delay: seconds about to be slept.
+        elapsed: seconds since the first attempt started.
+    """
+
+    attempt: int
+    error: BaseException | None
+    result: Any
+    delay: float
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryGaveUp(Event):
+    """Retrying stopped: ``reason`` is ``"attempts"`` (all used) or ``"deadline"``."""
+
+    attempts: int
+    reason: Literal["attempts", "deadline"]
+    error: BaseException | None
+    result: Any
+    elapsed: float
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait, from an error's HTTP ``Retry-After``.
+
+    Looks at, in order: a ``retry_after`` attribute (seconds, a ``timedelta`` or a header
+    string), the error's ``headers`` (aiohttp's ``ClientResponseError``), and its
+    ``response.headers`` (httpx and requests). Accepts delta-seconds and HTTP dates.
+    Returns ``None`` when there is no usable value.
+    """
+    value = getattr(exc, "retry_after", None)
+    if value is None:
+        headers = getattr(exc, "headers", None)
+        if headers is None:
+            headers = getattr(getattr(exc, "response", None), "headers", None)
+        if headers is not None:
+            value = _header(headers, "Retry-After")
+    return _parse_retry_after(value)
+
+
+def _header(headers: Any, name: str) -> Any:
+    try:
+        value = headers.get(name)
+        return headers.get(name.lower()) if value is None else value
+    except Exception:  # headers of an unknown shape: no hint rather than a crash
+        return None
+
+
+def _parse_retry_after(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, (str, bytes)):
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        text = text.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    else:
+        return None
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:  # PEP 678 notes by hand
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
+
+
+def _seconds_list(delays: list[float]) -> str:
+    return ", ".join(f"{delay:.3g}s" for delay in delays) or "nothing"
+
+
+class _Policy:
+    """The compiled settings of one ``@retry``: pure decisions, no I/O, no waiting."""
+
+    __slots__ = (
+        "attempt_timeout",
+        "backoff_factor",
+        "base_delay",
+        "deadline",
+        "exceptions",
+        "jitter",
+        "max_delay",
+        "max_retries",
+        "on_retry",
+        "respect_retry_after",
+        "retry_on_result",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_retries: int,
+        backoff_factor: float,
+        base_delay: float | timedelta,
+        max_delay: float | timedelta,
+        exceptions: type[BaseException] | tuple[type[BaseException], ...],
+        jitter: Jitter | None,
+        deadline: float | timedelta | None,
+        attempt_timeout: float | timedelta | None,
+        retry_on_result: Callable[[Any], bool] | None,
+        respect_retry_after: bool,
+        on_retry: Callable[[RetryScheduled], object] | None,
+    ) -> None:
+        self.max_retries = _settings.non_negative_int(max_retries, "max_retries")
+        self.backoff_factor = _settings.number(backoff_factor, "backoff_factor", minimum=1.0)
+        self.base_delay = _settings.seconds(base_delay, "base_delay")
+        self.max_delay = _settings.seconds(max_delay, "max_delay")
+        if self.max_delay < self.base_delay:
+            raise ConfigurationError(
+                f"max_delay ({self.max_delay:g}s) must be >= base_delay ({self.base_delay:g}s)"
+            )
+        self.exceptions = _settings.exception_types(exceptions, "exceptions")
+        self.jitter = _settings.choice(jitter, "jitter", _JITTERS)
+        self.deadline = _settings.optional_seconds(deadline, "deadline", allow_zero=False)
+        self.attempt_timeout = _settings.optional_seconds(
+            attempt_timeout, "attempt_timeout", allow_zero=False
+        )
+        for name, hook in (("retry_on_result", retry_on_result), ("on_retry", on_retry)):
+            if hook is not None and not callable(hook):
+                raise ConfigurationError(f"{name} must be callable, got {hook!r}")
+        self.retry_on_result = retry_on_result
+        self.respect_retry_after = bool(respect_retry_after)
+        self.on_retry = on_retry
+
+    def backoff(self, retry_number: int, previous: float) -> float:
+        """The wait before retry ``retry_number`` (from 1), jitter applied."""
+        if self.jitter == "decorrelated":
+            high = max(self.base_delay, 3 * previous)
+            return min(self.max_delay, random.uniform(self.base_delay, high))
+        exponent = retry_number - 1
+        try:
+            delay = min(self.max_delay, self.base_delay * self.backoff_factor**exponent)
+        except OverflowError:  # a huge attempt count: the cap applies
+            delay = self.max_delay
+        if self.jitter == "full":
+            return random.uniform(0.0, delay)
+        if self.jitter == "equal":
+            return delay / 2 + random.uniform(0.0, delay / 2)
+        return delay
+
+    def retriable(self, exc: BaseException) -> bool:
+        if isinstance(exc, AttemptTimeoutError):
+            return True
+        return isinstance(exc, self.exceptions) and not is_fatal(exc)
+
+
+class _Run:
+    """The retry state of one call, created when its first attempt fails."""
+
+    __slots__ = ("attempts", "delays", "function", "policy", "start")
+
+    def __init__(self, policy: _Policy, function: str, start: float) -> None:
+        self.policy = policy
+        self.function = function
+        self.start = start
+        self.attempts = 0
+        self.delays: list[float] = []
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline, or ``None`` without one."""
+        deadline = self.policy.deadline
+        return None if deadline is None else deadline - (_clock.monotonic() - self.start)
+
+    def after_error(self, exc: BaseException) -> float | None:
+        """The delay before the next attempt, or ``None``: re-raise ``exc`` as it is."""
+        self.attempts += 1
+        if not self.policy.retriable(exc):
+            return None
+        hint = retry_after(exc) if self.policy.respect_retry_after else None
+        delay, reason = self._next_delay(hint)
+        if reason is not None:
+            _add_note(exc, self._summary(reason))
+            self._gave_up(reason, exc, None)
+            return None
+        self._scheduled(delay, exc, None)
+        return delay
+
+    def after_result(self, result: Any) -> float:
+        """The delay before the next attempt; raises :class:`RetryError` when out of tries."""
+        self.attempts += 1
+        delay, reason = self._next_delay(None)
+        if reason is not None:
+            self._gave_up(reason, None, result)
+            raise RetryError(
+                self._summary(reason) + f"; the last result was still rejected: {result!r:.200}",
+                last_result=result,
+                attempts=self.attempts,
+            )
+        self._scheduled(delay, None, result)
+        return delay
+
+    def _next_delay(
+        self, hint: float | None
+    ) -> tuple[float, Literal["attempts", "deadline"] | None]:
+        policy = self.policy
+        if self.attempts > policy.max_retries:
+            return 0.0, "attempts"
+        previous = self.delays[-1] if self.delays else policy.base_delay
+        delay = policy.backoff(self.attempts, previous)
+        if hint is not None:
+            delay = min(hint, policy.max_delay)
+        remaining = self.remaining()
+        if remaining is not None and delay >= remaining:
+            return delay, "deadline"
+        return delay, None
+
+    def _summary(self, reason: Literal["attempts", "deadline"]) -> str:
+        elapsed = _clock.monotonic() - self.start
+        text = (
+            f"buttress.retry: {self.function}() failed {self.attempts} time(s) "
+            f"in {elapsed:.3g}s; slept {_seconds_list(self.delays)} between attempts"
+        )
+        if reason == "deadline":
+            text += (
+                f"; gave up because the next wait would pass the "
+                f"{self.policy.deadline:g}s deadline"
+            )
+        return text
+
+    def _scheduled(self, delay: float, error: BaseException | None, result: Any) -> None:
+        self.delays.append(delay)
+        on_retry = self.policy.on_retry
+        if on_retry is None and not events.active:
+            return
+        record = RetryScheduled(
+            function=self.function,
+            attempt=self.attempts,
+            error=error,
+            result=result,
+            delay=delay,
+            elapsed=_clock.monotonic() - self.start,
+        )
+        if on_retry is not None:
+            on_retry(record)
+        if events.active:
+            events.emit(record)
+
+    def _gave_up(
+        self,
+        reason: Literal["attempts", "deadline"],
+        error: BaseException | None,
+        result: Any,
+    ) -> None:
+        if events.active:
+            events.emit(
+                RetryGaveUp(
+                    function=self.function,
+                    attempts=self.attempts,
+                    reason=reason,
+                    error=error,
+                    result=result,
+                    elapsed=_clock.monotonic() - self.start,
+                )
+            )
+
+
+def _sync_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    if policy.attempt_timeout is not None:
+
+        def refuse(fn: Callable[..., Any]) -> Callable[..., Any]:
+            raise TypeError(
+                f"@retry(attempt_timeout=...) needs a coroutine function: a running "
+                f"thread cannot be cancelled, and {function_name(fn)} is a plain function. "
+                "Drop attempt_timeout, or make the function async."
+            )
+
+        return refuse
+
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+        check = policy.retry_on_result
+
+        def retry_wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = _clock.monotonic()
+            run: _Run | None = None
+            while True:
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    if run is None:
+                        run = _Run(policy, name, start)
+                    delay = run.after_error(exc)
+                    if delay is None:
+                        raise
+                else:
+                    if check is None or not check(result):
+                        return result
+                    if run is None:
+                        run = _Run(policy, name, start)
+                    delay = run.after_result(result)
+                _clock.sleep(delay)
+
+        return retry_wrapper
+
+    return build
+
+
+def _async_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        name = function_name(fn)
+        check = policy.retry_on_result
+        limit = policy.attempt_timeout
+
+        async def attempt(run: _Run | None, start: float, args: Any, kwargs: Any) -> Any:
+            # Only used with attempt_timeout: bound one attempt, clamped to the deadline.
+            assert limit is not None
+            deadline = policy.deadline
+            budget = limit
+            if deadline is not None:
+                budget = min(limit, deadline - (_clock.monotonic() - start))
+            with anyio.move_on_after(max(budget, 0.0)):
+                return await fn(*args, **kwargs)
+            number = 1 if run is None else run.attempts + 1
+            raise AttemptTimeoutError(
+                f"attempt {number} of {name}() took longer than {budget:.3g}s and was cancelled"
+            )
+
+        async def retry_wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = _clock.monotonic()
+            run: _Run | None = None
+            while True:
+                try:
+                    if limit is None:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        result = await attempt(run, start, args, kwargs)
+                except BaseException as exc:
+                    if run is None:
+                        run = _Run(policy, name, start)
+                    delay = run.after_error(exc)
+                    if delay is None:
+                        raise
+                else:
+                    if check is None or not check(result):
+                        return result
+                    if run is None:
+                        run = _Run(policy, name, start)
+                    delay = run.after_result(result)
+                await _clock.async_sleep(delay)
+
+        return retry_wrapper
+
+    return build
+
+
+@overload
+def retry(fn: Callable[P, T], /) -> Callable[P, T]: ...
+
+
+@overload
+def retry(
+    *,
+    max_retries: int = 3,
+    backoff_factor: float = 2.0,
+    base_delay: float | timedelta = 0.1,
+    max_delay: float | timedelta = 30.0,
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    jitter: Jitter | None = "full",
+    deadline: float | timedelta | None = None,
+    attempt_timeout: float | timedelta | None = None,
+    retry_on_result: Callable[[Any], bool] | None = None,
+    respect_retry_after: bool = True,
+    on_retry: Callable[[RetryScheduled], object] | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+
+
+def retry(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    max_retries: int = 3,
+    backoff_factor: float = 2.0,
+    base_delay: float | timedelta = 0.1,
+    max_delay: float | timedelta = 30.0,
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    jitter: Jitter | None = "full",
+    deadline: float | timedelta | None = None,
+    attempt_timeout: float | timedelta | None = None,
+    retry_on_result: Callable[[Any], bool] | None = None,
+    respect_retry_after: bool = True,
+    on_retry: Callable[[RetryScheduled], object] | None = None,
+) -> Any:
+    """Call the function again when it fails, waiting longer each time.
+
+    Makes ``1 + max_retries`` attempts at most. The wait before retry *k* is
+    ``min(max_delay, base_delay * backoff_factor ** (k - 1))``, then jittered:
+    ``"full"`` (uniform in ``[0, d]``), ``"equal"`` (``d/2`` plus uniform ``[0, d/2]``),
+    ``"decorrelated"`` (uniform in ``[base_delay, 3 * previous wait]``, capped; it ignores
+    ``backoff_factor``) or ``None`` (exactly ``d``). Coroutine functions sleep with
+    ``anyio.sleep``, so the event loop (asyncio or trio) keeps running; plain functions
+    sleep with ``time.sleep``.
+
+    Args:
+        max_retries: retries after the first attempt (``0`` disables retrying).
+        backoff_factor: growth of the wait per retry, at least 1.
+        base_delay: the first wait, in seconds or as a ``timedelta``.
+        max_delay: no wait is longer than this.
+        exceptions: the exception types worth retrying. Cancellation (asyncio, trio,
+            anyio), ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` are never
+            retried, even with ``(BaseException,)``.
+        jitter: ``"full"``, ``"equal"``, ``"decorrelated"`` or ``None``.
+        deadline: a total budget from the start of the first attempt. A wait that would
+            reach it is not started: the call gives up with the last error instead.
+        attempt_timeout: coroutine functions only: each attempt is cancelled after this
+            long (less if the deadline is nearer) and raises :class:`AttemptTimeoutError`
+            (a ``TimeoutError``), which is always retriable.
+        retry_on_result: a predicate; a result it flags is retried like an error. When
+            attempts run out on a flagged result, :class:`RetryError` is raised carrying
+            ``last_result`` and ``attempts``.
+        respect_retry_after: when the error carries an HTTP ``Retry-After`` (a
+            ``retry_after`` attribute, aiohttp's ``ClientResponseError.headers`` or an
+            httpx-style ``response.headers``), wait that long instead of the backoff,
+            capped by ``max_delay``; if it would pass the deadline, give up.
+        on_retry: called with a :class:`RetryScheduled` record before each wait. It runs
+            inline, so keep it quick; it must be a plain (not async) callable.
+
+    Raises:
+        ConfigurationError: at decoration, for a setting that cannot work.
+        TypeError: at decoration, for a generator function, or ``attempt_timeout`` on a
+            plain function.
+
+    When attempts run out on an error, that error itself is re-raised, unchanged but for
+    a PEP 678 note listing the attempts and the waits.
+    """
+    policy = _Policy(
+        max_retries=max_retries,
+        backoff_factor=backoff_factor,
+        base_delay=base_delay,
+        max_delay=max_delay,
+        exceptions=exceptions,
+        jitter=jitter,
+        deadline=deadline,
+        attempt_timeout=attempt_timeout,
+        retry_on_result=retry_on_result,
+        respect_retry_after=respect_retry_after,
+        on_retry=on_retry,
+    )
+    sync, async_ = _sync_shell(policy), _async_shell(policy)
+
+    def decorate(target: Callable[..., Any]) -> Any:
+        return wrap(target, "retry", sync=sync, async_=async_)
+
+    return decorate if fn is None else decorate(fn)
