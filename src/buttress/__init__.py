@@ -9,17 +9,30 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from ._errors import AttemptTimeoutError as AttemptTimeoutError
 from ._errors import ButtressError as ButtressError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import RetryError as RetryError
+from ._events import BulkheadRejected as BulkheadRejected
+from ._events import CacheAccess as CacheAccess
+from ._events import CacheEviction as CacheEviction
+from ._events import CacheStoreFailed as CacheStoreFailed
+from ._events import CircuitRejected as CircuitRejected
+from ._events import CircuitStateChanged as CircuitStateChanged
 from ._events import Event as Event
 from ._events import EventBus as EventBus
+from ._events import FallbackUsed as FallbackUsed
+from ._events import HedgeStarted as HedgeStarted
+from ._events import MemoryGuardDecision as MemoryGuardDecision
+from ._events import RateLimited as RateLimited
+from ._events import RetryBudgetExhausted as RetryBudgetExhausted
+from ._events import RetryGaveUp as RetryGaveUp
+from ._events import RetryScheduled as RetryScheduled
 from ._events import Subscription as Subscription
+from ._events import TimedOut as TimedOut
+from ._events import ValidationFailed as ValidationFailed
 from ._events import events as events
-from ._retry import AttemptTimeoutError as AttemptTimeoutError
 from ._retry import Jitter as Jitter
-from ._retry import RetryGaveUp as RetryGaveUp
-from ._retry import RetryScheduled as RetryScheduled
 from ._retry import retry as retry
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers
@@ -27,15 +40,28 @@ if TYPE_CHECKING:  # the lazily imported names, for type checkers
 
 __all__ = [
     "AttemptTimeoutError",
+    "BulkheadRejected",
     "ButtressError",
+    "CacheAccess",
+    "CacheEviction",
+    "CacheStoreFailed",
+    "CircuitRejected",
+    "CircuitStateChanged",
     "ConfigurationError",
     "Event",
     "EventBus",
+    "FallbackUsed",
+    "HedgeStarted",
     "Jitter",
+    "MemoryGuardDecision",
+    "RateLimited",
+    "RetryBudgetExhausted",
     "RetryError",
     "RetryGaveUp",
     "RetryScheduled",
     "Subscription",
+    "TimedOut",
+    "ValidationFailed",
     "events",
     "retry",
 ]

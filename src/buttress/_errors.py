@@ -14,6 +14,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
+    "AttemptTimeoutError",
     "ButtressError",
     "ConfigurationError",
     "RetryError",
@@ -33,6 +34,9 @@ class ConfigurationError(ButtressError, ValueError):
     """
 
 
+# --- retry ---------------------------------------------------------------------------
+
+
 class RetryError(ButtressError):
     """Retries ran out while ``retry_on_result`` still flagged the result.
 
@@ -45,6 +49,25 @@ class RetryError(ButtressError):
         super().__init__(message)
         self.last_result = last_result
         self.attempts = attempts
+
+
+class AttemptTimeoutError(ButtressError, TimeoutError):
+    """One attempt ran past ``attempt_timeout`` and was cancelled; always retriable."""
+
+
+# --- caching (issues 3 and 4) ----------------------------------------------------------
+
+
+# --- validation (issue 5) --------------------------------------------------------------
+
+
+# --- memory guard (issue 6) ------------------------------------------------------------
+
+
+# --- policies (issue 8) ----------------------------------------------------------------
+
+
+# --- helpers ---------------------------------------------------------------------------
 
 
 #: Cancellation and interpreter exits; trio's ``Cancelled`` is checked beside these.

@@ -18,9 +18,29 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ["Event", "EventBus", "Subscription", "events"]
+__all__ = [
+    "BulkheadRejected",
+    "CacheAccess",
+    "CacheEviction",
+    "CacheStoreFailed",
+    "CircuitRejected",
+    "CircuitStateChanged",
+    "Event",
+    "EventBus",
+    "FallbackUsed",
+    "HedgeStarted",
+    "MemoryGuardDecision",
+    "RateLimited",
+    "RetryBudgetExhausted",
+    "RetryGaveUp",
+    "RetryScheduled",
+    "Subscription",
+    "TimedOut",
+    "ValidationFailed",
+    "events",
+]
 
 logger = logging.getLogger("buttress.events")
 
@@ -32,6 +52,163 @@ class Event:
     """Base of every event: which decorated function it concerns (its qualified name)."""
 
     function: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled(Event):
+    """An attempt failed and another will follow after ``delay`` seconds.
+
+    This is also the record ``on_retry`` receives.
+
+    Attributes:
+        attempt: the number of the attempt that just failed, from 1.
+        error: the exception it raised, or ``None`` when ``retry_on_result`` flagged
+            its result.
+        result: the flagged result (``None`` when it raised).
+        delay: seconds about to be slept.
+        elapsed: seconds since the first attempt started.
+    """
+
+    attempt: int
+    error: BaseException | None
+    result: Any
+    delay: float
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryGaveUp(Event):
+    """Retrying stopped: ``reason`` is ``"attempts"`` (all used) or ``"deadline"``."""
+
+    attempts: int
+    reason: Literal["attempts", "deadline"]
+    error: BaseException | None
+    result: Any
+    elapsed: float
+
+
+# --- caching -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CacheAccess(Event):
+    """A lookup in ``@cache_result``: ``result`` says how it was answered.
+
+    ``"hit"``: from the cache; ``"miss"``: computed by this caller; ``"join"``: waited
+    for another caller's computation (single-flight); ``"stale"``: an expired value served
+    on purpose (``stale_while_revalidate`` or ``stale_if_error``).
+    """
+
+    result: Literal["hit", "miss", "join", "stale"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEviction(Event):
+    """Entries left a cache: ``reason`` is ``"size"``, ``"bytes"`` or ``"expired"``."""
+
+    reason: Literal["size", "bytes", "expired"]
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStoreFailed(Event):
+    """A cache store (Redis) failed or answered garbage; ``operation`` says doing what."""
+
+    store: str
+    operation: str
+    error: BaseException
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationFailed(Event):
+    """``@validate_input`` or ``@validate_output`` rejected a value.
+
+    ``errors`` holds the package's per-problem records (argument, path, expected, found).
+    """
+
+    direction: Literal["input", "output"]
+    errors: tuple[Any, ...]
+
+
+# --- memory guard --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryGuardDecision(Event):
+    """What ``@memory_guard`` did with one call.
+
+    ``action``: ``"admitted"``, ``"rejected"``, ``"waited"`` (then admitted or rejected,
+    after ``waited`` seconds), ``"collected"`` (``freed`` bytes) or ``"warned"``.
+    """
+
+    action: Literal["admitted", "rejected", "waited", "collected", "warned"]
+    used: int
+    limit: int
+    percent: float
+    source: str
+    waited: float = 0.0
+    freed: int = 0
+
+
+# --- policies ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStateChanged(Event):
+    """A breaker moved from ``old`` to ``new``: ``"closed"``, ``"open"`` or ``"half_open"``."""
+
+    breaker: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitRejected(Event):
+    """An open (or saturated half-open) breaker refused a call."""
+
+    breaker: str
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadRejected(Event):
+    """A bulkhead refused a call: no free slot and no room to wait (or the wait timed out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimited(Event):
+    """A rate limiter made a call wait ``waited`` seconds, or refused it (``rejected``)."""
+
+    waited: float
+    rejected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut(Event):
+    """``@timeout`` cancelled a call after ``seconds``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackUsed(Event):
+    """``@fallback`` answered in place of a failed call."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeStarted(Event):
+    """``@hedge`` started attempt number ``attempt`` (2 for the first hedge)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetExhausted(Event):
+    """A retry was skipped because its :class:`RetryBudget` was spent."""
 
 
 class Subscription(Generic[E]):

@@ -12,7 +12,6 @@ import math
 import random
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, ParamSpec, TypeVar, overload
@@ -20,60 +19,17 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 import anyio
 
 from . import _clock, _settings
-from ._errors import ButtressError, ConfigurationError, RetryError, is_fatal
-from ._events import Event, events
+from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fatal
+from ._events import RetryGaveUp, RetryScheduled, events
 from ._wrapping import function_name, wrap
 
-__all__ = [
-    "AttemptTimeoutError",
-    "Jitter",
-    "RetryGaveUp",
-    "RetryScheduled",
-    "retry",
-]
+__all__ = ["Jitter", "retry", "retry_after"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 Jitter = Literal["full", "equal", "decorrelated"]
 _JITTERS: tuple[Jitter | None, ...] = ("full", "equal", "decorrelated", None)
-
-
-class AttemptTimeoutError(ButtressError, TimeoutError):
-    """One attempt ran past ``attempt_timeout`` and was cancelled; always retriable."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryScheduled(Event):
-    """An attempt failed and another will follow after ``delay`` seconds.
-
-    This is also the record ``on_retry`` receives.
-
-    Attributes:
-        attempt: the number of the attempt that just failed, from 1.
-        error: the exception it raised, or ``None`` when ``retry_on_result`` flagged
-            its result.
-        result: the flagged result (``None`` when it raised).
-        delay: seconds about to be slept.
-        elapsed: seconds since the first attempt started.
-    """
-
-    attempt: int
-    error: BaseException | None
-    result: Any
-    delay: float
-    elapsed: float
-
-
-@dataclass(frozen=True, slots=True)
-class RetryGaveUp(Event):
-    """Retrying stopped: ``reason`` is ``"attempts"`` (all used) or ``"deadline"``."""
-
-    attempts: int
-    reason: Literal["attempts", "deadline"]
-    error: BaseException | None
-    result: Any
-    elapsed: float
 
 
 def retry_after(exc: BaseException) -> float | None:
