@@ -96,3 +96,8 @@ def testing_mode(clock: FakeClock | None = None) -> Iterator[FakeClock]:
         yield fake
     finally:
         _clock.install(previous)
+
+
+# Users import testing_mode into their test modules; its name must not make pytest
+# collect it as a test.
+testing_mode.__test__ = False  # type: ignore[attr-defined]
