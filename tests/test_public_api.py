@@ -6,6 +6,8 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 import buttress
 
 
@@ -34,12 +36,8 @@ def test_every_exported_error_is_a_buttress_error() -> None:
 
 
 def test_unknown_attribute_raises_attribute_error() -> None:
-    try:
+    with pytest.raises(AttributeError, match="does_not_exist"):
         buttress.does_not_exist  # type: ignore[attr-defined]  # noqa: B018
-    except AttributeError as exc:
-        assert "does_not_exist" in str(exc)
-    else:
-        raise AssertionError("expected AttributeError")
 
 
 def test_import_stays_light() -> None:
