@@ -21,7 +21,7 @@ import operator
 import os
 from collections.abc import Awaitable, Callable, Generator
 from datetime import timedelta
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from . import _clock, _memory_probe, _settings
 from ._errors import ConfigurationError, MemoryPressureError
@@ -43,6 +43,8 @@ __all__ = ["Action", "MemoryGuard", "MemoryGuarded", "memory_guard", "memory_sna
 P = ParamSpec("P")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+_P2 = ParamSpec("_P2")
+_T2 = TypeVar("_T2")
 
 Action = Literal["raise", "collect", "wait", "warn"]
 _ACTIONS: tuple[Action, ...] = ("raise", "collect", "wait", "warn")
@@ -559,11 +561,27 @@ class MemoryGuard:
 
 
 class MemoryGuarded(Protocol[P, T_co]):
-    """A function wrapped by ``@memory_guard``: callable as before, plus its guard."""
+    """A function wrapped by ``@memory_guard``: callable as before, plus its guard.
+
+    Type checkers see the original parameters and return type, and the ``memory_guard``
+    handle; on a method, the bound call drops ``self`` as usual.
+    """
 
     memory_guard: MemoryGuard
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> MemoryGuarded[P, T_co]: ...
+
+    @overload
+    def __get__(
+        self: MemoryGuarded[Concatenate[Any, _P2], _T2],
+        instance: object,
+        owner: type[Any] | None = None,
+    ) -> MemoryGuarded[_P2, _T2]: ...
+
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any: ...
 
 
 _NOTHING = (0, 0)
