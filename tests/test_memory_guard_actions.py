@@ -74,8 +74,12 @@ def test_bare_form_uses_the_default_probe() -> None:
     def predict(x: int) -> int:
         return x + 1
 
-    # This machine has room under 85% (the guard reads the real cgroup or host).
-    assert predict(1) == 2
+    # The guard reads this machine's real cgroup or host memory.
+    if predict.memory_guard.snapshot().percent < 80:
+        assert predict(1) == 2
+    else:  # pragma: no cover - a machine nearly out of memory
+        with pytest.raises(MemoryPressureError):
+            predict(1)
     assert predict.memory_guard.max_percent == 85.0
 
 

@@ -274,3 +274,30 @@ def test_snapshot_is_frozen(tmp_path: Path) -> None:
     snap = limited_v2(tmp_path).probe().read()
     with pytest.raises(AttributeError):
         snap.used = 1  # type: ignore[misc]
+
+
+def test_a_forked_child_starts_with_empty_ledgers(tmp_path: Path) -> None:
+    from buttress import _memory_probe
+
+    probe = limited_v2(tmp_path).probe()
+    probe.read()
+    probe.reserved = 123
+    lock = _memory_probe.LEDGER_LOCK
+    try:
+        _memory_probe._after_fork_in_child()  # what os.register_at_fork runs in the child
+        assert probe.reserved == 0
+        assert probe.last is None
+        assert _memory_probe.LEDGER_LOCK is not lock  # a lock held at the fork is not inherited
+    finally:
+        _memory_probe.LEDGER_LOCK = lock
+
+
+def test_a_cgroup_without_the_memory_controller_is_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tree = CgroupTree(tmp_path, 2, "/user.slice/session-1.scope")  # no memory.* files there
+    tree.set("/user.slice", limit=GiB, usage=100 * MiB, inactive_file=0)
+    with caplog.at_level(logging.WARNING):
+        snap = tree.probe().read()
+    assert (snap.source, snap.cgroup) == ("cgroup-v2", "/user.slice")
+    assert caplog.records == []

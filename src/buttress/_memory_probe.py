@@ -360,9 +360,10 @@ class MemoryProbe:
         for index, level in enumerate(layout.levels):
             base = level.directory + "/memory."
             usage_file = base + ("current" if v2 else "usage_in_bytes")
-            if index == 0 and len(layout.levels) > 1 and not os.path.exists(usage_file):
-                # Every cgroup but a v2 root has a usage file: ours is gone (moved).
-                raise FileNotFoundError(usage_file)
+            if index == 0 and not os.path.isdir(level.directory):
+                # Our cgroup is gone: the process was moved. (A missing file alone is no
+                # sign: a root cgroup, or one without the memory controller, lacks some.)
+                raise FileNotFoundError(level.directory)
             if v2:
                 hard = _limit(_read(base + "max"))
                 high = _limit(_read(base + "high"))
