@@ -74,7 +74,7 @@ def memory_snapshot(*, cgroup_root: str | os.PathLike[str] | None = None) -> Mem
 
 
 def _size(value: float) -> str:
-    """Bytes for people: ``"1.50 GiB"``."""
+    """Bytes for people: ``"1.5 GiB"``, ``"900 MiB"``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
@@ -302,100 +302,101 @@ class MemoryGuard:
         With ``fresh``, read memory now instead of reusing a reading younger than
         ``sample_interval``.
         """
-        probe = self.probe
+        probe, pool = self.probe, self.gpu_pool
         snap = probe.read() if fresh else probe.snapshot(self.sample_interval)
-        pool = self.gpu_pool
         gpu: GpuReading | None = None
         if pool is not None:
             gpu = pool.read() if fresh else pool.snapshot(self.sample_interval)
-        if not own and not gpu_own:  # nothing to reserve: a read of the ledger suffices
-            return self._assess(snap, gpu, 0, 0)
-        with _memory_probe.LEDGER_LOCK:
-            refusal = self._assess(snap, gpu, own, gpu_own)
-            if refusal is None:
-                probe.reserved += own
-                if pool is not None:
-                    pool.reserved += gpu_own
-        return refusal
+        if not own and not gpu_own:
+            # Nothing to reserve: reading the ledgers needs no lock.
+            in_flight, gpu_in_flight = probe.reserved, 0 if pool is None else pool.reserved
+            reason = self._verdict(snap, gpu, 0, 0, in_flight, gpu_in_flight)
+        else:
+            # Check and reserve in one step, so concurrent calls cannot all see the same
+            # room; only comparisons happen under the lock.
+            with _memory_probe.LEDGER_LOCK:
+                in_flight, gpu_in_flight = probe.reserved, 0 if pool is None else pool.reserved
+                reason = self._verdict(snap, gpu, own, gpu_own, in_flight, gpu_in_flight)
+                if reason is None:
+                    probe.reserved = in_flight + own
+                    if pool is not None:
+                        pool.reserved = gpu_in_flight + gpu_own
+        if reason is None:
+            return None
+        return self._explain(reason, snap, gpu, own, gpu_own, in_flight, gpu_in_flight)
 
-    def _assess(
-        self, snap: MemorySnapshot, gpu: GpuReading | None, own: int, gpu_own: int
-    ) -> _Refusal | None:
-        in_flight = self.probe.reserved
+    def _verdict(
+        self,
+        snap: MemorySnapshot,
+        gpu: GpuReading | None,
+        own: int,
+        gpu_own: int,
+        in_flight: int,
+        gpu_in_flight: int,
+    ) -> str | None:
+        """The threshold a call would cross, or ``None`` when it fits. Comparisons only."""
         claimed = in_flight + own
         if (snap.used + claimed) * 100.0 > self.max_percent * snap.limit:
-            projected = 100.0 * (snap.used + claimed) / snap.limit if snap.limit else math.inf
-            return self._refuse(
-                "max_percent",
-                f"{_size(snap.used)} used of the {_size(snap.limit)} limit "
-                f"({snap.percent:.1f}%); with {_size(in_flight)} reserved by calls in flight "
-                f"and {_size(own)} requested that is {projected:.1f}%, over "
-                f"max_percent={self.max_percent:g}",
-                snap.used,
-                snap.limit,
-                snap,
-                own,
-                in_flight,
-            )
-        floor = self.min_available
-        if floor is not None and snap.available - claimed < floor:
-            return self._refuse(
-                "min_available",
-                f"{_size(snap.available)} available of the {_size(snap.limit)} limit; "
-                f"{_size(in_flight)} reserved by calls in flight and {_size(own)} requested "
-                f"would leave {_size(snap.available - claimed)}, under "
-                f"min_available={_size(floor)}",
-                snap.used,
-                snap.limit,
-                snap,
-                own,
-                in_flight,
-            )
-        ceiling = self.max_rss
-        if ceiling is not None and snap.rss + claimed > ceiling:
-            return self._refuse(
-                "max_rss",
-                f"this process's RSS is {_size(snap.rss)}; with {_size(in_flight)} reserved "
-                f"by calls in flight and {_size(own)} requested that is over "
-                f"max_rss={_size(ceiling)}",
-                snap.rss,
-                ceiling,
-                snap,
-                own,
-                in_flight,
-            )
-        if gpu is not None:
-            pool = self.gpu_pool
-            assert pool is not None
-            gpu_in_flight = pool.reserved
-            gpu_claimed = gpu.used + gpu_in_flight + gpu_own
-            if gpu_claimed * 100.0 > self.gpu_max_percent * gpu.limit:
-                projected = 100.0 * gpu_claimed / gpu.limit if gpu.limit else math.inf
-                return _Refusal(
-                    "gpu_max_percent",
-                    f"{_size(gpu.used)} of {_size(gpu.limit)} GPU memory in use "
-                    f"({gpu.percent:.1f}%); with {_size(gpu_in_flight)} reserved by calls in "
-                    f"flight and {_size(gpu_own)} requested that is {projected:.1f}%, over "
-                    f"gpu_max_percent={self.gpu_max_percent:g}",
-                    used=gpu.used,
-                    limit=gpu.limit,
-                    source=gpu.source,
-                    where=None,
-                    requested=gpu_own,
-                    reserved=gpu_in_flight,
-                )
+            return "max_percent"
+        if self.min_available is not None and snap.available - claimed < self.min_available:
+            return "min_available"
+        if self.max_rss is not None and snap.rss + claimed > self.max_rss:
+            return "max_rss"
+        if gpu is not None and (
+            (gpu.used + gpu_in_flight + gpu_own) * 100.0 > self.gpu_max_percent * gpu.limit
+        ):
+            return "gpu_max_percent"
         return None
 
-    @staticmethod
-    def _refuse(
+    def _explain(
+        self,
         reason: str,
-        detail: str,
-        used: int,
-        limit: int,
         snap: MemorySnapshot,
+        gpu: GpuReading | None,
         own: int,
+        gpu_own: int,
         in_flight: int,
+        gpu_in_flight: int,
     ) -> _Refusal:
+        """The refusal for ``reason``, with its figures and a sentence saying it."""
+        claimed = in_flight + own
+        held = f"{_size(in_flight)} reserved by calls in flight and {_size(own)} requested"
+        if reason == "gpu_max_percent":
+            assert gpu is not None
+            total = gpu.used + gpu_in_flight + gpu_own
+            projected = 100.0 * total / gpu.limit if gpu.limit else math.inf
+            return _Refusal(
+                reason,
+                f"{_size(gpu.used)} of {_size(gpu.limit)} GPU memory in use "
+                f"({gpu.percent:.1f}%); with {_size(gpu_in_flight)} reserved by calls in "
+                f"flight and {_size(gpu_own)} requested that is {projected:.1f}%, over "
+                f"gpu_max_percent={self.gpu_max_percent:g}",
+                used=gpu.used,
+                limit=gpu.limit,
+                source=gpu.source,
+                where=None,
+                requested=gpu_own,
+                reserved=gpu_in_flight,
+            )
+        used, limit = snap.used, snap.limit
+        if reason == "max_percent":
+            projected = 100.0 * (used + claimed) / limit if limit else math.inf
+            detail = (
+                f"{_size(used)} used of the {_size(limit)} limit ({snap.percent:.1f}%); "
+                f"with {held} that is {projected:.1f}%, over max_percent={self.max_percent:g}"
+            )
+        elif reason == "min_available":
+            detail = (
+                f"{_size(snap.available)} available of the {_size(limit)} limit; {held} "
+                f"would leave {_size(snap.available - claimed)}, under "
+                f"min_available={_size(self.min_available or 0)}"
+            )
+        else:  # max_rss: the figures are the process's RSS against its ceiling
+            used, limit = snap.rss, self.max_rss or 0
+            detail = (
+                f"this process's RSS is {_size(used)}; with {held} that is over "
+                f"max_rss={_size(limit)}"
+            )
         return _Refusal(
             reason,
             detail,
