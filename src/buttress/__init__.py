@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
 from ._errors import ButtressError as ButtressError
 from ._errors import ConfigurationError as ConfigurationError
+from ._errors import MemoryPressureError as MemoryPressureError
 from ._errors import RetryError as RetryError
 from ._events import BulkheadRejected as BulkheadRejected
 from ._events import CacheAccess as CacheAccess
@@ -32,6 +33,13 @@ from ._events import Subscription as Subscription
 from ._events import TimedOut as TimedOut
 from ._events import ValidationFailed as ValidationFailed
 from ._events import events as events
+from ._memory_guard import MemoryGuard as MemoryGuard
+from ._memory_guard import MemoryGuarded as MemoryGuarded
+from ._memory_guard import memory_guard as memory_guard
+from ._memory_guard import memory_snapshot as memory_snapshot
+from ._memory_probe import GpuProbe as GpuProbe
+from ._memory_probe import MemoryProbe as MemoryProbe
+from ._memory_probe import MemorySnapshot as MemorySnapshot
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
 
@@ -51,9 +59,15 @@ __all__ = [
     "Event",
     "EventBus",
     "FallbackUsed",
+    "GpuProbe",
     "HedgeStarted",
     "Jitter",
+    "MemoryGuard",
     "MemoryGuardDecision",
+    "MemoryGuarded",
+    "MemoryPressureError",
+    "MemoryProbe",
+    "MemorySnapshot",
     "RateLimited",
     "RetryBudgetExhausted",
     "RetryError",
@@ -63,6 +77,8 @@ __all__ = [
     "TimedOut",
     "ValidationFailed",
     "events",
+    "memory_guard",
+    "memory_snapshot",
     "retry",
 ]
 

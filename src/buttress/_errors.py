@@ -17,6 +17,7 @@ __all__ = [
     "AttemptTimeoutError",
     "ButtressError",
     "ConfigurationError",
+    "MemoryPressureError",
     "RetryError",
     "is_fatal",
 ]
@@ -62,6 +63,83 @@ class AttemptTimeoutError(ButtressError, TimeoutError):
 
 
 # --- memory guard (issue 6) ------------------------------------------------------------
+
+
+class MemoryPressureError(ButtressError, MemoryError):
+    """``@memory_guard`` refused a call: memory is over its threshold.
+
+    A ``MemoryError`` too, so code that already degrades on running out of memory (a
+    smaller batch, a 503) handles it unchanged. The call it guards never started.
+
+    Attributes:
+        used: bytes in use (the working set of the binding cgroup, the host's, or the
+            GPU's) when the decision was made.
+        limit: the bytes ``used`` counts against.
+        available: bytes left under ``limit``.
+        percent: ``used / limit * 100``.
+        source: where the figures came from: ``"cgroup-v2"``, ``"cgroup-v1"``,
+            ``"host"``, or ``"gpu <device>"``.
+        reason: the threshold crossed: ``"max_percent"``, ``"min_available"``,
+            ``"max_rss"`` or ``"gpu_max_percent"``.
+        requested: bytes this call asked to reserve.
+        reserved: bytes reserved by calls already in flight.
+        waited: seconds spent waiting first (``action="wait"``), else 0.
+        function: the qualified name of the guarded function.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        used: int,
+        limit: int,
+        available: int,
+        percent: float,
+        source: str,
+        reason: str,
+        requested: int = 0,
+        reserved: int = 0,
+        waited: float = 0.0,
+        function: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.used = used
+        self.limit = limit
+        self.available = available
+        self.percent = percent
+        self.source = source
+        self.reason = reason
+        self.requested = requested
+        self.reserved = reserved
+        self.waited = waited
+        self.function = function
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only facts survive pickling (multiprocessing, task queues).
+        return (_rebuild_memory_pressure, (str(self), dict(self.__dict__)))
+
+
+def _rebuild_memory_pressure(message: str, facts: dict[str, Any]) -> MemoryPressureError:
+    error = MemoryPressureError(
+        message,
+        **{name: facts.pop(name) for name in _MEMORY_PRESSURE_FACTS if name in facts},
+    )
+    error.__dict__.update(facts)  # whatever else was attached, such as PEP 678 notes
+    return error
+
+
+_MEMORY_PRESSURE_FACTS = (
+    "used",
+    "limit",
+    "available",
+    "percent",
+    "source",
+    "reason",
+    "requested",
+    "reserved",
+    "waited",
+    "function",
+)
 
 
 # --- policies (issue 8) ----------------------------------------------------------------

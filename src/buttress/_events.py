@@ -142,6 +142,9 @@ class MemoryGuardDecision(Event):
 
     ``action``: ``"admitted"``, ``"rejected"``, ``"waited"`` (then admitted or rejected,
     after ``waited`` seconds), ``"collected"`` (``freed`` bytes) or ``"warned"``.
+    ``used``, ``limit``, ``percent`` and ``source`` are the figures the decision rested on
+    (the GPU's when ``reason`` is ``"gpu_max_percent"``); ``reason`` names the threshold
+    crossed (``None`` when none was); ``requested`` is the bytes the call reserved.
     """
 
     action: Literal["admitted", "rejected", "waited", "collected", "warned"]
@@ -151,6 +154,8 @@ class MemoryGuardDecision(Event):
     source: str
     waited: float = 0.0
     freed: int = 0
+    reason: str | None = None
+    requested: int = 0
 
 
 # --- policies ------------------------------------------------------------------------
