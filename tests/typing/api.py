@@ -13,7 +13,6 @@ import buttress
 from buttress import RetryScheduled, events, retry
 from buttress.testing import FakeClock, testing_mode
 
-
 # --- @retry keeps parameters and return types, bare and called ---------------------------
 
 
