@@ -32,6 +32,8 @@ from buttress import RetryScheduled, events, retry
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 Get = Callable[[aiohttp.ClientSession, str, str], Awaitable[int]]
+# Before Python 3.11, asyncio's timeout (which aiohttp raises) is not the builtin one.
+TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 
 
 class ServerError(Exception):
@@ -63,7 +65,7 @@ def client_decorators(args: argparse.Namespace) -> list[Decorator]:
             max_delay=1.0,
             deadline=args.timeout,
             attempt_timeout=args.attempt_timeout,
-            exceptions=(ServerError, aiohttp.ClientError, TimeoutError),
+            exceptions=(ServerError, aiohttp.ClientError, *TIMEOUTS),
         ),
     ]
 
@@ -112,7 +114,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 outcome = "ok" if status < 400 else str(status)
             except ServerError as exc:
                 outcome = str(exc.status)
-            except TimeoutError:
+            except TIMEOUTS:
                 outcome = "timeout"
             except aiohttp.ClientError as exc:
                 outcome = type(exc).__name__

@@ -16,6 +16,7 @@ emits it, with no change here.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -46,6 +47,7 @@ from buttress._retry import retry
 __all__ = [
     "LAYER_ORDER",
     "RETRY_ON",
+    "TIMEOUTS",
     "EventTally",
     "Gateway",
     "Layer",
@@ -79,11 +81,14 @@ LAYER_ORDER: tuple[str, ...] = (
     "validate_output",
 )
 
+#: Timeouts: before Python 3.11, asyncio's (which aiohttp raises) is not the builtin.
+TIMEOUTS: tuple[type[Exception], ...] = (TimeoutError, asyncio.TimeoutError)
+
 #: The errors worth another attempt: the upstream's 5xx (``raise_for_status`` carries its
 #: Retry-After), broken connections, and timeouts (``AttemptTimeoutError`` included);
 #: a 4xx is raised as a ValueError, which is not retried.
 #: An output-validation error joins them when ``validate_output`` sits inside ``retry``.
-RETRY_ON: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+RETRY_ON: tuple[type[BaseException], ...] = (aiohttp.ClientError, *TIMEOUTS)
 
 
 class Layer(NamedTuple):
@@ -355,7 +360,7 @@ class PlainGateway(Gateway):
                     headers=headers,
                     content_type=upstream.content_type,
                 )
-        except TimeoutError:
+        except TIMEOUTS:
             return web.json_response({"error": "upstream timed out"}, status=504)
         except aiohttp.ClientError as exc:
             return web.json_response({"error": f"upstream failed: {exc!r}"}, status=502)
@@ -435,7 +440,7 @@ def failure_status(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, aiohttp.ClientResponseError):
         status = exc.status if exc.status >= 500 else 502
         return status, f"upstream answered {exc.status}"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TIMEOUTS):
         return 504, "upstream timed out"
     if isinstance(exc, aiohttp.ClientError):
         return 502, f"upstream failed: {type(exc).__name__}"
