@@ -1,0 +1,436 @@
+"""``python -m buttress demo``: what buttress does for an inference gateway, in one command.
+
+It starts, on 127.0.0.1 and in one process: two copies of a misbehaving embedding service
+(:mod:`.upstream`), a plain gateway and a resilient one in front of them
+(:mod:`.gateways`), and a load generator (:mod:`.load`) that sends both the same seeded
+traffic at the same moments. Then it prints a side-by-side report (:mod:`.report`) and
+writes a latency picture and the run's Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from .gateways import PlainGateway, ResilienceSettings, ResilientGateway
+from .load import Progress, drive, plan_traffic
+from .report import (
+    PLOT_HINT,
+    PROMETHEUS_HINT,
+    GatewayReport,
+    RunInfo,
+    prometheus_text,
+    render,
+    write_histogram,
+)
+from .upstream import Faults, Upstream
+
+__all__ = [
+    "DemoOptions",
+    "DemoResult",
+    "add_arguments",
+    "main",
+    "options_from_args",
+    "run_demo",
+    "write_outputs",
+]
+
+DEFAULT_OUT = Path("buttress-demo")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """Everything a demo run can be told; the command-line options map onto these."""
+
+    requests: int = 1200
+    duration: float = 20.0
+    concurrency: int = 32
+    timeout: float = 2.0
+    seed: int | None = None
+    spike_rate: float = 0.05
+    error_rate: float = 0.08
+    retry_after: float = 0.2
+    hang_rate: float = 0.01
+    nan_rate: float = 0.01
+    wrong_dim_rate: float = 0.01
+    outage_start: float | None = None
+    outage_length: float | None = None
+    out: Path = DEFAULT_OUT
+    progress: bool = True
+
+    def faults(self) -> Faults:
+        """The upstream's behaviour; the outage defaults to 40-50% of the run."""
+        start = 0.4 * self.duration if self.outage_start is None else self.outage_start
+        length = 0.1 * self.duration if self.outage_length is None else self.outage_length
+        return Faults(
+            spike_rate=self.spike_rate,
+            error_rate=self.error_rate,
+            retry_after=self.retry_after,
+            hang_rate=self.hang_rate,
+            nan_rate=self.nan_rate,
+            wrong_dim_rate=self.wrong_dim_rate,
+            # Long past the client's patience: to the client, the call never ends.
+            hang_seconds=5 * self.timeout,
+            outage_start=start if length > 0 else None,
+            outage_length=length,
+        )
+
+
+@dataclass
+class DemoResult:
+    """A finished run: its settings and one report per gateway (plain first)."""
+
+    info: RunInfo
+    reports: list[GatewayReport]
+    upstreams: list[Upstream] = field(repr=False, default_factory=list)
+
+
+async def run_demo(options: DemoOptions, *, progress: TextIO | None = None) -> DemoResult:
+    """Run the servers and the load; return the measurements. Writes nothing.
+
+    Args:
+        options: the run's settings.
+        progress: where to draw the progress bar (``None``: no bar).
+    """
+    seed = options.seed if options.seed is not None else secrets.randbelow(1_000_000)
+    faults = options.faults()
+    info = RunInfo(
+        requests=options.requests,
+        duration=options.duration,
+        concurrency=options.concurrency,
+        timeout=options.timeout,
+        seed=seed,
+        faults=faults,
+    )
+    plan = plan_traffic(
+        requests=options.requests,
+        duration=options.duration,
+        concurrency=options.concurrency,
+        seed=seed,
+    )
+    async with AsyncExitStack() as stack:
+        # Each gateway has its own upstream, seeded alike, so each one's calls are its own.
+        plain_upstream = Upstream(faults, seed=seed)
+        resilient_upstream = Upstream(faults, seed=seed)
+        for upstream in (plain_upstream, resilient_upstream):
+            await upstream.start()
+            stack.push_async_callback(upstream.stop)
+        plain = PlainGateway(plain_upstream.url)
+        resilient = ResilientGateway(
+            resilient_upstream.url,
+            settings=ResilienceSettings.for_client_timeout(options.timeout, dim=faults.dim),
+        )
+        gateways = (plain, resilient)
+        for gateway in gateways:
+            await gateway.start()
+            stack.push_async_callback(gateway.stop)
+
+        bar = None
+        if progress is not None:
+            bar = Progress(len(plan) * len(gateways), [g.name for g in gateways], stream=progress)
+        origin = time.monotonic()
+        plain_upstream.begin(origin)
+        resilient_upstream.begin(origin)
+        outcomes = await drive(
+            plan,
+            {gateway.name: gateway.url for gateway in gateways},
+            concurrency=options.concurrency,
+            patience=options.timeout,
+            dim=faults.dim,
+            origin=origin,
+            progress=bar,
+        )
+        # Clients are done; let the gateways finish what they still hold (handlers outlive
+        # a client that gave up) so that every upstream call is counted.
+        plain_upstream.release()
+        resilient_upstream.release()
+        with anyio.move_on_after(options.timeout + 5.0):
+            for gateway in gateways:
+                await gateway.wait_idle()
+
+        reports = [
+            GatewayReport(
+                name=gateway.name,
+                outcomes=outcomes[gateway.name],
+                received=gateway.stats.requests,
+                upstream_calls=upstream.total,
+                gateway_upstream_calls=gateway.stats.upstream_calls,
+                faults=upstream.served.copy(),
+                layers=gateway.layer_names,
+                tally=getattr(gateway, "tally", None),
+            )
+            for gateway, upstream in ((plain, plain_upstream), (resilient, resilient_upstream))
+        ]
+    return DemoResult(info, reports, [plain_upstream, resilient_upstream])
+
+
+def write_outputs(result: DemoResult, out: Path) -> list[str]:
+    """Write the latency PNG and the Prometheus text into ``out``; return the report's notes."""
+    out.mkdir(parents=True, exist_ok=True)
+    notes = []
+    picture = write_histogram(result.reports, out / "latency.png", result.info)
+    if picture is None:
+        notes.append(f"latency histogram: needs matplotlib; get it with {PLOT_HINT}")
+    else:
+        notes.append(f"latency histogram: {picture}")
+    metrics = prometheus_text(result.reports)
+    if metrics is None:
+        notes.append(f"prometheus metrics: needs prometheus-client; get it with {PROMETHEUS_HINT}")
+    else:
+        path = out / "metrics.prom"
+        path.write_text(metrics, encoding="utf-8")
+        notes.append(f"prometheus metrics: {path}")
+    notes.append(f"this report: {out / 'report.txt'}")
+    return notes
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {text}")
+    return value
+
+
+DESCRIPTION = """\
+Run a misbehaving stand-in embedding service, a plain gateway and a gateway made
+resilient with buttress (all on 127.0.0.1, in this process), send both gateways the same
+seeded traffic at the same moments, and print a side-by-side report: success rate,
+latency percentiles, upstream calls, and what each decorator did. Also writes a latency
+histogram (PNG, needs matplotlib: pip install 'buttress[plot]') and the run's Prometheus
+metrics (needs prometheus-client) into --out.
+
+The default run takes about 25 seconds."""
+
+EPILOG = """\
+examples:
+  python -m buttress demo                       the default run
+  python -m buttress demo --seed 42             the same traffic and faults every time
+  python -m buttress demo --duration 10 --requests 400 --error-rate 0.3
+  python -m buttress demo --outage-length 0 --hang-rate 0    no outage, no hangs"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to ``parser``."""
+    defaults = DemoOptions()
+    load = parser.add_argument_group("length and load")
+    load.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=defaults.duration,
+        metavar="SECONDS",
+        help="spread the requests over this many seconds (default: %(default)s); the run "
+        "ends at most --timeout seconds later",
+    )
+    load.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=defaults.requests,
+        metavar="N",
+        help="requests sent to each gateway (default: %(default)s); 70%% arrive at random "
+        "moments, 30%% in bursts of --concurrency at once; texts repeat following a Zipf "
+        "law over 1000 documents",
+    )
+    load.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=defaults.concurrency,
+        metavar="N",
+        help="the size of a burst, and the client's connections per gateway "
+        "(default: %(default)s)",
+    )
+    load.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=defaults.timeout,
+        metavar="SECONDS",
+        help="the client gives up on a request this long after its planned send time "
+        "(default: %(default)s); the resilient gateway's retry deadline is 3/4 of it",
+    )
+    load.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seeds the traffic (send times, texts) and the upstream's faults, so that a "
+        "run can be repeated (default: a random seed, printed in the report)",
+    )
+    faults = parser.add_argument_group(
+        "upstream faults", "each rate is a probability per upstream call; together at most 1"
+    )
+    faults.add_argument(
+        "--error-rate",
+        type=_rate,
+        default=defaults.error_rate,
+        metavar="RATE",
+        help="answer 503 with a Retry-After header (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--retry-after",
+        type=_non_negative_float,
+        default=defaults.retry_after,
+        metavar="SECONDS",
+        help="the Retry-After those 503s carry (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--spike-rate",
+        type=_rate,
+        default=defaults.spike_rate,
+        metavar="RATE",
+        help="answer correctly but after 0.25 to 1 s (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--hang-rate",
+        type=_rate,
+        default=defaults.hang_rate,
+        metavar="RATE",
+        help="hang for 5 x --timeout, then answer 504 (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--nan-rate",
+        type=_rate,
+        default=defaults.nan_rate,
+        metavar="RATE",
+        help="answer 200 with NaN in the vector (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--bad-dim-rate",
+        dest="wrong_dim_rate",
+        type=_rate,
+        default=defaults.wrong_dim_rate,
+        metavar="RATE",
+        help="answer 200 with a 384-dimension vector instead of 768 (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--outage-start",
+        type=_non_negative_float,
+        default=None,
+        metavar="SECONDS",
+        help="when the outage starts, in seconds into the run; every call fails with 503 "
+        "and no Retry-After while it lasts (default: 40%% of --duration)",
+    )
+    faults.add_argument(
+        "--outage-length",
+        type=_non_negative_float,
+        default=None,
+        metavar="SECONDS",
+        help="how long the outage lasts; 0 for none (default: 10%% of --duration)",
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help="write latency.png, metrics.prom and report.txt here (default: ./%(default)s/)",
+    )
+    output.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="do not draw the progress bar on stderr",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> DemoOptions:
+    """The :class:`DemoOptions` of parsed arguments.
+
+    Raises:
+        ValueError: the fault rates add up to more than 1.
+    """
+    options = DemoOptions(
+        requests=args.requests,
+        duration=args.duration,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        seed=args.seed,
+        spike_rate=args.spike_rate,
+        error_rate=args.error_rate,
+        retry_after=args.retry_after,
+        hang_rate=args.hang_rate,
+        nan_rate=args.nan_rate,
+        wrong_dim_rate=args.wrong_dim_rate,
+        outage_start=args.outage_start,
+        outage_length=args.outage_length,
+        out=args.out,
+        progress=args.progress,
+    )
+    options.faults()  # checks the rates
+    return options
+
+
+def build_parser(prog: str = "buttress demo") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return parser
+
+
+def run_from_args(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the demo for parsed arguments, print the report; the exit status."""
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        result = asyncio.run(run_demo(options, progress=err if options.progress else None))
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return 130
+    notes = write_outputs(result, options.out)
+    text = render(result.reports, result.info, notes)
+    (options.out / "report.txt").write_text(text, encoding="utf-8")
+    out.write("\n" + text)
+    out.flush()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``buttress demo [options]``: parse ``argv`` (``sys.argv[1:]`` by default), run, report."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_from_args(args, parser)

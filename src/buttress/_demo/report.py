@@ -1,0 +1,352 @@
+"""The side-by-side report of a demo run, its latency picture and its Prometheus text.
+
+matplotlib and prometheus-client are optional: without them the report says what is
+missing and how to get it, and everything else still works.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .gateways import EventTally
+from .load import Outcome
+from .upstream import Faults
+
+__all__ = [
+    "GatewayReport",
+    "RunInfo",
+    "Summary",
+    "prometheus_text",
+    "render",
+    "summarize",
+    "write_histogram",
+]
+
+PLOT_HINT = "pip install 'buttress[plot]'"
+PROMETHEUS_HINT = "pip install 'buttress[prometheus]'"
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts and latency percentiles (seconds) of one gateway's outcomes.
+
+    Percentiles cover every request, failed ones included: it is how long clients waited.
+    """
+
+    requests: int
+    ok: int
+    invalid: int
+    errors: int
+    timeouts: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+    @property
+    def success_rate(self) -> float:
+        """The share of requests answered with a usable vector."""
+        return self.ok / self.requests if self.requests else 0.0
+
+
+def summarize(outcomes: Sequence[Outcome]) -> Summary:
+    kinds = Counter(outcome.kind for outcome in outcomes)
+    if outcomes:
+        latencies = np.array([outcome.latency for outcome in outcomes])
+        p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
+        longest = float(latencies.max())
+    else:
+        p50 = p95 = p99 = longest = 0.0
+    return Summary(
+        requests=len(outcomes),
+        ok=kinds["ok"],
+        invalid=kinds["invalid"],
+        errors=kinds["error"],
+        timeouts=kinds["timeout"],
+        p50=p50,
+        p95=p95,
+        p99=p99,
+        max=longest,
+    )
+
+
+@dataclass
+class GatewayReport:
+    """Everything measured about one gateway in a run.
+
+    Attributes:
+        name: ``"plain"`` or ``"resilient"``.
+        outcomes: what the load generator saw, one per request sent.
+        received: requests the gateway itself counted.
+        upstream_calls: calls its upstream stand-in counted.
+        gateway_upstream_calls: calls the gateway counted making.
+        faults: the upstream's calls by fault (``"ok"`` included).
+        layers: the buttress decorators around its upstream call, outermost first.
+        tally: what those decorators reported through ``buttress.events``.
+    """
+
+    name: str
+    outcomes: list[Outcome]
+    received: int
+    upstream_calls: int
+    gateway_upstream_calls: int
+    faults: Counter[str] = field(default_factory=Counter)
+    layers: tuple[str, ...] = ()
+    tally: EventTally | None = None
+
+    @property
+    def summary(self) -> Summary:
+        return summarize(self.outcomes)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """The settings of a run, for the report's header."""
+
+    requests: int
+    duration: float
+    concurrency: int
+    timeout: float
+    seed: int
+    faults: Faults
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1.0:
+        return f"{seconds:.2f} s"
+    if seconds >= 0.0095:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds * 1000:.1f} ms"
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f}%"
+
+
+def _decorated(
+    report: GatewayReport, needs: Sequence[str], value: Callable[[EventTally], object]
+) -> str:
+    """A decorator's figure, ``-`` for an undecorated gateway, ``off`` if it lacks one."""
+    if report.tally is None:
+        return "-"
+    if not any(name in report.layers for name in needs):
+        return "off"
+    return str(value(report.tally))
+
+
+def _fault_line(faults: Faults) -> str:
+    names = {
+        "unavailable": "503+Retry-After",
+        "hang": "hang",
+        "nan": "NaN vector",
+        "wrong_dim": "wrong dim",
+        "spike": "latency spike",
+    }
+    parts = [f"{names[name]} {rate:.0%}" for name, rate in faults.rates().items() if rate]
+    line = "upstream faults per call: " + (", ".join(parts) or "none")
+    if faults.outage_start is not None and faults.outage_length > 0:
+        end = faults.outage_start + faults.outage_length
+        line += f"; outage from {faults.outage_start:g} s to {end:g} s"
+    return line
+
+
+def render(
+    reports: Sequence[GatewayReport],
+    info: RunInfo,
+    notes: Sequence[str] = (),
+) -> str:
+    """The report as text: a header, one column per gateway, then ``notes``."""
+    summaries = [report.summary for report in reports]
+    rows: list[tuple[str, list[str]]] = [
+        ("requests sent", [str(s.requests) for s in summaries]),
+        ("requests received by the gateway", [str(r.received) for r in reports]),
+        ("success (a usable vector)", [_percent(s.success_rate) for s in summaries]),
+        ("  errors (5xx, broken connection)", [str(s.errors) for s in summaries]),
+        (
+            f"  timeouts (client gave up at {info.timeout:g} s)",
+            [str(s.timeouts) for s in summaries],
+        ),
+        ("  invalid vectors served (NaN, wrong dim)", [str(s.invalid) for s in summaries]),
+        ("latency p50", [_duration(s.p50) for s in summaries]),
+        ("latency p95", [_duration(s.p95) for s in summaries]),
+        ("latency p99", [_duration(s.p99) for s in summaries]),
+        ("upstream calls", [str(r.upstream_calls) for r in reports]),
+        (
+            "cache hits / single-flight joins",
+            [
+                _decorated(r, ["cache_result"], lambda t: f"{t.cache_hits} / {t.cache_joins}")
+                for r in reports
+            ],
+        ),
+        ("retries", [_decorated(r, ["retry"], lambda t: t.retries) for r in reports]),
+        (
+            "breaker openings",
+            [_decorated(r, ["circuit_breaker"], lambda t: t.breaker_openings) for r in reports],
+        ),
+        (
+            "invalid responses caught",
+            [_decorated(r, ["validate_output"], lambda t: t.invalid_caught) for r in reports],
+        ),
+        (
+            "calls shed (bulkhead / memory guard)",
+            [
+                _decorated(
+                    r,
+                    ["bulkhead", "memory_guard"],
+                    lambda t: f"{t.bulkhead_rejections} / {t.memory_rejections}",
+                )
+                for r in reports
+            ],
+        ),
+    ]
+    label_width = max(len(label) for label, _ in rows) + 2
+    widths = [
+        max(len(report.name), *(len(values[i]) for _, values in rows)) + 2
+        for i, report in enumerate(reports)
+    ]
+    lines = [
+        f"buttress demo: {info.requests} requests to each gateway over {info.duration:g} s, "
+        f"bursts of {info.concurrency}, client timeout {info.timeout:g} s, seed {info.seed}",
+        _fault_line(info.faults),
+        "",
+        " " * label_width + "".join(r.name.rjust(w) for r, w in zip(reports, widths, strict=True)),
+    ]
+    lines += [
+        label.ljust(label_width) + "".join(v.rjust(w) for v, w in zip(values, widths, strict=True))
+        for label, values in rows
+    ]
+    lines.append("")
+    for index, report in enumerate(reports):
+        if report.tally is not None:
+            stack = " > ".join(report.layers) or "none"
+            lines.append(f"{report.name} gateway decorators, outermost first: {stack}")
+            if any(values[index] == "off" for _, values in rows):
+                lines.append("  off: that decorator is not in this gateway's stack")
+    lines += list(notes)
+    lines.append(f"Run again with --seed {info.seed} for the same traffic and the same faults.")
+    return "\n".join(lines) + "\n"
+
+
+def write_histogram(
+    reports: Sequence[GatewayReport], path: Path, info: RunInfo
+) -> Path | None:
+    """Draw the latency histograms and success over time into a PNG at ``path``.
+
+    Returns ``None`` when matplotlib is not installed.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+
+    figure = Figure(figsize=(10, 7.5), layout="constrained")
+    latency_axes, timeline_axes = figure.subplots(2, 1)
+    longest = max((o.latency for r in reports for o in r.outcomes), default=1.0)
+    bins = np.geomspace(1e-3, max(longest, 2e-3) * 1.05, 60)
+    for report in reports:
+        latencies = [max(o.latency, 1e-3) for o in report.outcomes]
+        summary = report.summary
+        latency_axes.hist(
+            latencies,
+            bins=bins,
+            histtype="step",
+            linewidth=1.8,
+            label=f"{report.name}: p50 {_duration(summary.p50)}, p99 {_duration(summary.p99)}",
+        )
+    latency_axes.set_xscale("log")
+    latency_axes.set_xlabel("latency seen by the client, failures included (s, log scale)")
+    latency_axes.set_ylabel("requests")
+    latency_axes.set_title(f"buttress demo: latency per request (seed {info.seed})")
+    latency_axes.legend()
+
+    edges = np.arange(0.0, info.duration + 1.0, 1.0)
+    for report in reports:
+        sent = np.histogram([o.at for o in report.outcomes], bins=edges)[0]
+        ok = np.histogram([o.at for o in report.outcomes if o.kind == "ok"], bins=edges)[0]
+        share = np.divide(ok, sent, out=np.full(len(sent), np.nan), where=sent > 0)
+        # The last value repeated, so that the final second is drawn to its end.
+        timeline_axes.step(
+            edges, 100 * np.append(share, share[-1]), where="post", label=report.name
+        )
+    faults = info.faults
+    if faults.outage_start is not None and faults.outage_length > 0:
+        timeline_axes.axvspan(
+            faults.outage_start,
+            faults.outage_start + faults.outage_length,
+            color="grey",
+            alpha=0.2,
+            label="upstream outage",
+        )
+    timeline_axes.set_xlabel("seconds into the run (by planned send time)")
+    timeline_axes.set_ylabel("success (%)")
+    timeline_axes.set_ylim(0, 105)
+    timeline_axes.legend(loc="lower left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+#: Histogram buckets (seconds) of the request latency metric.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def prometheus_text(reports: Sequence[GatewayReport]) -> str | None:
+    """The run's metrics in the Prometheus text format; ``None`` without prometheus-client.
+
+    The demo's own series (``buttress_demo_*``, labelled by gateway) come first, then the
+    default registry's: the process's own metrics and whatever the library registered.
+    """
+    try:
+        from prometheus_client import (
+            REGISTRY,
+            CollectorRegistry,
+            Counter,
+            Histogram,
+            generate_latest,
+        )
+    except ImportError:
+        return None
+
+    registry = CollectorRegistry(auto_describe=True)
+    requests = Counter(
+        "buttress_demo_requests",
+        "Requests sent to a gateway, by outcome seen by the client.",
+        ["gateway", "outcome"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "buttress_demo_request_latency_seconds",
+        "Latency seen by the client, from the planned send time.",
+        ["gateway"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    upstream = Counter(
+        "buttress_demo_upstream_calls",
+        "Calls the gateway's upstream stand-in received, by injected fault.",
+        ["gateway", "fault"],
+        registry=registry,
+    )
+    decorator_events = Counter(
+        "buttress_demo_decorator_events",
+        "What the gateway's buttress decorators reported through buttress.events.",
+        ["gateway", "event"],
+        registry=registry,
+    )
+    for report in reports:
+        for kind in ("ok", "invalid", "error", "timeout"):
+            requests.labels(report.name, kind).inc(0)
+        for outcome in report.outcomes:
+            requests.labels(report.name, outcome.kind).inc()
+            latency.labels(report.name).observe(outcome.latency)
+        for fault, count in report.faults.items():
+            upstream.labels(report.name, fault).inc(count)
+        if report.tally is not None:
+            for name, value in report.tally.counts().items():
+                decorator_events.labels(report.name, name).inc(value)
+    return (generate_latest(registry) + generate_latest(REGISTRY)).decode()
