@@ -414,7 +414,7 @@ class _Cache:
                     return self.deliver(entry.value, entry.arrays)
                 if policy.single_flight:
                     self.note("join")
-                    await flight.wait()
+                    await flight.waiter().wait()
                     if flight.state == ABANDONED:
                         continue  # its leader was cancelled: look again, maybe lead
                     if flight.state == FAILED:
@@ -962,10 +962,13 @@ def _async_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...
 
         lookup = table.data.get
         touch = table.data.move_to_end
+        flights = cache.flights.table
+        joining = policy.single_flight
 
         async def cache_wrapper(*args: Any, **kwargs: Any) -> Any:
             # The hit path, written out: building the key and finding a fresh entry cost
-            # about as much as the await itself.
+            # about as much as the await itself. Joining a flight on a cold key is written
+            # out too, so that a stampede's thousands of waiters each cost little.
             if kwargs or len(args) != arity:
                 try:
                     key: Hashable = bind(args, kwargs)
@@ -989,6 +992,21 @@ def _async_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...
                 if copying and entry.arrays:
                     return copy_arrays(entry.value)
                 return entry.value
+            if entry is None and joining:
+                flight = flights().get(key)
+                if flight is not None:
+                    counters.joins += 1
+                    if events.active:
+                        events.emit(CacheAccess(function=name, result="join"))
+                    await flight.waiter().wait()
+                    if flight.state == DONE:
+                        if copying and flight.arrays:
+                            return copy_arrays(flight.value)
+                        return flight.value
+                    if flight.state == FAILED:
+                        assert flight.error is not None
+                        raise flight.error
+                    # abandoned by its cancelled leader: the full path decides who leads
             return await resolve(key, args, kwargs)
 
         return cache_wrapper

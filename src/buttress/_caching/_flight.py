@@ -13,7 +13,9 @@ function's ``threading.Lock``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from collections.abc import Hashable
 from typing import Any, Final, final
 
@@ -54,11 +56,12 @@ class Flight(_Outcome):
         super().__init__()
         self._event: anyio.Event | None = None
 
-    async def wait(self) -> None:
-        """Sleep until the flight settles. Cancelling a waiter touches nothing shared."""
+    def waiter(self) -> anyio.Event:
+        """The event that is set when the flight settles (made by the first waiter, in
+        its loop). Cancelling a waiter touches nothing shared."""
         if self._event is None:
             self._event = anyio.Event()
-        await self._event.wait()
+        return self._event
 
     def settle(
         self,
@@ -107,15 +110,32 @@ class ThreadFlight(_Outcome):
 class AsyncFlights:
     """The flights of one decorated coroutine function, one table per running event loop."""
 
-    __slots__ = ("_var",)
+    __slots__ = ("_by_loop", "_lock", "_var")
 
     def __init__(self, function: str) -> None:
         # A RunVar is no loop-bound primitive: it only names per-loop storage, which anyio
         # creates in each loop on first use and drops with the loop.
         self._var: RunVar[dict[Hashable, Flight]] = RunVar(f"buttress.cache_result:{function}")
+        # The same for asyncio, keyed on the loop itself: a stampede's thousands of waiters
+        # each look their table up, and this costs a fifth of the RunVar lookup.
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, Flight]]
+        self._by_loop = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     def table(self) -> dict[Hashable, Flight]:
         """This loop's table (made on first use). Only this loop's thread touches it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            loop = None
+        # Inside an asyncio task, asyncio runs this code; otherwise (trio, also as a guest
+        # of an asyncio loop) anyio's RunVar finds the loop that does.
+        if loop is not None and asyncio.current_task(loop) is not None:
+            table = self._by_loop.get(loop)
+            if table is None:
+                with self._lock:  # loops in other threads may add theirs meanwhile
+                    table = self._by_loop.setdefault(loop, {})
+            return table
         table = self._var.get(None)
         if table is None:
             table = {}
