@@ -11,7 +11,7 @@ import anyio
 import pytest
 import trio
 
-from buttress import CacheAccess, cache_result, events
+from buttress import CacheAccess, LocalStore, cache_result, events
 
 
 class Boom(Exception):
@@ -421,3 +421,46 @@ async def _trio_many(f: Any) -> list[int]:
         for _ in range(100):
             nursery.start_soon(call)
     return results
+
+
+def test_a_plain_function_asking_for_its_own_key_fails_instead_of_hanging() -> None:
+    @cache_result
+    def f(x: int) -> int:
+        return f(x) if x > 0 else 0
+
+    with pytest.raises(RecursionError, match="called itself"):
+        f(1)
+    assert f(0) == 0
+    assert f.cache.stats().size == 1  # the failed flight left nothing behind
+
+
+def test_stats_and_clear_of_a_shared_store_while_threads_hit() -> None:
+    store = LocalStore(maxsize=5_000)
+    hot = cache_result(ttl=None, store=store)(lambda x: x)
+    other = cache_result(ttl=None, store=store)(lambda x: -x)
+    for x in range(2_000):
+        hot(x)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def hit() -> None:  # hits move keys to the recent end, without the table's lock
+        try:
+            while not stop.is_set():
+                for x in range(0, 2_000, 3):
+                    hot(x)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(30):
+            assert hot.cache.stats().size == 2_000  # iterates the shared table
+            other(1)
+            other.cache.clear()  # iterates it too
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert errors == []

@@ -535,6 +535,11 @@ class _Cache:
                     elif flight is None:
                         own = self.thread_flights[key] = ThreadFlight()
                     elif state != STALE and policy.single_flight:
+                        if flight.owner == threading.get_ident():
+                            raise RecursionError(
+                                f"{self.name}() called itself with the arguments it is "
+                                "computing: waiting for itself would never end"
+                            )
                         waiter = flight.waiter()
             if state == FRESH:
                 assert entry is not None

@@ -83,11 +83,13 @@ class ThreadFlight(_Outcome):
     waiter that registers after the outcome is known cannot miss it.
     """
 
-    __slots__ = ("_event",)
+    __slots__ = ("_event", "owner")
 
     def __init__(self) -> None:
         super().__init__()
         self._event: threading.Event | None = None
+        #: the computing thread: if it asks for its own key, waiting would never end
+        self.owner = threading.get_ident()
 
     def waiter(self) -> threading.Event:
         if self._event is None:

@@ -115,7 +115,9 @@ class LocalTable:
                 self._heap.clear()
                 self.nbytes = 0
             else:
-                for key in [k for k in self.data if predicate(k)]:
+                # list() copies in C, holding the GIL: hits in other threads move keys
+                # (without the lock) and must not break this iteration
+                for key in [k for k in list(self.data) if predicate(k)]:
                     self._remove(key)
 
     def purge(self) -> None:
@@ -127,7 +129,7 @@ class LocalTable:
 
     def usage(self, predicate: Callable[[Hashable], bool]) -> tuple[int, int]:
         with self.lock:
-            entries = [e for k, e in self.data.items() if predicate(k)]
+            entries = [e for k, e in list(self.data.items()) if predicate(k)]
         return len(entries), sum(e.size for e in entries)
 
     # --- under the lock -----------------------------------------------------------------
