@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import traceback
 from typing import Any
 
 import anyio
@@ -464,3 +465,28 @@ def test_stats_and_clear_of_a_shared_store_while_threads_hit() -> None:
         for thread in threads:
             thread.join(30)
     assert errors == []
+
+
+@pytest.mark.anyio
+async def test_a_shared_error_keeps_a_short_traceback() -> None:
+    @cache_result
+    async def f(x: int) -> int:
+        await anyio.sleep(0.01)
+        raise Boom("x")
+
+    errors: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await f(1)
+        except Boom as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(300):
+            tg.start_soon(call)
+    assert len(errors) == 300
+    assert all(e is errors[0] for e in errors)
+    frames = traceback.extract_tb(errors[-1].__traceback__)
+    assert len(frames) < 20  # not one frame per waiter that raised it
+    assert frames[-1].name == "f"

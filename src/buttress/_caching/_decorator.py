@@ -418,8 +418,7 @@ class _Cache:
                     if flight.state == ABANDONED:
                         continue  # its leader was cancelled: look again, maybe lead
                     if flight.state == FAILED:
-                        assert flight.error is not None
-                        raise flight.error
+                        raise flight.failure()
                     return self.deliver(flight.value, flight.arrays)
             own: Flight | None = None
             if flight is None:
@@ -558,8 +557,7 @@ class _Cache:
                 if flight.state == ABANDONED:
                     continue
                 if flight.state == FAILED:
-                    assert flight.error is not None
-                    raise flight.error
+                    raise flight.failure()
                 return self.deliver(flight.value, flight.arrays)
             try:
                 value, arrays = self._compute(key, handle, args, kwargs)
@@ -1009,8 +1007,7 @@ def _async_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...
                             return copy_arrays(flight.value)
                         return flight.value
                     if flight.state == FAILED:
-                        assert flight.error is not None
-                        raise flight.error
+                        raise flight.failure()
                     # abandoned by its cancelled leader: the full path decides who leads
             return await resolve(key, args, kwargs)
 

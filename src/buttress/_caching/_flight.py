@@ -17,6 +17,7 @@ import asyncio
 import threading
 import weakref
 from collections.abc import Hashable
+from types import TracebackType
 from typing import Any, Final, final
 
 import anyio
@@ -31,19 +32,32 @@ ABANDONED: Final = 3  # the computing caller was cancelled; a waiter takes over
 
 
 class _Outcome:
-    __slots__ = ("arrays", "error", "state", "value")
+    __slots__ = ("_traceback", "arrays", "error", "state", "value")
 
     def __init__(self) -> None:
         self.state = RUNNING
         self.value: Any = None
         self.arrays = False
         self.error: BaseException | None = None
+        self._traceback: TracebackType | None = None
 
     def _settle(self, state: int, value: Any, arrays: bool, error: BaseException | None) -> None:
         self.state = state
         self.value = value
         self.arrays = arrays
         self.error = error
+        if error is not None:
+            self._traceback = error.__traceback__
+
+    def failure(self) -> BaseException:
+        """The error to raise in a waiter, carrying the computation's own traceback.
+
+        Every raise of one exception object prepends the raising frame to its traceback;
+        restoring the original first keeps thousands of waiters from growing it without end
+        (``asyncio.Future.result`` does the same).
+        """
+        assert self.error is not None
+        return self.error.with_traceback(self._traceback)
 
 
 @final
