@@ -9,11 +9,23 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from ._caching import CachedFunction as CachedFunction
+from ._caching import CachedMethod as CachedMethod
+from ._caching import CacheEntry as CacheEntry
+from ._caching import CacheHandle as CacheHandle
+from ._caching import CacheKey as CacheKey
+from ._caching import CacheScope as CacheScope
+from ._caching import CacheStats as CacheStats
+from ._caching import CacheStore as CacheStore
+from ._caching import LocalStore as LocalStore
+from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
 from ._errors import ButtressError as ButtressError
+from ._errors import CacheStoreError as CacheStoreError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import MemoryPressureError as MemoryPressureError
 from ._errors import RetryError as RetryError
+from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._events import BulkheadRejected as BulkheadRejected
 from ._events import CacheAccess as CacheAccess
 from ._events import CacheEviction as CacheEviction
@@ -51,8 +63,17 @@ __all__ = [
     "BulkheadRejected",
     "ButtressError",
     "CacheAccess",
+    "CacheEntry",
     "CacheEviction",
+    "CacheHandle",
+    "CacheKey",
+    "CacheScope",
+    "CacheStats",
+    "CacheStore",
+    "CacheStoreError",
     "CacheStoreFailed",
+    "CachedFunction",
+    "CachedMethod",
     "CircuitRejected",
     "CircuitStateChanged",
     "ConfigurationError",
@@ -62,6 +83,7 @@ __all__ = [
     "GpuProbe",
     "HedgeStarted",
     "Jitter",
+    "LocalStore",
     "MemoryGuard",
     "MemoryGuardDecision",
     "MemoryGuarded",
@@ -75,7 +97,9 @@ __all__ = [
     "RetryScheduled",
     "Subscription",
     "TimedOut",
+    "UnkeyableArgumentError",
     "ValidationFailed",
+    "cache_result",
     "events",
     "memory_guard",
     "memory_snapshot",

@@ -16,9 +16,11 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "AttemptTimeoutError",
     "ButtressError",
+    "CacheStoreError",
     "ConfigurationError",
     "MemoryPressureError",
     "RetryError",
+    "UnkeyableArgumentError",
     "is_fatal",
 ]
 
@@ -57,6 +59,31 @@ class AttemptTimeoutError(ButtressError, TimeoutError):
 
 
 # --- caching (issues 3 and 4) ----------------------------------------------------------
+
+
+class UnkeyableArgumentError(ButtressError, TypeError):
+    """``@cache_result`` could not build a cache key from one argument.
+
+    Raised at call time, before the function runs. ``argument`` names the parameter (or
+    ``"key="`` for the result of a custom key function), ``type_name`` the offending type
+    (which may sit deep inside a container). Pass ``key=`` to ``@cache_result`` to build
+    keys yourself.
+    """
+
+    def __init__(self, message: str, *, function: str, argument: str, type_name: str) -> None:
+        super().__init__(message)
+        self.function = function
+        self.argument = argument
+        self.type_name = type_name
+
+
+class CacheStoreError(ButtressError):
+    """A cache store failed and chose to fail closed.
+
+    ``@cache_result`` treats any other exception from a store as a store failure to
+    survive (counted, reported as ``CacheStoreFailed``, the call runs uncached); a store
+    raises this type (or a subclass) when the caller must see the failure instead.
+    """
 
 
 # --- validation (issue 5) --------------------------------------------------------------

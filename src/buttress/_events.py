@@ -96,10 +96,12 @@ class CacheAccess(Event):
 
     ``"hit"``: from the cache; ``"miss"``: computed by this caller; ``"join"``: waited
     for another caller's computation (single-flight); ``"stale"``: an expired value served
-    on purpose (``stale_while_revalidate`` or ``stale_if_error``).
+    on purpose (``stale_while_revalidate`` or ``stale_if_error``). ``error`` is set when a
+    stale value was served because the refresh raised it (``stale_if_error``).
     """
 
     result: Literal["hit", "miss", "join", "stale"]
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
