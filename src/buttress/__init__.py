@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Any
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
 from ._errors import ButtressError as ButtressError
 from ._errors import ConfigurationError as ConfigurationError
+from ._errors import DataValidationError as DataValidationError
+from ._errors import InputValidationError as InputValidationError
+from ._errors import OutputValidationError as OutputValidationError
 from ._errors import RetryError as RetryError
+from ._errors import ValidationProblem as ValidationProblem
 from ._events import BulkheadRejected as BulkheadRejected
 from ._events import CacheAccess as CacheAccess
 from ._events import CacheEviction as CacheEviction
@@ -34,11 +38,16 @@ from ._events import ValidationFailed as ValidationFailed
 from ._events import events as events
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
+from ._validation import ArraySpec as ArraySpec
+from ._validation import Keys as Keys
+from ._validation import validate_input as validate_input
+from ._validation import validate_output as validate_output
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers
     pass
 
 __all__ = [
+    "ArraySpec",
     "AttemptTimeoutError",
     "BulkheadRejected",
     "ButtressError",
@@ -48,12 +57,16 @@ __all__ = [
     "CircuitRejected",
     "CircuitStateChanged",
     "ConfigurationError",
+    "DataValidationError",
     "Event",
     "EventBus",
     "FallbackUsed",
     "HedgeStarted",
+    "InputValidationError",
     "Jitter",
+    "Keys",
     "MemoryGuardDecision",
+    "OutputValidationError",
     "RateLimited",
     "RetryBudgetExhausted",
     "RetryError",
@@ -62,8 +75,11 @@ __all__ = [
     "Subscription",
     "TimedOut",
     "ValidationFailed",
+    "ValidationProblem",
     "events",
     "retry",
+    "validate_input",
+    "validate_output",
 ]
 
 #: Public names whose module imports an optional dependency: name -> module.
