@@ -104,15 +104,22 @@ def describe(value: Any) -> str:
                 return repr(value)
             unit = "characters" if isinstance(value, str) else "bytes"
             return f"{type(value).__name__} of {len(value)} {unit} starting {value[:20]!r}"
-        if isinstance(value, (list, tuple, dict, set, frozenset)) and len(value) > 6:
-            return f"{type(value).__name__} of {len(value)} items"
-        return _summary.repr(value)
+        text = _summary.repr(value)
+        if isinstance(value, (list, tuple, dict, set, frozenset)) and "..." in text:
+            return f"{type(value).__name__} of {plural(len(value), 'item')}"
+        return text
     except Exception:  # a value whose repr or len fails: its type must do
         return f"{type(value).__qualname__} object"
 
 
+def plural(count: int, word: str) -> str:
+    """``1 value``, ``2 values``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def _exception_text(exc: BaseException) -> str:
-    text = str(exc)
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
     if len(text) > 120:
         text = text[:117] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -255,14 +262,14 @@ def _range_problems(
         if smallest < low:
             count = int(np.count_nonzero(data < low))
             at = _first_index(value == smallest)
-            found = f"{count} values below it, the smallest {smallest} at index {at}"
+            found = f"{plural(count, 'value')} below it, the smallest {smallest} at index {at}"
             problems.append(((), f"values >= {low}", found, f"values must be >= {low}: {found}"))
     if high is not None:
         largest = data.max()
         if largest > high:
             count = int(np.count_nonzero(data > high))
             at = _first_index(value == largest)
-            found = f"{count} values above it, the largest {largest} at index {at}"
+            found = f"{plural(count, 'value')} above it, the largest {largest} at index {at}"
             problems.append(((), f"values <= {high}", found, f"values must be <= {high}: {found}"))
     return problems or None
 

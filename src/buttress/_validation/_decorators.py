@@ -10,6 +10,7 @@ import functools
 import inspect
 import sys
 import types
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
@@ -22,6 +23,7 @@ from buttress._errors import (
 from buttress._wrapping import function_name, is_async_callable, wrap
 
 from ._binding import Validator, compile_input, compile_output, hints_of
+from ._specs import ArraySpec, Keys
 
 __all__ = ["OnError", "validate_input", "validate_output"]
 
@@ -330,9 +332,15 @@ def _output_shells(
     return build_sync, build_async
 
 
+#: What a type checker accepts as an output spec: classes and generic aliases
+#: (``list[int]``), ``X | Y`` unions, typing's special forms (``Annotated[...]``,
+#: ``Literal[...]``, ``Optional[...]``), and the spec objects.
+OutputSpec = type[Any] | ArraySpec | Keys | types.UnionType | typing._SpecialForm
+
+
 @overload
-def validate_output(  # type: ignore[overload-overlap]  # a class is a spec, not a target
-    spec: type[Any],
+def validate_output(  # type: ignore[overload-overlap]  # a class is a spec, not the target
+    spec: OutputSpec = ...,
     /,
     *,
     on_error: OnError[OutputValidationError] | None = None,
@@ -341,19 +349,7 @@ def validate_output(  # type: ignore[overload-overlap]  # a class is a spec, not
 
 
 @overload
-def validate_output(  # type: ignore[overload-overlap]  # a function is the target
-    fn: Callable[P, T], /
-) -> Callable[P, T]: ...
-
-
-@overload
-def validate_output(
-    spec: object = ...,
-    /,
-    *,
-    on_error: OnError[OutputValidationError] | None = None,
-    default: Any = ...,
-) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+def validate_output(fn: Callable[P, T], /) -> Callable[P, T]: ...
 
 
 def validate_output(

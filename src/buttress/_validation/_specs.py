@@ -361,13 +361,13 @@ class Keys:
             raise ConfigurationError(
                 f"Keys({name}=...) must be a list of keys such as ['id', 'text'], got {keys!r}"
             )
-        unique = tuple(dict.fromkeys(keys))
-        for key in unique:
+        unique: dict[Any, None] = {}
+        for key in keys:
             try:
-                hash(key)
+                unique[key] = None
             except TypeError:
                 raise ConfigurationError(f"Keys({name}=...): {key!r} cannot be a key") from None
-        return unique
+        return tuple(unique)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Keys is immutable; cannot set {name!r}")
