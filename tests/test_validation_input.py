@@ -350,3 +350,11 @@ def test_generator_functions_are_refused() -> None:
 
     with pytest.raises(TypeError, match="generator"):
         validate_input(gen)
+
+
+def test_a_parameter_named_fn_can_have_a_spec() -> None:
+    @validate_input(fn=int)
+    def call(fn: Any) -> Any:
+        return fn
+
+    assert call("3") == 3

@@ -169,3 +169,31 @@ def test_any_output_spec_checks_nothing() -> None:
         return object
 
     assert anything() is object
+
+
+def test_return_annotations_naming_local_and_later_classes() -> None:
+    class Local(BaseModel):
+        value: int
+
+    @validate_output
+    def local() -> Local:
+        return {"value": "1"}  # type: ignore[return-value]
+
+    assert local() == Local(value=1)
+
+    @validate_output
+    def later() -> LaterResult:
+        return {"size": "2"}  # type: ignore[return-value]
+
+    assert later().size == 2
+
+    @validate_output
+    def missing() -> NeverDefined:  # type: ignore[name-defined]  # noqa: F821
+        return 1
+
+    with pytest.raises(Exception, match="names something undefined"):
+        missing()
+
+
+class LaterResult(BaseModel):
+    size: int

@@ -87,25 +87,44 @@ def _passthrough_async(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     return passthrough_wrapper
 
 
-def _lazy_input(
-    target: Any, function: str, namespace: Mapping[str, Any] | None
-) -> Validator:
-    """For annotations naming classes defined after the function: resolve at first call."""
-    compiled: list[Validator | None] = []
+Namespace = Callable[[], Mapping[str, Any] | None]
+V = TypeVar("V")
 
-    def validate_later(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+
+def _resolved(build: Callable[[Mapping[str, Any] | None], V], namespace: Namespace) -> V:
+    """``build(None)``, or with the decorating function's local names when an annotation
+    names a class defined there.
+
+    Raises:
+        NameError: neither resolves (the class may be defined later in the module).
+    """
+    try:
+        return build(None)
+    except NameError:
+        return build(namespace())
+
+
+def _later(
+    build: Callable[[Mapping[str, Any] | None], V],
+    local_names: Mapping[str, Any] | None,
+    decorator: str,
+    function: str,
+) -> Callable[[], V]:
+    """For annotations naming classes defined after the function: resolve at first call."""
+    compiled: list[V] = []
+
+    def get() -> V:
         if not compiled:
             try:
-                compiled.append(compile_input(target, function, None, namespace))
+                compiled.append(build(local_names))
             except NameError as exc:
                 raise ConfigurationError(
-                    f"@validate_input: an annotation of {function}() names something "
+                    f"@{decorator}: an annotation of {function}() names something "
                     f"undefined: {exc}"
                 ) from None
-        validator = compiled[0]
-        return args if validator is None else validator(args, kwargs)
+        return compiled[0]
 
-    return validate_later
+    return get
 
 
 def _input_shells(
@@ -115,15 +134,20 @@ def _input_shells(
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     def validator_of(fn: Any) -> Validator | None:
         name = function_name(fn)
+
+        def build(names: Mapping[str, Any] | None) -> Validator | None:
+            return compile_input(fn, name, specs, names)
+
         try:
-            return compile_input(fn, name, specs, None)
+            return _resolved(build, namespace)
         except NameError:
-            pass
-        local_names = namespace()
-        try:
-            return compile_input(fn, name, specs, local_names)
-        except NameError:
-            return _lazy_input(fn, name, local_names)
+            get = _later(build, namespace(), "validate_input", name)
+
+        def validate_later(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            validator = get()
+            return args if validator is None else validator(args, kwargs)
+
+        return validate_later
 
     def build_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
         _refuse_async_handler("validate_input", handler, fn)
@@ -278,20 +302,33 @@ def _is_target(value: object) -> bool:
 
 
 def _output_shells(
-    spec: Any, handler: Handler
+    spec: Any, handler: Handler, namespace: Namespace
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     def validator_of(fn: Any) -> Callable[[Any], Any] | None:
         name = function_name(fn)
-        chosen = spec
-        if chosen is _MISSING:
-            hints = hints_of(fn, None)
-            if "return" not in hints:
-                raise ConfigurationError(
-                    f"@validate_output: {name}() has no return annotation; give a spec: "
-                    "@validate_output(ArraySpec(...))"
-                )
-            chosen = hints["return"]
-        return compile_output(chosen, name)
+
+        def build(names: Mapping[str, Any] | None) -> Callable[[Any], Any] | None:
+            chosen = spec
+            if chosen is _MISSING:
+                hints = hints_of(fn, names)
+                if "return" not in hints:
+                    raise ConfigurationError(
+                        f"@validate_output: {name}() has no return annotation; give a spec: "
+                        "@validate_output(ArraySpec(...))"
+                    )
+                chosen = hints["return"]
+            return compile_output(chosen, name)
+
+        try:
+            return _resolved(build, namespace)
+        except NameError:
+            get = _later(build, namespace(), "validate_output", name)
+
+        def validate_later(result: Any) -> Any:
+            validator = get()
+            return result if validator is None else validator(result)
+
+        return validate_later
 
     def build_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
         _refuse_async_handler("validate_output", handler, fn)
@@ -386,12 +423,23 @@ def validate_output(
         ConfigurationError: at decoration, for a spec that cannot work, no spec and no
             return annotation, or contradictory ``on_error``/``default``.
     """
+    target = None
     if spec is not _MISSING and _is_target(spec):
-        return validate_output()(spec)
+        target, spec = spec, _MISSING
     handler = _handler("validate_output", on_error, default)
-    sync, async_ = _output_shells(spec, handler)
+    frames: list[types.FrameType] = []
 
-    def decorate(target: Callable[..., Any]) -> Any:
-        return wrap(target, "validate_output", sync=sync, async_=async_)
+    def namespace() -> Mapping[str, Any] | None:
+        return dict(frames[-1].f_locals) if frames else None
 
-    return decorate
+    sync, async_ = _output_shells(spec, handler, namespace)
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        # Called from the decorated definition, or from validate_output in bare use.
+        frames.append(sys._getframe(1 if target is None else 2))
+        try:
+            return wrap(fn, "validate_output", sync=sync, async_=async_)
+        finally:
+            frames.pop()
+
+    return decorate if target is None else decorate(target)
