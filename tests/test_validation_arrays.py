@@ -60,6 +60,18 @@ def test_names_must_agree_across_arguments() -> None:
     assert len(problems(rank, mask=np.ones(2, dtype=bool), x=f32(5, 768))) == 1
 
 
+def test_a_name_no_other_argument_shares_still_shows_in_messages() -> None:
+    @validate_input(x=ArraySpec(("batch", 768)))
+    def one(x: Any) -> None: ...
+
+    assert problems(one, f32(3, 512)) == [
+        "x: shape (3, 512) does not match ('batch', 768): dimension 1 is 512, expected 768"
+    ]
+    assert problems(one, f32(512)) == [
+        "x: shape (512,) does not match ('batch', 768): expected 2 dimensions, got 1"
+    ]
+
+
 def test_names_agree_within_one_array() -> None:
     @validate_input(m=ArraySpec(("n", "n")))
     def square(m: Any) -> Any:

@@ -73,6 +73,37 @@ def test_arrays_are_described_by_shape_and_dtype() -> None:
     assert caught.value.errors[0].found == "<int of 16610 bits>"
 
 
+def test_odd_values_are_described_briefly() -> None:
+    @validate_input(x=ArraySpec(dtype="float32"), n=int)
+    def call(x: Any, n: Any = 0) -> None: ...
+
+    structured = np.zeros(2, dtype=[("a", "f4"), ("b", "i8"), ("c", "U3")])
+    with pytest.raises(InputValidationError) as caught:
+        call(structured, n=[{"k" * 30: ["v" * 30] * 3}] * 3)
+    x, n = caught.value.errors
+    assert x.message == "dtype structured (3 fields) does not match dtype float32"
+    assert n.found == "list of 3 items"
+
+    class Verbose:
+        def __repr__(self) -> str:
+            return "V" * 500
+
+    with pytest.raises(InputValidationError) as caught:
+        call(Verbose())
+    found = caught.value.errors[0].found
+    assert len(found) <= 60
+    assert found.startswith("V" * 20)
+    assert "..." in found
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    with pytest.raises(InputValidationError) as caught:
+        call(Unprintable())
+    assert caught.value.errors[0].found.startswith("<Unprintable instance at 0x")
+
+
 def test_errors_pickle_with_their_records() -> None:
     @validate_input
     def call(x: int) -> None: ...

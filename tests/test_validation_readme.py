@@ -1,13 +1,15 @@
-"""The README's validation example runs and prints what the README says it prints."""
+"""The README's validation example and examples/validated_ranker.py run as documented."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import re
+import runpy
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def test_readme_validation_example_runs_as_documented() -> None:
@@ -28,3 +30,15 @@ def test_readme_validation_example_runs_as_documented() -> None:
     assert documented, "the example documents its error message"
     assert [line for line in lines if line.startswith("rank(): ")] == documented
     assert lines[-1] == "{'id': 1} {'error': 'bad request'}"
+
+
+def test_validated_ranker_example() -> None:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        runpy.run_path(str(ROOT / "examples" / "validated_ranker.py"), run_name="__main__")
+    lines = printed.getvalue().splitlines()
+    assert lines[0] == "{'status': 200, 'query': 'cats', 'ranking': [3, 4]}"
+    assert lines[1].startswith("{'status': 422, 'problems': [")
+    assert "contains non-finite values" in lines[2]
+    assert lines[3] == "{'status': 200, 'query': 'glitch', 'ranking': []}"
+    assert lines[4] == "refused: {'input': 2, 'output': 1}"

@@ -83,7 +83,7 @@ class _Summary(reprlib.Repr):
         self.maxlong = 40
 
     def repr_ndarray(self, value: np.ndarray[Any, Any], level: int) -> str:
-        return f"array(shape={format_shape(value.shape)}, dtype={value.dtype})"
+        return f"array(shape={format_shape(value.shape)}, dtype={dtype_text(value.dtype)})"
 
     def repr_int(self, value: int, level: int) -> str:
         if value.bit_length() > 128:  # also avoids int-to-str digit limits
@@ -94,19 +94,34 @@ class _Summary(reprlib.Repr):
 _summary = _Summary()
 
 
+#: Descriptions longer than this are shortened: a message names a value, never dumps it.
+_MAX_DESCRIPTION = 100
+
+
+def dtype_text(dtype: np.dtype[Any]) -> str:
+    """A dtype's name; structured dtypes by their field count, not their whole layout."""
+    if dtype.names is not None:
+        return f"structured ({plural(len(dtype.names), 'field')})"
+    return str(dtype)
+
+
 def describe(value: Any) -> str:
     """A short description of ``value`` for a message: never the whole of a large value."""
     try:
         if isinstance(value, np.ndarray):
-            return f"array of shape {format_shape(value.shape)} and dtype {value.dtype}"
+            return f"array of shape {format_shape(value.shape)} and dtype {dtype_text(value.dtype)}"
         if isinstance(value, (str, bytes, bytearray)):
             if len(value) <= 40:
                 return repr(value)
             unit = "characters" if isinstance(value, str) else "bytes"
             return f"{type(value).__name__} of {len(value)} {unit} starting {value[:20]!r}"
         text = _summary.repr(value)
-        if isinstance(value, (list, tuple, dict, set, frozenset)) and "..." in text:
+        if isinstance(value, (list, tuple, dict, set, frozenset)) and (
+            "..." in text or len(text) > _MAX_DESCRIPTION
+        ):
             return f"{type(value).__name__} of {plural(len(value), 'item')}"
+        if len(text) > _MAX_DESCRIPTION:
+            return text[: _MAX_DESCRIPTION - 3] + "..."
         return text
     except Exception:  # a value whose repr or len fails: its type must do
         return f"{type(value).__qualname__} object"
@@ -139,9 +154,12 @@ def _shape_problem(shape: tuple[int, ...], wanted: str, detail: str) -> Problem:
 
 
 def _compile_shape(
-    spec: ArraySpec, where: str | None
+    spec: ArraySpec, where: str | None, wanted: str
 ) -> Callable[[tuple[int, ...], Dims | None], Problem | None] | None:
-    """The shape (and ndim) check, or ``None`` when the spec says nothing about shape."""
+    """The shape (and ndim) check, or ``None`` when the spec says nothing about shape.
+
+    ``wanted`` is the shape as the user wrote it, for messages.
+    """
     shape, ndim = spec.shape, spec.ndim
     if shape is None:
         if ndim is None:
@@ -159,7 +177,6 @@ def _compile_shape(
 
         return check_ndim
 
-    wanted = format_shape(shape)
     if Ellipsis in shape:
         cut = shape.index(Ellipsis)
         prefix, suffix = shape[:cut], shape[cut + 1 :]
@@ -243,8 +260,8 @@ def _range_problems(
             (
                 (),
                 "real numbers",
-                f"dtype {value.dtype}",
-                f"values of dtype {value.dtype} cannot be compared with min/max",
+                f"dtype {dtype_text(value.dtype)}",
+                f"values of dtype {dtype_text(value.dtype)} cannot be compared with min/max",
             )
         ]
     data = value
@@ -325,14 +342,14 @@ def _caster(
     def convert(value: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         source = value.dtype
         if not np.can_cast(source, target, casting=cast):
-            found = f"dtype {source}"
+            found = f"dtype {dtype_text(source)}"
             raise Failed(
                 [
                     (
                         (),
                         f"dtype {target}",
                         found,
-                        f"dtype {source} cannot be cast to {target} under {cast!r} casting",
+                        f"{found} cannot be cast to {target} under {cast!r} casting",
                     )
                 ]
             )
@@ -362,7 +379,7 @@ def _caster(
         except FloatingPointError:
             found = f"values out of range for {target}"
             raise Failed(
-                [((), f"values that fit {target}", found, f"dtype {source}: {found}")]
+                [((), f"values that fit {target}", found, f"dtype {dtype_text(source)}: {found}")]
             ) from None
 
     return convert
@@ -387,6 +404,7 @@ def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -
     # The shape, decided as far as possible now. Without "...", the common case, the
     # call compares the length and the fixed sizes in one go, then binds names.
     shape = spec.shape
+    wanted_shape = format_shape(shape) if shape is not None else ""  # as the user wrote it
     if shape is not None and not bind_names:
         shape = tuple(None if isinstance(entry, str) else entry for entry in shape)
         spec = _with_shape(spec, shape)
@@ -402,8 +420,7 @@ def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -
             pick = operator.itemgetter(*(i for i, _ in fixed))
             sizes = fixed[0][1] if len(fixed) == 1 else tuple(e for _, e in fixed)
         named = any(isinstance(e, str) for e in shape)
-    shape_check = None if exact is not None else _compile_shape(spec, where)
-    wanted_shape = format_shape(shape) if shape is not None else ""
+    shape_check = None if exact is not None else _compile_shape(spec, where, wanted_shape)
 
     # Finiteness: decided by the dtype when the spec fixes it (or casts to it).
     finite = spec.finite is not False
@@ -445,7 +462,7 @@ def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -
                 dtype = value.dtype
                 if dtype is not target and dtype not in accepted:
                     if recast is None:
-                        found = f"dtype {dtype}"
+                        found = f"dtype {dtype_text(dtype)}"
                         problems = problems or []
                         problems.append(
                             ((), wanted_dtype, found, f"{found} does not match {wanted_dtype}")
@@ -516,9 +533,13 @@ def _exact_shape_problem(
 
 
 def _listing(keys: Any, limit: int = 8) -> str:
-    items = [describe(key) for key in list(keys)[:limit]]
+    items = [_short(describe(key)) for key in list(keys)[:limit]]
     extra = len(keys) - limit
     return ", ".join(items) + (f" and {extra} more" if extra > 0 else "")
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def compile_keys(spec: Keys) -> Check:
