@@ -325,6 +325,20 @@ def test_finite_sample_scans_the_first_call_then_a_share() -> None:
     assert outcomes == [True, False, False, False] * 3
 
 
+def test_a_sampled_scan_runs_once_per_call_even_when_the_call_fails() -> None:
+    @validate_input(x=ArraySpec(finite="sample", sample_rate=0.5), k=int)
+    def model(x: Any, k: Any) -> None: ...
+
+    bad = np.array([np.nan])
+    with pytest.raises(InputValidationError) as caught:
+        model(bad, "not an int")  # scanned (the first call), and k fails too
+    assert [p.argument for p in caught.value.errors] == ["x", "k"]
+    model(bad, 1)  # not scanned
+    with pytest.raises(InputValidationError) as caught:
+        model(bad, 1)  # scanned
+    assert [p.argument for p in caught.value.errors] == ["x"]
+
+
 def test_finite_sample_still_catches_nan_found_by_a_range_check() -> None:
     @validate_input(x=ArraySpec(finite="sample", sample_rate=0.01, min=0))
     def model(x: Any) -> None: ...

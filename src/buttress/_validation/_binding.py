@@ -296,19 +296,28 @@ def _build_input(
     keywords: frozenset[str],
     needs_dims: bool,
 ) -> Validator:
+    """The thorough validator, or a lean one in front of it when the call allows.
+
+    The thorough walk collects every problem, shares dimension names and covers
+    ``*args``/``**kwargs``. Without those, the lean walk only calls the checks; at the
+    first failure the thorough walk takes over from the next argument on, to find the
+    other problems (no check runs twice: a sampled scan must not be redrawn).
+    """
+
     def fail(problems: list[ValidationProblem]) -> typing.NoReturn:
         _report(function, "input", tuple(problems))
         raise InputValidationError(function, problems)
 
-    if len(slots) == 1 and var_args is None and var_kwargs is None:
-        return _build_one(slots[0], fail, needs_dims)
-
-    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def thorough(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        start: int = 0,
+        failures: list[ValidationProblem] | None = None,
+    ) -> Any:
         dims = Dims() if needs_dims else None
-        failures: list[ValidationProblem] | None = None
         replaced: list[Any] | None = None
         count = len(args)
-        for index, key, check, with_dims, argument in slots:
+        for index, key, check, with_dims, argument in slots[start:] if start else slots:
             if index < count:
                 value = args[index]
             elif key is not None and key in kwargs:
@@ -359,24 +368,52 @@ def _build_input(
             fail(failures)
         return args if replaced is None else replaced
 
-    return validate
+    if needs_dims or var_args is not None or var_kwargs is not None:
+        return thorough
+    # Every check here takes the value alone: arrays and keys need no dims in this case.
+    if len(slots) == 1:
+        return _lean_one(slots[0], fail)
+    lean_slots = tuple(
+        (number, index, key, check) for number, (index, key, check, _, _) in enumerate(slots)
+    )
+
+    def lean(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        count = len(args)
+        replaced: list[Any] | None = None
+        number = 0
+        try:
+            for number, index, key, check in lean_slots:  # noqa: B007  # read after a failure
+                if index < count:
+                    value = args[index]
+                    result = check(value)
+                    if result is not value:
+                        if replaced is None:
+                            replaced = list(args)
+                        replaced[index] = result
+                elif key is not None and key in kwargs:
+                    value = kwargs[key]
+                    result = check(value)
+                    if result is not value:
+                        kwargs[key] = result
+        except (Failed, ValidationError) as exc:
+            failures = _problems(exc, slots[number].argument)
+            return thorough(args, kwargs, number + 1, failures)  # raises
+        return args if replaced is None else replaced
+
+    return lean
 
 
-def _build_one(
-    slot: _Slot,
-    fail: Callable[[list[ValidationProblem]], typing.NoReturn],
-    needs_dims: bool,
+def _lean_one(
+    slot: _Slot, fail: Callable[[list[ValidationProblem]], typing.NoReturn]
 ) -> Validator:
-    """The validator of a function with one checked argument: the same walk, unrolled."""
-    index, key, check, with_dims, argument = slot
+    """The lean walk unrolled for the most common case: one checked argument."""
+    index, key, check, _, argument = slot
 
-    def validate_one(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def lean_one(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if index < len(args):
             value = args[index]
             try:
-                result = (
-                    check(value, Dims() if needs_dims else None) if with_dims else check(value)
-                )
+                result = check(value)
             except (Failed, ValidationError) as exc:
                 fail(_problems(exc, argument))
             if result is value:
@@ -387,15 +424,14 @@ def _build_one(
         if key is not None and key in kwargs:
             value = kwargs[key]
             try:
-                result = (
-                    check(value, Dims() if needs_dims else None) if with_dims else check(value)
-                )
+                result = check(value)
             except (Failed, ValidationError) as exc:
                 fail(_problems(exc, argument))
-            kwargs[key] = result
+            if result is not value:
+                kwargs[key] = result
         return args
 
-    return validate_one
+    return lean_one
 
 
 # --- output --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Specs compiled into checking closures, and what they find turned into readable problems.
 
-A *check* is ``check(value, dims) -> value``: it returns the value the function should
+A *check* is ``check(value, dims=None) -> value``: it returns the value the function should
 receive (the same object, or a cast array, or a pydantic model) or raises :class:`Failed`
 carrying problem tuples. Everything that can be decided once (dtypes, which shape entries
 are sizes and which are names, the message fragments) is decided when the check is built;
@@ -437,7 +437,7 @@ def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -
     ranged = low is not None or high is not None
     big = 4 * _SCAN_CHUNK
 
-    def check_array(value: Any, dims: Dims | None) -> Any:
+    def check_array(value: Any, dims: Dims | None = None) -> Any:
         nonlocal credit
         if not isinstance(value, ndarray):
             value = convert(value)
@@ -550,7 +550,7 @@ def compile_keys(spec: Keys) -> Check:
     order = spec.required
     allowed_text = _listing(spec.required + spec.optional) or "none"
 
-    def check_keys(value: Any, dims: Dims | None) -> Any:
+    def check_keys(value: Any, dims: Dims | None = None) -> Any:
         if not isinstance(value, Mapping):
             found = describe(value)
             raise Failed([((), "a dict", found, f"expected a dict, got {found}")])
