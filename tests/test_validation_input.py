@@ -358,3 +358,19 @@ def test_a_parameter_named_fn_can_have_a_spec() -> None:
         return fn
 
     assert call("3") == 3
+
+
+def test_keywords_coerce_and_every_problem_is_found_after_the_first() -> None:
+    @validate_input
+    def call(a: int, b: float, c: Query, d: int = 0) -> tuple[Any, ...]:
+        return a, b, c, d
+
+    assert call(c={"text": "q"}, b="1.5", a="2") == (2, 1.5, Query(text="q"), 0)
+    assert call("2", b="1.5", c={"text": "q"}, d="4") == (2, 1.5, Query(text="q"), 4)
+    with pytest.raises(InputValidationError) as caught:
+        call(a="2", b="x", c={}, d="y")
+    assert [(p.argument, p.path) for p in caught.value.errors] == [
+        ("b", ()),
+        ("c", ("text",)),
+        ("d", ()),
+    ]
