@@ -365,6 +365,22 @@ def test_min_and_max() -> None:
     ]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_with_both_bounds_the_range_scan_also_finds_nan_and_inf(bad: float) -> None:
+    @validate_input(x=ArraySpec(min=float("-inf"), max=float("inf")))
+    def model(x: Any) -> None: ...
+
+    @validate_input(x=ArraySpec(min=float("-inf"), max=float("inf"), finite=False))
+    def loose(x: Any) -> None: ...
+
+    values = np.array([[0.0, 1.0], [bad, 2.0]], np.float32)
+    found = problems(model, values)
+    assert len(found) == 1
+    assert found[0].startswith("x: contains non-finite values: 1 ")
+    assert found[0].endswith("among 4 values, the first at index (1, 0)")
+    loose(values)
+
+
 def test_range_ignores_nan_when_nan_is_allowed() -> None:
     @validate_input(p=ArraySpec(min=0, finite=False))
     def loose(p: Any) -> None: ...

@@ -12,6 +12,7 @@ Values never reach a message in full: :func:`describe` summarises them.
 
 from __future__ import annotations
 
+import math
 import operator
 import reprlib
 import typing
@@ -264,30 +265,31 @@ def _range_problems(
                 f"values of dtype {dtype_text(value.dtype)} cannot be compared with min/max",
             )
         ]
-    data = value
-    if kind == "f":
-        nan = np.isnan(value)
-        if nan.any():
-            if finite:
-                return [_nonfinite_problem(value)]
-            data = value[~nan]
-            if not data.size:
-                return None
+    # min() and max() propagate NaN, and an infinity is an extreme: the common case costs
+    # the two reductions, and with both bounds they also settle finiteness.
+    smallest = value.min() if low is not None else None
+    largest = value.max() if high is not None else None
+    if kind == "f" and finite and not all(
+        math.isfinite(extreme) for extreme in (smallest, largest) if extreme is not None
+    ):
+        return [_nonfinite_problem(value)]
+    if kind == "f" and (smallest != smallest or largest != largest):  # NaN != NaN
+        data = value[~np.isnan(value)]
+        if not data.size:
+            return None
+        smallest = data.min() if low is not None else None
+        largest = data.max() if high is not None else None
     problems: list[Problem] = []
-    if low is not None:
-        smallest = data.min()
-        if smallest < low:
-            count = int(np.count_nonzero(data < low))
-            at = _first_index(value == smallest)
-            found = f"{plural(count, 'value')} below it, the smallest {smallest} at index {at}"
-            problems.append(((), f"values >= {low}", found, f"values must be >= {low}: {found}"))
-    if high is not None:
-        largest = data.max()
-        if largest > high:
-            count = int(np.count_nonzero(data > high))
-            at = _first_index(value == largest)
-            found = f"{plural(count, 'value')} above it, the largest {largest} at index {at}"
-            problems.append(((), f"values <= {high}", found, f"values must be <= {high}: {found}"))
+    if low is not None and smallest is not None and smallest < low:
+        count = int(np.count_nonzero(value < low))  # NaN compares false: not counted
+        at = _first_index(value == smallest)
+        found = f"{plural(count, 'value')} below it, the smallest {smallest} at index {at}"
+        problems.append(((), f"values >= {low}", found, f"values must be >= {low}: {found}"))
+    if high is not None and largest is not None and largest > high:
+        count = int(np.count_nonzero(value > high))
+        at = _first_index(value == largest)
+        found = f"{plural(count, 'value')} above it, the largest {largest} at index {at}"
+        problems.append(((), f"values <= {high}", found, f"values must be <= {high}: {found}"))
     return problems or None
 
 
@@ -425,7 +427,12 @@ def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -
     # Finiteness: decided by the dtype when the spec fixes it (or casts to it).
     finite = spec.finite is not False
     kinds = {one.kind for one in dtypes} if dtypes is not None else None
+    low, high = spec.min, spec.max
+    ranged = low is not None or high is not None
     if not finite or (kinds is not None and not kinds & {"f", "c"}):
+        scan_always = scan_by_kind = False
+    elif low is not None and high is not None:
+        # min() and max() find NaN and inf themselves (complex dtypes cannot have a range).
         scan_always = scan_by_kind = False
     elif kinds is not None and kinds <= {"f", "c"}:
         scan_always, scan_by_kind = True, False
@@ -433,8 +440,6 @@ def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -
         scan_always, scan_by_kind = False, True
     rate = spec.sample_rate
     credit = 1.0 - rate if rate is not None else 0.0
-    low, high = spec.min, spec.max
-    ranged = low is not None or high is not None
     big = 4 * _SCAN_CHUNK
 
     def check_array(value: Any, dims: Dims | None = None) -> Any:
