@@ -35,7 +35,13 @@ E = TypeVar("E", bound=DataValidationError)
 #: the error and return what it returns.
 OnError = Literal["raise", "default"] | Callable[[E], Any]
 
-_MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+#: "Not given", for settings where None is a meaningful value (``default=None``).
+_MISSING: Any = _Missing()
 
 Handler = Callable[[DataValidationError], Any] | None
 
@@ -45,14 +51,14 @@ def _handler(decorator: str, on_error: object, default: object) -> Handler:
     has_default = default is not _MISSING
     if on_error is None:
         on_error = "default" if has_default else "raise"
-    if on_error == "raise":
+    if isinstance(on_error, str) and on_error == "raise":
         if has_default:
             raise ConfigurationError(
                 f"@{decorator}: default= is returned only with on_error='default' "
                 "(or with on_error left out)"
             )
         return None
-    if on_error == "default":
+    if isinstance(on_error, str) and on_error == "default":
         if not has_default:
             raise ConfigurationError(f"@{decorator}: on_error='default' needs default=...")
         return lambda error: default
@@ -130,7 +136,7 @@ def _later(
 def _input_shells(
     specs: Mapping[str, Any] | None,
     handler: Handler,
-    namespace: Callable[[], Mapping[str, Any] | None],
+    namespace: Namespace,
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     def validator_of(fn: Any) -> Validator | None:
         name = function_name(fn)
