@@ -23,9 +23,13 @@ from ._errors import AttemptTimeoutError as AttemptTimeoutError
 from ._errors import ButtressError as ButtressError
 from ._errors import CacheStoreError as CacheStoreError
 from ._errors import ConfigurationError as ConfigurationError
+from ._errors import DataValidationError as DataValidationError
+from ._errors import InputValidationError as InputValidationError
 from ._errors import MemoryPressureError as MemoryPressureError
+from ._errors import OutputValidationError as OutputValidationError
 from ._errors import RetryError as RetryError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
+from ._errors import ValidationProblem as ValidationProblem
 from ._events import BulkheadRejected as BulkheadRejected
 from ._events import CacheAccess as CacheAccess
 from ._events import CacheEviction as CacheEviction
@@ -54,11 +58,16 @@ from ._memory_probe import MemoryProbe as MemoryProbe
 from ._memory_probe import MemorySnapshot as MemorySnapshot
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
+from ._validation import ArraySpec as ArraySpec
+from ._validation import Keys as Keys
+from ._validation import validate_input as validate_input
+from ._validation import validate_output as validate_output
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers
     pass
 
 __all__ = [
+    "ArraySpec",
     "AttemptTimeoutError",
     "BulkheadRejected",
     "ButtressError",
@@ -77,12 +86,15 @@ __all__ = [
     "CircuitRejected",
     "CircuitStateChanged",
     "ConfigurationError",
+    "DataValidationError",
     "Event",
     "EventBus",
     "FallbackUsed",
     "GpuProbe",
     "HedgeStarted",
+    "InputValidationError",
     "Jitter",
+    "Keys",
     "LocalStore",
     "MemoryGuard",
     "MemoryGuardDecision",
@@ -90,6 +102,7 @@ __all__ = [
     "MemoryPressureError",
     "MemoryProbe",
     "MemorySnapshot",
+    "OutputValidationError",
     "RateLimited",
     "RetryBudgetExhausted",
     "RetryError",
@@ -99,11 +112,14 @@ __all__ = [
     "TimedOut",
     "UnkeyableArgumentError",
     "ValidationFailed",
+    "ValidationProblem",
     "cache_result",
     "events",
     "memory_guard",
     "memory_snapshot",
     "retry",
+    "validate_input",
+    "validate_output",
 ]
 
 #: Public names whose module imports an optional dependency: name -> module.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
@@ -18,9 +20,14 @@ __all__ = [
     "ButtressError",
     "CacheStoreError",
     "ConfigurationError",
+    "DataValidationError",
+    "InputValidationError",
     "MemoryPressureError",
+    "OutputValidationError",
     "RetryError",
     "UnkeyableArgumentError",
+    "ValidationProblem",
+    "format_path",
     "is_fatal",
 ]
 
@@ -87,6 +94,84 @@ class CacheStoreError(ButtressError):
 
 
 # --- validation (issue 5) --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationProblem:
+    """One thing wrong with one value checked by ``@validate_input`` or ``@validate_output``.
+
+    Holds descriptions only, never the value itself: ``found`` summarises large arrays and
+    long strings, so logging a problem never logs a raw payload.
+
+    Attributes:
+        argument: the parameter's name; ``"return"`` for the return value.
+        path: where inside the value, from the outside in: field names and item indexes
+            (``("user", "age")``, ``(0,)``); empty for the value as a whole.
+        expected: what the spec asked for (``"shape ('batch', 768)"``).
+        found: what was there instead (``"shape (3, 512)"``).
+        message: the explanation, as the error's message shows it.
+    """
+
+    argument: str
+    path: tuple[str | int, ...]
+    expected: str
+    found: str
+    message: str
+
+    @property
+    def location(self) -> str:
+        """``argument 'x'`` or ``return value``, then `` at user.age`` for a path."""
+        where = "return value" if self.argument == "return" else f"argument {self.argument!r}"
+        if self.path:
+            where += " at " + format_path(self.path)
+        return where
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    """``("user", "tags", 0)`` as ``user.tags[0]``; odd keys as ``['a key']``."""
+    parts: list[str] = []
+    for item in path:
+        if isinstance(item, str) and item.isidentifier():
+            parts.append(f".{item}" if parts else item)
+        else:
+            parts.append(f"[{item!r}]")
+    return "".join(parts)
+
+
+#: Problems listed in an error's message; all of them stay in ``.errors``.
+_MAX_LISTED = 20
+
+
+class DataValidationError(ButtressError, ValueError):
+    """A value failed ``@validate_input`` or ``@validate_output``; base of both errors.
+
+    Attributes:
+        function: the decorated function's qualified name.
+        errors: every :class:`ValidationProblem` found, in argument order.
+    """
+
+    def __init__(self, function: str, errors: Sequence[ValidationProblem]) -> None:
+        self.function = function
+        self.errors: tuple[ValidationProblem, ...] = tuple(errors)
+        lines = [f"{function}(): {problem}" for problem in self.errors[:_MAX_LISTED]]
+        if len(self.errors) > _MAX_LISTED:
+            lines.append(f"{function}(): ... and {len(self.errors) - _MAX_LISTED} more problems")
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-built state would be lost by the default BaseException pickling.
+        return (type(self), (self.function, self.errors))
+
+
+class InputValidationError(DataValidationError):
+    """Arguments failed ``@validate_input``: the function was not called."""
+
+
+class OutputValidationError(DataValidationError):
+    """A return value failed ``@validate_output``: the function ran, its result is refused."""
 
 
 # --- memory guard (issue 6) ------------------------------------------------------------

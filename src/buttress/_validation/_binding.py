@@ -1,0 +1,464 @@
+"""Specs and a function's signature compiled, at decoration, into one validating closure.
+
+``compile_input`` reads the signature once and turns each checked parameter into a slot:
+its position, its keyword name and its check. The closure it returns walks the slots:
+no ``inspect.Signature.bind`` per call, no dict of every argument, nothing allocated when
+every value passes unchanged. Arguments the caller left out keep their defaults, which
+are not validated; binding mistakes (a missing argument, one too many) are left for the
+function itself to report, as it would without the decorator.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import typing
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, NamedTuple, get_args, get_origin
+
+import numpy as np
+from pydantic import ValidationError
+
+from buttress._errors import (
+    ConfigurationError,
+    InputValidationError,
+    OutputValidationError,
+    ValidationProblem,
+)
+from buttress._events import ValidationFailed, events
+
+from ._checks import (
+    Dims,
+    Failed,
+    compile_array,
+    compile_keys,
+    compile_pydantic,
+    mentions_markers,
+    pydantic_problems,
+)
+from ._specs import ArraySpec, Keys
+
+__all__ = ["Validator", "compile_input", "compile_output", "compile_spec", "hints_of"]
+
+#: Validates a call's arguments: ``(args, kwargs) -> args`` with values replaced by the
+#: validated ones (kwargs is updated in place); raises InputValidationError.
+Validator = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+_KEYWORD_ONLY = sys.maxsize  # the position of a parameter that cannot be positional
+_MARKERS = (ArraySpec, Keys)
+_PLAIN_ARRAY = ArraySpec(finite=False)
+_MAPPINGS = (dict, Mapping, typing.Dict, typing.Mapping, Any, object)  # noqa: UP006
+
+
+class Compiled(NamedTuple):
+    """One spec compiled: the check, whether it takes the call's dims, whether it binds names."""
+
+    check: Callable[..., Any]
+    with_dims: bool
+    names: bool
+
+
+def _array_from_ndarray_hint(annotation: Any) -> ArraySpec:
+    """``np.ndarray`` or ``npt.NDArray[np.float32]``: the array type, its dtype if exact."""
+    dtype_arg = get_args(annotation)[1] if len(get_args(annotation)) == 2 else None
+    if get_origin(dtype_arg) is np.dtype:
+        (scalar,) = get_args(dtype_arg)
+        try:
+            return ArraySpec(dtype=np.dtype(scalar), finite=False)
+        except Exception:  # an abstract scalar type (np.floating): any dtype
+            return _PLAIN_ARRAY
+    return _PLAIN_ARRAY
+
+
+def _direct_marker(spec: Any) -> ArraySpec | Keys | None:
+    """The ArraySpec or Keys checked directly (not through pydantic) for ``spec``."""
+    if isinstance(spec, _MARKERS):
+        return spec
+    if spec is np.ndarray or get_origin(spec) is np.ndarray:
+        return _array_from_ndarray_hint(spec)
+    if get_origin(spec) is Annotated:
+        base, metadata = spec.__origin__, spec.__metadata__
+        if len(metadata) == 1 and isinstance(metadata[0], _MARKERS):
+            marker = metadata[0]
+            if isinstance(marker, ArraySpec) and (
+                base in (np.ndarray, Any, object) or get_origin(base) is np.ndarray
+            ):
+                return marker
+            if isinstance(marker, Keys) and base in _MAPPINGS:
+                return marker
+    return None
+
+
+def compile_spec(
+    spec: Any, where: str, what: str, shared: Callable[[str], bool] | None = None
+) -> Compiled | None:
+    """Compile one spec; ``None`` for a spec that accepts everything (``Any``, ``object``).
+
+    ``where`` names the value in messages (``"argument 'x'"``), ``what`` names the setting
+    in configuration errors. ``shared`` tells whether a dimension name appears more than
+    once in the call (by default, whether it repeats within this spec): only such names
+    are worth remembering.
+    """
+    if spec is Any or spec is object:
+        return None
+    if isinstance(spec, str):
+        raise ConfigurationError(
+            f"{what}: the string {spec!r} is not a spec; pass the type itself (a type, an "
+            "annotation, a pydantic model, an ArraySpec or Keys)"
+        )
+    marker = _direct_marker(spec)
+    if isinstance(marker, Keys):
+        return Compiled(compile_keys(marker), True, False)
+    if isinstance(marker, ArraySpec):
+        names = _names(marker)
+        if shared is None:
+            shared = {name for name in names if names.count(name) > 1}.__contains__
+        bind = any(shared(name) for name in names)
+        return Compiled(compile_array(marker, where, bind), True, bind)
+    check, with_dims = compile_pydantic(spec, where, what)
+    return Compiled(check, with_dims, with_dims)
+
+
+def _names(spec: ArraySpec) -> list[str]:
+    return [entry for entry in spec.shape or () if isinstance(entry, str)]
+
+
+def _sharing(specs: Iterable[Any]) -> Callable[[str], bool]:
+    """Which dimension names appear more than once among a call's specs.
+
+    Markers nested inside pydantic annotations cannot be counted: with any of them, every
+    name counts as shared.
+    """
+    counts: Counter[str] = Counter()
+    for spec in specs:
+        marker = _direct_marker(spec)
+        if isinstance(marker, ArraySpec):
+            counts.update(_names(marker))
+        elif marker is None and not isinstance(spec, str) and mentions_markers(spec):
+            return lambda name: True
+    return lambda name: counts[name] > 1
+
+
+# --- reading annotations -------------------------------------------------------------------
+
+
+def _annotated_object(target: Any) -> Any:
+    """Whatever holds the annotations of what calling ``target`` runs."""
+    inner = target
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    if inspect.isroutine(inner):
+        return inner
+    if isinstance(inner, type):
+        # What construction runs: the first __init__ along the MRO (object's at the latest).
+        return next(vars(base)["__init__"] for base in inner.__mro__ if "__init__" in vars(base))
+    return type(inner).__call__
+
+
+def hints_of(target: Any, namespace: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The resolved annotations of ``target``, extras (``Annotated``) kept.
+
+    Raises:
+        NameError: an annotation names something not defined (yet).
+        ConfigurationError: annotations that cannot be evaluated for another reason.
+    """
+    source = _annotated_object(target)
+    try:
+        return typing.get_type_hints(
+            source, localns=dict(namespace) if namespace else None, include_extras=True
+        )
+    except NameError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot read the annotations of {target!r}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+class _Slot(NamedTuple):
+    position: int  # its position, or _KEYWORD_ONLY
+    key: str | None  # its keyword, or None when positional-only
+    check: Callable[..., Any]
+    with_dims: bool
+    argument: str
+
+
+def _problems(
+    exc: Failed | ValidationError, argument: str, prefix: tuple[str | int, ...] = ()
+) -> list[ValidationProblem]:
+    raw = exc.problems if isinstance(exc, Failed) else pydantic_problems(exc)
+    return [
+        ValidationProblem(argument, prefix + path, expected, found, message)
+        for path, expected, found, message in raw
+    ]
+
+
+def _report(function: str, direction: typing.Literal["input", "output"], problems: Any) -> None:
+    if events.active:
+        events.emit(ValidationFailed(function=function, direction=direction, errors=problems))
+
+
+def compile_input(
+    target: Any,
+    function: str,
+    specs: Mapping[str, Any] | None,
+    namespace: Mapping[str, Any] | None,
+) -> Validator | None:
+    """The validator of ``target``'s arguments, or ``None`` when nothing is checked.
+
+    ``specs`` maps parameter names to specs; ``None`` means "from the annotations".
+
+    Raises:
+        NameError: (annotations only) a forward reference not defined yet.
+        ConfigurationError: a spec naming no parameter, or a spec that cannot work.
+        TypeError: a callable whose signature cannot be read.
+    """
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"@validate_input cannot read the signature of {function}: {exc}"
+        ) from None
+    parameters = list(signature.parameters.values())
+    if specs is None:
+        hints = hints_of(target, namespace)
+        chosen = {p.name: hints[p.name] for p in parameters if p.name in hints}
+    else:
+        names = {p.name for p in parameters}
+        unknown = [name for name in specs if name not in names]
+        if unknown:
+            listed = ", ".join(p.name for p in parameters) or "none"
+            raise ConfigurationError(
+                f"@validate_input: {function}() has no parameter "
+                f"{', '.join(repr(name) for name in unknown)} (its parameters: {listed})"
+            )
+        chosen = dict(specs)
+
+    slots: list[_Slot] = []
+    var_args: tuple[int, Compiled] | None = None
+    var_kwargs: Compiled | None = None
+    keywords: set[str] = set()
+    every: list[Compiled] = []
+    # A *args or **kwargs spec applies to many values: its names count as repeated.
+    shared = _sharing(
+        chosen[p.name]
+        for p in parameters
+        if p.name in chosen
+        for _ in range(2 if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) else 1)
+    )
+    for position, parameter in enumerate(parameters):
+        kind = parameter.kind
+        if kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            keywords.add(parameter.name)
+        if parameter.name not in chosen:
+            continue
+        compiled = compile_spec(
+            chosen[parameter.name],
+            f"argument {parameter.name!r}",
+            f"@validate_input: argument {parameter.name!r} of {function}()",
+            shared,
+        )
+        if compiled is None:
+            continue
+        every.append(compiled)
+        if kind == parameter.VAR_POSITIONAL:
+            var_args = (position, compiled)
+        elif kind == parameter.VAR_KEYWORD:
+            var_kwargs = compiled
+        else:
+            slots.append(
+                _Slot(
+                    _KEYWORD_ONLY if kind == parameter.KEYWORD_ONLY else position,
+                    None if kind == parameter.POSITIONAL_ONLY else parameter.name,
+                    compiled.check,
+                    compiled.with_dims,
+                    parameter.name,
+                )
+            )
+    if not slots and var_args is None and var_kwargs is None:
+        return None
+    needs_dims = any(compiled.names for compiled in every)
+    return _build_input(
+        function, tuple(slots), var_args, var_kwargs, frozenset(keywords), needs_dims
+    )
+
+
+def _build_input(
+    function: str,
+    slots: tuple[_Slot, ...],
+    var_args: tuple[int, Compiled] | None,
+    var_kwargs: Compiled | None,
+    keywords: frozenset[str],
+    needs_dims: bool,
+) -> Validator:
+    """The thorough validator, or a lean one in front of it when the call allows.
+
+    The thorough walk collects every problem, shares dimension names and covers
+    ``*args``/``**kwargs``. Without those, the lean walk only calls the checks; at the
+    first failure the thorough walk takes over from the next argument on, to find the
+    other problems (no check runs twice: a sampled scan must not be redrawn).
+    """
+
+    def fail(problems: list[ValidationProblem]) -> typing.NoReturn:
+        _report(function, "input", tuple(problems))
+        raise InputValidationError(function, problems)
+
+    def thorough(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        start: int = 0,
+        failures: list[ValidationProblem] | None = None,
+    ) -> Any:
+        dims = Dims() if needs_dims else None
+        replaced: list[Any] | None = None
+        count = len(args)
+        for index, key, check, with_dims, argument in slots[start:] if start else slots:
+            if index < count:
+                value = args[index]
+            elif key is not None and key in kwargs:
+                value = kwargs[key]
+            else:
+                continue  # left to its default (not validated) or missing (the call fails)
+            try:
+                result = check(value, dims) if with_dims else check(value)
+            except (Failed, ValidationError) as exc:
+                failures = failures or []
+                failures.extend(_problems(exc, argument))
+                continue
+            if result is not value:
+                if index < count:
+                    if replaced is None:
+                        replaced = list(args)
+                    replaced[index] = result
+                else:
+                    kwargs[key] = result  # type: ignore[index]  # key is set: not positional
+        if var_args is not None and count > var_args[0]:
+            start, (check, with_dims, _) = var_args
+            for index in range(start, count):
+                value = args[index]
+                try:
+                    result = check(value, dims) if with_dims else check(value)
+                except (Failed, ValidationError) as exc:
+                    failures = failures or []
+                    failures.extend(_problems(exc, "args", (index - start,)))
+                    continue
+                if result is not value:
+                    if replaced is None:
+                        replaced = list(args)
+                    replaced[index] = result
+        if var_kwargs is not None and kwargs:
+            check, with_dims, _ = var_kwargs
+            for key, value in kwargs.items():
+                if key in keywords:
+                    continue
+                try:
+                    result = check(value, dims) if with_dims else check(value)
+                except (Failed, ValidationError) as exc:
+                    failures = failures or []
+                    failures.extend(_problems(exc, key))
+                    continue
+                if result is not value:
+                    kwargs[key] = result  # replacing a value while iterating is allowed
+        if failures is not None:
+            fail(failures)
+        return args if replaced is None else replaced
+
+    if needs_dims or var_args is not None or var_kwargs is not None:
+        return thorough
+    # Every check here takes the value alone: arrays and keys need no dims in this case.
+    if len(slots) == 1:
+        return _lean_one(slots[0], fail)
+    lean_slots = tuple(
+        (number, index, key, check) for number, (index, key, check, _, _) in enumerate(slots)
+    )
+
+    def lean(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        count = len(args)
+        replaced: list[Any] | None = None
+        number = 0
+        try:
+            for number, index, key, check in lean_slots:  # noqa: B007  # read after a failure
+                if index < count:
+                    value = args[index]
+                    result = check(value)
+                    if result is not value:
+                        if replaced is None:
+                            replaced = list(args)
+                        replaced[index] = result
+                elif key is not None and key in kwargs:
+                    value = kwargs[key]
+                    result = check(value)
+                    if result is not value:
+                        kwargs[key] = result
+        except (Failed, ValidationError) as exc:
+            failures = _problems(exc, slots[number].argument)
+            return thorough(args, kwargs, number + 1, failures)  # raises
+        return args if replaced is None else replaced
+
+    return lean
+
+
+def _lean_one(
+    slot: _Slot, fail: Callable[[list[ValidationProblem]], typing.NoReturn]
+) -> Validator:
+    """The lean walk unrolled for the most common case: one checked argument."""
+    index, key, check, _, argument = slot
+
+    def lean_one(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if index < len(args):
+            value = args[index]
+            try:
+                result = check(value)
+            except (Failed, ValidationError) as exc:
+                fail(_problems(exc, argument))
+            if result is value:
+                return args
+            replaced = list(args)
+            replaced[index] = result
+            return replaced
+        if key is not None and key in kwargs:
+            value = kwargs[key]
+            try:
+                result = check(value)
+            except (Failed, ValidationError) as exc:
+                fail(_problems(exc, argument))
+            if result is not value:
+                kwargs[key] = result
+        return args
+
+    return lean_one
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def compile_output(
+    spec: Any, function: str
+) -> Callable[[Any], Any] | None:
+    """The validator of a return value: ``result -> validated result``, or ``None``.
+
+    Raises:
+        OutputValidationError: (when called) the value failed.
+        ConfigurationError: a spec that cannot work.
+    """
+    compiled = compile_spec(spec, "return value", f"@validate_output of {function}()")
+    if compiled is None:
+        return None
+    check, with_dims, names = compiled
+
+    def validate(result: Any) -> Any:
+        try:
+            if with_dims:
+                return check(result, Dims() if names else None)
+            return check(result)
+        except (Failed, ValidationError) as exc:
+            problems = tuple(_problems(exc, "return"))
+        _report(function, "output", problems)
+        raise OutputValidationError(function, problems)
+
+    return validate
