@@ -32,6 +32,16 @@ from ._events import Subscription as Subscription
 from ._events import TimedOut as TimedOut
 from ._events import ValidationFailed as ValidationFailed
 from ._events import events as events
+from ._monitoring import CallStats as CallStats
+from ._monitoring import JsonFormatter as JsonFormatter
+from ._monitoring import MonitorHandle as MonitorHandle
+from ._monitoring import MonitoringStats as MonitoringStats
+from ._monitoring import configure_monitoring as configure_monitoring
+from ._monitoring import flush_monitoring as flush_monitoring
+from ._monitoring import monitor as monitor
+from ._monitoring import monitoring_stats as monitoring_stats
+from ._monitoring import request_context as request_context
+from ._monitoring import request_scope as request_scope
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
 
@@ -45,6 +55,7 @@ __all__ = [
     "CacheAccess",
     "CacheEviction",
     "CacheStoreFailed",
+    "CallStats",
     "CircuitRejected",
     "CircuitStateChanged",
     "ConfigurationError",
@@ -53,7 +64,10 @@ __all__ = [
     "FallbackUsed",
     "HedgeStarted",
     "Jitter",
+    "JsonFormatter",
     "MemoryGuardDecision",
+    "MonitorHandle",
+    "MonitoringStats",
     "RateLimited",
     "RetryBudgetExhausted",
     "RetryError",
@@ -62,7 +76,13 @@ __all__ = [
     "Subscription",
     "TimedOut",
     "ValidationFailed",
+    "configure_monitoring",
     "events",
+    "flush_monitoring",
+    "monitor",
+    "monitoring_stats",
+    "request_context",
+    "request_scope",
     "retry",
 ]
 
