@@ -10,6 +10,7 @@ totals (:mod:`._stats`) that Prometheus and DogStatsD read in their own time.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -248,10 +249,15 @@ class Site:
                     f"redact names {', '.join(map(repr, unknown))}, which "
                     f"{function_name(fn)}() has no parameter for"
                 )
-        code = getattr(inspect.unwrap(fn), "__code__", None)
+        inner = fn
+        while isinstance(inner, functools.partial):
+            inner = inner.func
+        inner = inspect.unwrap(inner)
+        code = getattr(inner, "__code__", None)
+        # records point at the decorated function's definition
         self.pathname = code.co_filename if code is not None else "(unknown file)"
         self.lineno = code.co_firstlineno if code is not None else 0
-        self.func_name = getattr(fn, "__name__", self.name)
+        self.func_name = getattr(inner, "__name__", self.name)
         self.stats = function_stats(self.name, self.labels)
         if self.track_output is not None:
             self.stats.track_output(self.output_bounds)

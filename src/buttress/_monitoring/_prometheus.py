@@ -25,7 +25,6 @@ from ._stats import (
     DURATION_BUCKETS,
     FAMILIES,
     OUTCOMES,
-    FunctionSnapshot,
     counters,
     snapshot,
 )
@@ -51,13 +50,20 @@ def _bound(value: float) -> str:
     return "+Inf" if value == math.inf else repr(float(value))
 
 
-def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
-    total = 0
-    buckets = []
-    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
-        total += count
-        buckets.append((_bound(bound), float(total)))
-    return buckets
+def _histogram(
+    metric: Metric,
+    labels: dict[str, str],
+    bounds: Sequence[float],
+    counts: Sequence[int],
+    total: float,
+) -> None:
+    """Add one histogram's samples (cumulative buckets, count, sum) to ``metric``."""
+    cumulative = 0
+    for bound, count in zip((*bounds, math.inf), counts, strict=True):
+        cumulative += count
+        metric.add_sample(f"{metric.name}_bucket", {**labels, "le": _bound(bound)}, cumulative)
+    metric.add_sample(f"{metric.name}_count", labels, cumulative)
+    metric.add_sample(f"{metric.name}_sum", labels, total)
 
 
 class ButtressCollector(Collector):
@@ -75,29 +81,21 @@ class ButtressCollector(Collector):
             yield CounterMetricFamily(family.name, family.documentation, labels=family.labels)
 
     def collect(self) -> Iterator[Metric]:
-        functions = snapshot()
-        extra = sorted({key for item in functions for key, _ in item.labels})
-
-        def label_values(item: FunctionSnapshot) -> list[str]:
-            given = dict(item.labels)
-            return [item.name, *(given.get(key, "") for key in extra)]
-
-        names = ["function", *extra]
-        calls = CounterMetricFamily(*_CALLS, labels=[*names, "outcome"])
-        duration = HistogramMetricFamily(*_DURATION, labels=names)
-        in_flight = GaugeMetricFamily(*_IN_FLIGHT, labels=names)
-        output = HistogramMetricFamily(*_OUTPUT, labels=names)
-        for item in functions:
-            values = label_values(item)
+        # Samples are added one by one so that each function carries only its own static
+        # labels (a family may mix label sets; an empty value would mean the same).
+        calls = Metric(*_CALLS, "counter")
+        duration = Metric(*_DURATION, "histogram")
+        in_flight = Metric(*_IN_FLIGHT, "gauge")
+        output = Metric(*_OUTPUT, "histogram")
+        for item in snapshot():
+            labels = {"function": item.name, **dict(item.labels)}
             for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
-                calls.add_metric([*values, outcome], count)
-            duration.add_metric(values, _cumulative(DURATION_BUCKETS, item.buckets), item.total)
-            in_flight.add_metric(values, item.in_flight)
+                calls.add_sample("buttress_calls_total", {**labels, "outcome": outcome}, count)
+            _histogram(duration, labels, DURATION_BUCKETS, item.buckets, item.total)
+            in_flight.add_sample("buttress_in_flight", labels, item.in_flight)
             if item.output_bounds is not None:
-                output.add_metric(
-                    values,
-                    _cumulative(item.output_bounds, item.output_buckets),
-                    item.output_sum,
+                _histogram(
+                    output, labels, item.output_bounds, item.output_buckets, item.output_sum
                 )
         yield calls
         yield duration
@@ -116,6 +114,6 @@ class ButtressCollector(Collector):
             metric = CounterMetricFamily(
                 family.name, family.documentation, labels=family.labels
             )
-            for labels, value in sorted(values_by_family.get(family, {}).items()):
-                metric.add_metric(list(labels), value)
+            for label_values, value in sorted(values_by_family.get(family, {}).items()):
+                metric.add_metric(list(label_values), value)
             yield metric

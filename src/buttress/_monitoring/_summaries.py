@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 __all__ = ["MAX_KEYS", "SAMPLE_LIMIT", "nonfinite", "summarize", "type_name"]
@@ -188,7 +188,7 @@ def summarize(value: Any) -> Any:
             return _mapping(value)
         if isinstance(value, (str, bytes, bytearray)):
             return {"type": type_name(value), "length": len(value)}
-        if isinstance(value, (list, tuple, Set)):
+        if isinstance(value, (Sequence, Set)):
             return _collection(value)
         shape = getattr(value, "shape", None)
         dtype = getattr(value, "dtype", None)
