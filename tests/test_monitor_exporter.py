@@ -15,17 +15,16 @@ from pathlib import Path
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry
+
 from _monitor_support import (
     MONITOR_LOGGER,
     Records,
-    capture,
     exporter_threads,
     fresh_monitoring,
     parse,
     value,
 )
-from prometheus_client import CollectorRegistry
-
 from buttress import (
     ConfigurationError,
     configure_monitoring,
@@ -170,7 +169,8 @@ def test_flush_inside_a_handler_does_not_deadlock(attach: list[logging.Handler])
     f()
     f()
     assert flush_monitoring(timeout=10)
-    assert results and all(results)
+    assert results
+    assert all(results)
 
 
 def test_the_thread_starts_on_demand_and_stops(attach: list[logging.Handler]) -> None:
@@ -185,7 +185,8 @@ def test_the_thread_starts_on_demand_and_stops(attach: list[logging.Handler]) ->
     f()
     assert flush_monitoring()
     (thread,) = exporter_threads()
-    assert thread.daemon and thread.name == THREAD_NAME
+    assert thread.daemon
+    assert thread.name == THREAD_NAME
     assert exporter.stop(timeout=10)
     assert not exporter_threads()
     f()  # a new one starts
@@ -256,7 +257,8 @@ async def test_a_slow_handler_does_not_slow_an_async_endpoint(
     elapsed = time.monotonic() - start
 
     assert elapsed < 2.0  # about 0.3 s of real work; 3.3 s with the handler inline
-    assert lags and statistics.median(lags) < 0.05  # the loop kept turning
+    assert lags
+    assert statistics.median(lags) < 0.05
     await anyio.to_thread.run_sync(flush_monitoring)
     stats = monitoring_stats()
     assert stats.dropped > 0  # the handler could not keep up: records were dropped

@@ -10,8 +10,8 @@ from datetime import datetime
 
 import numpy as np
 import pytest
-from _monitor_support import MONITOR_LOGGER, fresh_monitoring
 
+from _monitor_support import MONITOR_LOGGER, fresh_monitoring
 from buttress import JsonFormatter, flush_monitoring, monitor, request_scope
 
 

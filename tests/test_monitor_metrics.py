@@ -16,11 +16,11 @@ import anyio
 import numpy as np
 import prometheus_client
 import pytest
-from _monitor_support import Records, capture, fresh_monitoring, parse, value
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from _monitor_support import Records, capture, fresh_monitoring, parse, value
 from buttress import (
     BulkheadRejected,
     CacheAccess,
@@ -111,7 +111,8 @@ async def test_async_durations_and_cancellations(registry: CollectorRegistry) ->
     assert value(samples, "buttress_calls_total", function="fetch", outcome="ok") == 1
     assert value(samples, "buttress_calls_total", function="fetch", outcome="cancelled") == 1
     total = value(samples, "buttress_call_duration_seconds_sum", function="fetch")
-    assert total is not None and 0.09 <= total < 20
+    assert total is not None
+    assert 0.09 <= total < 20
 
 
 def test_track_output_histogram_and_anomalies(registry: CollectorRegistry) -> None:
@@ -187,12 +188,16 @@ def test_no_subscription_without_metrics() -> None:
     assert events.active is False  # the event hook stays free
     registry = CollectorRegistry()
     metrics.enable(registry)
-    assert counters.listening and events.active
+    assert counters.listening
+    assert events.active
     metrics.disable()
-    assert not counters.listening and events.active is False
+    assert not counters.listening
+    assert events.active is False
 
 
-def test_retry_events_drive_counters(registry: CollectorRegistry, buttress_clock: FakeClock) -> None:
+def test_retry_events_drive_counters(
+    registry: CollectorRegistry, buttress_clock: FakeClock
+) -> None:
     attempts = 0
 
     @retry(max_retries=3, base_delay=0.1, jitter=None, exceptions=ConnectionError)
@@ -321,7 +326,8 @@ def test_enable_moves_between_registries() -> None:
     assert metrics.enable(first) is first  # again: nothing changes
     assert metrics.current_registry() is first
     metrics.enable(second)
-    assert value(parse(prometheus_client.generate_latest(first)), "buttress_in_flight", function="moved") is None
+    left = parse(prometheus_client.generate_latest(first))
+    assert value(left, "buttress_in_flight", function="moved") is None
     assert value(scrape(second), "buttress_calls_total", function="moved", outcome="ok") == 1
     metrics.disable()
     assert metrics.current_registry() is None
@@ -499,5 +505,6 @@ def test_records_are_not_needed_for_metrics(registry: CollectorRegistry) -> None
         for _ in range(7):
             silent()
         assert flush_monitoring()
-    assert isinstance(records, Records) and len(records) == 0
+    assert isinstance(records, Records)
+    assert len(records) == 0
     assert value(scrape(registry), "buttress_calls_total", function="silent", outcome="ok") == 7

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import numpy as np
 import pytest
-from _monitor_support import Records, capture, fresh_monitoring
 
+from _monitor_support import Records, capture, fresh_monitoring
 from buttress import (
     ConfigurationError,
     flush_monitoring,
@@ -73,7 +74,8 @@ def test_ok_record_carries_every_field(records: Records) -> None:
     assert start.utcoffset() == timedelta(0)
     assert before - 0.001 <= start.timestamp() <= after
     assert 0 <= record.duration <= after - before + 0.001  # type: ignore[attr-defined]
-    assert isinstance(record.call_id, str) and record.call_id  # type: ignore[attr-defined]
+    assert isinstance(record.call_id, str)
+    assert record.call_id
     # the record points at the call, not at the exporter thread that built it
     assert record.funcName == "add"
     assert record.pathname == __file__
@@ -107,9 +109,11 @@ def test_error_is_logged_with_traceback_and_reraised_unchanged(records: Records)
     assert record.error_type == "ValueError"  # type: ignore[attr-defined]
     assert record.error_message == "cannot parse 7 characters"  # type: ignore[attr-defined]
     assert record.output is None  # type: ignore[attr-defined]
-    assert record.exc_info is not None and record.exc_info[1] is raised[0]
+    assert record.exc_info is not None
+    assert record.exc_info[1] is raised[0]
     text = logging.Formatter().format(record)
-    assert "Traceback (most recent call last)" in text and "in parse" in text
+    assert "Traceback (most recent call last)" in text
+    assert "in parse" in text
     assert "failed after" in record.getMessage()
     assert parse.monitor.stats().errors == 1  # type: ignore[attr-defined]
 
@@ -157,7 +161,7 @@ async def test_async_ok_error_and_cancelled(records: Records) -> None:
         if x > 100:
             started.set()
             await anyio.sleep_forever()
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return x * 2
 
     assert await infer(1.5) == 3.0
@@ -173,8 +177,10 @@ async def test_async_ok_error_and_cancelled(records: Records) -> None:
     ok, error, cancelled = records.of(infer.monitor.name)  # type: ignore[attr-defined]
     assert (ok.outcome, error.outcome, cancelled.outcome) == ("ok", "error", "cancelled")  # type: ignore[attr-defined]
     assert ok.output == {"type": "float", "finite": True}  # type: ignore[attr-defined]
-    assert error.levelno == logging.ERROR and error.exc_info is not None
-    assert cancelled.levelno == logging.INFO and cancelled.exc_info is None
+    assert error.levelno == logging.ERROR
+    assert error.exc_info is not None
+    assert cancelled.levelno == logging.INFO
+    assert cancelled.exc_info is None
     assert cancelled.output is None  # type: ignore[attr-defined]
     assert "cancelled after" in cancelled.getMessage()
     stats = infer.monitor.stats()  # type: ignore[attr-defined]
@@ -191,7 +197,7 @@ async def test_coroutine_duration_is_its_whole_run(records: Records) -> None:
 
     @monitor
     async def slow_model() -> str:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         clock.advance(0.75)
         return "done"
 
@@ -335,7 +341,8 @@ def test_redact_replaces_summaries(records: Records) -> None:
         "extra": {"type": "str", "redact_failed": "RuntimeError"},
     }
     assert record.output is None  # type: ignore[attr-defined]
-    assert "alice" not in repr(record.__dict__) and "hidden" not in repr(record.__dict__)
+    assert "alice" not in repr(record.__dict__)
+    assert "hidden" not in repr(record.__dict__)
 
 
 def test_redact_must_name_parameters() -> None:
@@ -399,9 +406,11 @@ def test_methods_classmethods_staticmethods_and_partials(records: Records) -> No
         {"x": {"type": "int"}},
     ]
     names = [r.function for r in records]  # type: ignore[attr-defined]
-    assert names[0].endswith("Model.predict") and names[1].endswith("Model.load")
+    assert names[0].endswith("Model.predict")
+    assert names[1].endswith("Model.load")
     assert names[3].endswith("<locals>.scale")
-    assert records[3].pathname == __file__ and records[3].funcName == "scale"
+    assert records[3].pathname == __file__
+    assert records[3].funcName == "scale"
 
 
 def test_request_context_is_captured(records: Records) -> None:
@@ -526,7 +535,8 @@ def test_wrappers_are_honest() -> None:
 
     wrapped, wrapped_async = monitor(plain), monitor(coroutine)
     assert inspect.signature(wrapped) == inspect.signature(plain)
-    assert wrapped.__doc__ == "Doc." and wrapped.__name__ == "plain"
+    assert wrapped.__doc__ == "Doc."
+    assert wrapped.__name__ == "plain"
     assert wrapped.__wrapped__ is plain  # type: ignore[attr-defined]
     assert not inspect.iscoroutinefunction(wrapped)
     assert inspect.iscoroutinefunction(wrapped_async)

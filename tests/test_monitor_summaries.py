@@ -90,7 +90,8 @@ def test_huge_arrays_are_sampled() -> None:
 def test_non_contiguous_huge_arrays_are_sampled() -> None:
     array = np.ones((SAMPLE_LIMIT, 4), dtype=np.float64)[:, ::2]
     summary = summarize(array)
-    assert summary["sampled"] is True and summary["mean"] == 1.0
+    assert summary["sampled"] is True
+    assert summary["mean"] == 1.0
 
 
 def test_numpy_scalars() -> None:
@@ -113,7 +114,8 @@ def test_dicts_are_keys() -> None:
     }
     big = {f"k{i}": i for i in range(100)}
     summary = summarize(big)
-    assert summary["length"] == 100 and len(summary["keys"]) == MAX_KEYS
+    assert summary["length"] == 100
+    assert len(summary["keys"]) == MAX_KEYS
     long_key = "x" * 500
     assert len(summarize({long_key: 1})["keys"][0]) <= 64
     ordered = collections.OrderedDict(a=1)
@@ -147,7 +149,10 @@ def test_pydantic_models_and_dataclasses_are_field_names() -> None:
         y: float
 
     summary = summarize(Request(user="alice", features=[0.5]))
-    assert summary == {"type": type_name(Request(user="a", features=[])), "fields": ["user", "features"]}
+    assert summary == {
+        "type": type_name(Request(user="a", features=[])),
+        "fields": ["user", "features"],
+    }
     assert summarize(Point(1, 2))["fields"] == ["x", "y"]
 
 
