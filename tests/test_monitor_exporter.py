@@ -310,6 +310,29 @@ def test_atexit_drains_the_queue(tmp_path: Path) -> None:
     assert len(lines) == 20
 
 
+def test_calls_after_the_atexit_hook_are_still_logged(tmp_path: Path) -> None:
+    log = tmp_path / "records.log"
+    result = _run(
+        f"""
+        import atexit, logging
+        from buttress import monitor
+
+        logger = logging.getLogger("buttress.monitor")
+        logger.addHandler(logging.FileHandler({str(log)!r}))
+        logger.setLevel(logging.INFO)
+
+        @monitor
+        def job(i):
+            return i
+
+        atexit.register(job, "late")  # registered first, so it runs after buttress' hook
+        job("early")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(log.read_text().splitlines()) == 2
+
+
 def test_atexit_gives_up_after_the_shutdown_timeout() -> None:
     start = time.monotonic()
     result = _run(

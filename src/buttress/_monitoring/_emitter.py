@@ -111,6 +111,7 @@ class Exporter:
         self._dropped = 0
         self._exported = 0
         self._atexit_registered = False
+        self._exited = False
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -223,6 +224,11 @@ class Exporter:
     # -- the thread --------------------------------------------------------------------
 
     def _start(self) -> None:
+        if self._exited:
+            # After the atexit hook (a monitored call in a later hook): a new thread
+            # would be killed with the process, so handle the queue right here.
+            self._drain_inline()
+            return
         with self._lock:
             if self._thread is not None:
                 return
@@ -231,21 +237,31 @@ class Exporter:
             if not self._atexit_registered:
                 atexit.register(self._at_exit)
                 self._atexit_registered = True
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:
+            # The interpreter is shutting down (a monitored call in a late atexit hook):
+            # no thread can start any more, so the queue is handled right here.
+            with self._lock:
+                self._thread = None
+            self._drain_inline()
 
     def _run(self) -> None:
         next_tick = time.monotonic() + self.interval
         while True:
-            self._wake.wait(max(0.0, next_tick - time.monotonic()))
-            self._wake.clear()
-            self._drain()
-            if time.monotonic() >= next_tick:
-                self._tick()
-                next_tick = time.monotonic() + self.interval
-            if self._stopping and not self._items:
-                self._tick()
-                self._close_removed()
-                return
+            try:
+                self._wake.wait(max(0.0, next_tick - time.monotonic()))
+                self._wake.clear()
+                self._drain()
+                if time.monotonic() >= next_tick:
+                    self._tick()
+                    next_tick = time.monotonic() + self.interval
+                if self._stopping and not self._items:
+                    self._tick()
+                    self._close_removed()
+                    return
+            except Exception:  # never let the one exporter thread die of a bug
+                logger.exception("buttress.monitor exporter loop failed; continuing")
 
     def _drain(self) -> None:
         items = self._items
@@ -295,6 +311,7 @@ class Exporter:
     def _at_exit(self) -> None:
         self.flush(self.shutdown_timeout)
         self.stop(self.shutdown_timeout)
+        self._exited = True
 
     def _after_fork(self) -> None:
         # The thread did not survive the fork, and the parent's queued items are the
