@@ -156,7 +156,7 @@ async def test_middleware_without_request_ids_or_path(registry: CollectorRegistr
 
 class SlowCollector(prometheus_client.registry.Collector):
     def collect(self) -> Iterator[prometheus_client.Metric]:
-        time.sleep(0.5)  # a registry that takes long to render
+        time.sleep(1.0)  # a registry that takes long to render
         yield prometheus_client.core.GaugeMetricFamily("slow_thing", "slow", value=1)
 
 
@@ -186,8 +186,8 @@ async def test_a_slow_scrape_does_not_freeze_the_server(registry: CollectorRegis
 
         body, latencies = await asyncio.gather(scrape(), pings())
     assert value(parse(body), "slow_thing") == 1
-    # rendered inline, each ping would wait for the 0.5 s render
-    assert max(latencies) < 0.35
+    # rendered inline, the first ping would wait most of the 1 s render
+    assert max(latencies) < 0.5
 
 
 async def test_openmetrics_is_negotiated(registry: CollectorRegistry) -> None:

@@ -300,13 +300,14 @@ class Site:
         tracked = None
         if outcome == OK and self.track_output is not None:
             tracked = self._track(result)
-        for value in args:
+        scanned = args[1:] if self.skip_first else args  # never scan self/cls
+        for value in scanned:
             if type(value) not in _PLAIN:
-                self._scan(args, kwargs)
+                self._scan(scanned, kwargs)
                 break
         else:
             if kwargs and any(type(value) not in _PLAIN for value in kwargs.values()):
-                self._scan(args, kwargs)
+                self._scan(scanned, kwargs)
 
         threshold = self.slow_threshold
         slow = threshold is not None and duration >= threshold
