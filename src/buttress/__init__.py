@@ -9,14 +9,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ._caching import CachedFunction as CachedFunction
-from ._caching import CachedMethod as CachedMethod
 from ._caching import CacheEntry as CacheEntry
 from ._caching import CacheHandle as CacheHandle
 from ._caching import CacheKey as CacheKey
 from ._caching import CacheScope as CacheScope
 from ._caching import CacheStats as CacheStats
 from ._caching import CacheStore as CacheStore
+from ._caching import CachedFunction as CachedFunction
+from ._caching import CachedMethod as CachedMethod
 from ._caching import LocalStore as LocalStore
 from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
@@ -56,6 +56,16 @@ from ._memory_guard import memory_snapshot as memory_snapshot
 from ._memory_probe import GpuProbe as GpuProbe
 from ._memory_probe import MemoryProbe as MemoryProbe
 from ._memory_probe import MemorySnapshot as MemorySnapshot
+from ._monitoring import CallStats as CallStats
+from ._monitoring import JsonFormatter as JsonFormatter
+from ._monitoring import MonitorHandle as MonitorHandle
+from ._monitoring import MonitoringStats as MonitoringStats
+from ._monitoring import configure_monitoring as configure_monitoring
+from ._monitoring import flush_monitoring as flush_monitoring
+from ._monitoring import monitor as monitor
+from ._monitoring import monitoring_stats as monitoring_stats
+from ._monitoring import request_context as request_context
+from ._monitoring import request_scope as request_scope
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
 from ._validation import ArraySpec as ArraySpec
@@ -83,6 +93,7 @@ __all__ = [
     "CacheStoreFailed",
     "CachedFunction",
     "CachedMethod",
+    "CallStats",
     "CircuitRejected",
     "CircuitStateChanged",
     "ConfigurationError",
@@ -94,6 +105,7 @@ __all__ = [
     "HedgeStarted",
     "InputValidationError",
     "Jitter",
+    "JsonFormatter",
     "Keys",
     "LocalStore",
     "MemoryGuard",
@@ -102,6 +114,8 @@ __all__ = [
     "MemoryPressureError",
     "MemoryProbe",
     "MemorySnapshot",
+    "MonitorHandle",
+    "MonitoringStats",
     "OutputValidationError",
     "RateLimited",
     "RetryBudgetExhausted",
@@ -114,9 +128,15 @@ __all__ = [
     "ValidationFailed",
     "ValidationProblem",
     "cache_result",
+    "configure_monitoring",
     "events",
+    "flush_monitoring",
     "memory_guard",
     "memory_snapshot",
+    "monitor",
+    "monitoring_stats",
+    "request_context",
+    "request_scope",
     "retry",
     "validate_input",
     "validate_output",

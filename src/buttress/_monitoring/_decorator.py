@@ -1,0 +1,601 @@
+"""@monitor: one structured log record and a few metric updates per call, never I/O.
+
+The engine is :class:`Site`, one per decorated function: it knows the function's names
+and settings and, when a call ends, decides everything (outcome, histogram bucket, slow
+or not, logged or sampled out, what to summarise) in plain code. The two shells at the
+bottom only time the call and hand the result to :meth:`Site.finish`. Log records are
+queued for the exporter thread (:mod:`._emitter`); metrics are added to plain-Python
+totals (:mod:`._stats`) that Prometheus and DogStatsD read in their own time.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import random
+import re
+import time
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar, overload
+
+from buttress import _clock, _settings
+from buttress._errors import ConfigurationError, is_fatal
+from buttress._wrapping import function_name, wrap
+
+from ._emitter import exporter
+from ._logs import CallItem, MessageItem
+from ._stats import (
+    CANCELLED,
+    DURATION_BUCKETS,
+    ERROR,
+    INPUT_ANOMALIES,
+    OK,
+    OUTPUT_ANOMALIES,
+    OUTPUT_BUCKETS,
+    CallStats,
+    counters,
+    function_stats,
+)
+from ._summaries import nonfinite, summarize, type_name
+
+__all__ = ["MonitorHandle", "Site", "monitor"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: The logger every ``@monitor`` record goes to.
+logger = logging.getLogger("buttress.monitor")
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_RESERVED_LABELS = frozenset({"function", "outcome", "le", "quantile"})
+#: Argument types that can hold no NaN: the anomaly scan skips them at once.
+_PLAIN = frozenset({int, bool, str, bytes, type(None), dict, list, tuple, set})
+_FIRST_BOUND = DURATION_BUCKETS[0]
+
+
+def _log_level(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        level = logging.getLevelName(value.upper())
+        if isinstance(level, int):
+            return level
+    raise ConfigurationError(
+        f"log_level must be a logging level name such as 'INFO' or a positive int, "
+        f"got {value!r}"
+    )
+
+
+def _labels(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"labels must be a mapping of str to str, got {value!r}")
+    labels: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _LABEL_NAME.match(key) or key.startswith("__"):
+            raise ConfigurationError(
+                f"labels: {key!r} is not a valid Prometheus label name "
+                "([a-zA-Z_][a-zA-Z0-9_]*, not starting with '__')"
+            )
+        if key in _RESERVED_LABELS:
+            raise ConfigurationError(f"labels: {key!r} is reserved by buttress")
+        if not isinstance(item, str):
+            raise ConfigurationError(
+                f"labels: the value of {key!r} must be a str (a fixed value chosen in "
+                f"code, never user data), got {item!r}"
+            )
+        labels[key] = item
+    return labels
+
+
+def _buckets(value: object) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ConfigurationError(
+            f"output_buckets must be a non-empty sequence of numbers, got {value!r}"
+        )
+    bounds = tuple(
+        _settings.number(bound, "output_buckets") for bound in value
+    )
+    if any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
+        raise ConfigurationError(f"output_buckets must be strictly increasing, got {value!r}")
+    return bounds
+
+
+class _Settings:
+    """The compiled arguments of one ``@monitor(...)``."""
+
+    __slots__ = (
+        "labels",
+        "level",
+        "log_inputs",
+        "log_outputs",
+        "name",
+        "output_buckets",
+        "redact",
+        "sample_rate",
+        "slow_threshold",
+        "track_output",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str | None,
+        log_level: int | str,
+        log_inputs: bool,
+        log_outputs: bool,
+        sample_rate: float,
+        slow_threshold: object,
+        track_output: Callable[[Any], float] | None,
+        output_buckets: Sequence[float],
+        redact: Mapping[str, Any] | None,
+        labels: Mapping[str, str] | None,
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
+        self.name = name
+        self.level = _log_level(log_level)
+        self.log_inputs = bool(log_inputs)
+        self.log_outputs = bool(log_outputs)
+        self.sample_rate = _settings.ratio(sample_rate, "sample_rate", allow_zero=True)
+        self.slow_threshold = _settings.optional_seconds(slow_threshold, "slow_threshold")
+        if track_output is not None and not callable(track_output):
+            raise ConfigurationError(f"track_output must be callable, got {track_output!r}")
+        self.track_output = track_output
+        self.output_buckets = _buckets(output_buckets)
+        if redact is not None and (
+            not isinstance(redact, Mapping) or not all(isinstance(k, str) for k in redact)
+        ):
+            raise ConfigurationError(
+                "redact must map argument names (or 'return') to a replacement value "
+                f"or a callable, got {redact!r}"
+            )
+        self.redact = dict(redact) if redact else None
+        self.labels = _labels(labels)
+
+
+def _signature(fn: Callable[..., Any]) -> tuple[tuple[str, ...], str | None, bool, set[str]]:
+    """(positional names, *args name, skip the first (self/cls), every parameter name)."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin or an odd callable: number the values
+        return (), None, False, set()
+    kinds = inspect.Parameter
+    positional = tuple(
+        p.name for p in parameters if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+    )
+    varargs = next((p.name for p in parameters if p.kind is kinds.VAR_POSITIONAL), None)
+    skip_first = bool(positional) and positional[0] in ("self", "cls")
+    names = {p.name for p in parameters}
+    if any(p.kind is kinds.VAR_KEYWORD for p in parameters):
+        names.add("**")
+    return positional, varargs, skip_first, names
+
+
+class MonitorHandle:
+    """What ``fn.monitor`` gives access to on a monitored function."""
+
+    __slots__ = ("_site",)
+
+    def __init__(self, site: Site) -> None:
+        self._site = site
+
+    @property
+    def name(self) -> str:
+        """The ``function`` label of the metrics and the ``function`` field of the logs."""
+        return self._site.name
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The static labels given to ``@monitor``."""
+        return dict(self._site.labels)
+
+    def stats(self) -> CallStats:
+        """Totals since the process started (shared by functions of the same name)."""
+        return self._site.stats.stats()
+
+    def __repr__(self) -> str:
+        return f"<MonitorHandle {self.name!r} {self.stats()}>"
+
+
+class Site:
+    """One monitored function: its names, compiled settings, totals and decisions."""
+
+    __slots__ = (
+        "func_name",
+        "labels",
+        "level",
+        "lineno",
+        "log_inputs",
+        "log_outputs",
+        "logger",
+        "name",
+        "output_bounds",
+        "pathname",
+        "positional",
+        "redact",
+        "sample_rate",
+        "skip_first",
+        "slow_threshold",
+        "stats",
+        "track_output",
+        "varargs",
+        "warned",
+    )
+
+    def __init__(self, settings: _Settings, fn: Callable[..., Any]) -> None:
+        self.name = settings.name or function_name(fn)
+        self.labels = settings.labels
+        self.level = settings.level
+        self.log_inputs = settings.log_inputs
+        self.log_outputs = settings.log_outputs
+        self.sample_rate = settings.sample_rate
+        self.slow_threshold = settings.slow_threshold
+        self.track_output = settings.track_output
+        self.output_bounds = settings.output_buckets
+        self.redact = settings.redact
+        self.logger = logger
+        self.warned = False
+        self.positional, self.varargs, self.skip_first, names = _signature(fn)
+        if self.redact and names and "**" not in names:
+            unknown = sorted(set(self.redact) - names - {"return"})
+            if unknown:
+                raise ConfigurationError(
+                    f"redact names {', '.join(map(repr, unknown))}, which "
+                    f"{function_name(fn)}() has no parameter for"
+                )
+        inner = fn
+        while isinstance(inner, functools.partial):
+            inner = inner.func
+        inner = inspect.unwrap(inner)
+        code = getattr(inner, "__code__", None)
+        # records point at the decorated function's definition
+        self.pathname = code.co_filename if code is not None else "(unknown file)"
+        self.lineno = code.co_firstlineno if code is not None else 0
+        self.func_name = getattr(inner, "__name__", self.name)
+        self.stats = function_stats(self.name, self.labels)
+        if self.track_output is not None:
+            self.stats.track_output(self.output_bounds)
+
+    # -- the end of every call ---------------------------------------------------------
+
+    def finish(
+        self,
+        start: float,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exc: BaseException | None,
+    ) -> None:
+        """Record one finished call: totals always, a queued log record when wanted."""
+        duration = _clock.monotonic() - start
+        if exc is None:
+            outcome = OK
+        elif is_fatal(exc):
+            outcome = CANCELLED
+        else:
+            outcome = ERROR
+        # Most calls land in the first bucket; the test spares them the bisect call.
+        if duration <= _FIRST_BOUND:
+            slot = 0
+            if duration < 0:  # a fake clock moved back
+                duration = 0.0
+        else:
+            slot = bisect_left(DURATION_BUCKETS, duration)
+        stats = self.stats
+        lock = stats.lock
+        # acquire/release rather than `with`: half the cost, and nothing in between
+        # can raise.
+        lock.acquire()
+        stats.in_flight -= 1
+        stats.outcomes[outcome] += 1
+        stats.buckets[slot] += 1
+        stats.total += duration
+        lock.release()
+        tracked = None
+        if outcome == OK and self.track_output is not None:
+            tracked = self._track(result)
+        scanned = args[1:] if self.skip_first else args  # never scan self/cls
+        for value in scanned:
+            if type(value) not in _PLAIN:
+                self._scan(scanned, kwargs)
+                break
+        else:
+            if kwargs and any(type(value) not in _PLAIN for value in kwargs.values()):
+                self._scan(scanned, kwargs)
+
+        threshold = self.slow_threshold
+        slow = threshold is not None and duration >= threshold
+        if outcome == ERROR:
+            level = max(self.level, logging.ERROR)
+        elif slow:
+            level = max(self.level, logging.WARNING)
+        else:
+            level = self.level
+            # Sampling thins the routine records only: errors, cancellations and slow
+            # calls are always logged. Metrics are never sampled.
+            if outcome == OK and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+                level = 0
+        if level and not self.logger.isEnabledFor(level):
+            level = 0
+        if not level and not exporter.wants_calls:
+            return
+        exporter.put(
+            CallItem(
+                self,
+                level,
+                outcome,
+                duration,
+                time.time(),
+                slow,
+                (type(exc), exc, exc.__traceback__)
+                if level and outcome == ERROR and exc is not None
+                else None,
+                self._inputs(args, kwargs) if level and self.log_inputs else None,
+                self._summary("return", result)
+                if level and self.log_outputs and outcome == OK
+                else None,
+                tracked,
+            )
+        )
+
+    # -- pieces ------------------------------------------------------------------------
+
+    def _summary(self, name: str, value: Any) -> Any:
+        redact = self.redact
+        if redact is not None and name in redact:
+            replacement = redact[name]
+            if not callable(replacement):
+                return replacement
+            try:
+                return replacement(value)
+            except Exception as exc:  # never let a redactor leak the value or break the call
+                return {"type": type_name(value), "redact_failed": type_name(exc)}
+        return summarize(value)
+
+    def _inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = self.positional
+        count = len(names)
+        if self.redact is None and len(args) <= count:  # the common case, kept lean
+            inputs = {
+                name: summarize(value)
+                for name, value in zip(names, args)  # noqa: B905 - args may be fewer
+            }
+            if self.skip_first and args:
+                del inputs[names[0]]
+            for name, value in kwargs.items():
+                inputs[name] = summarize(value)
+            return inputs
+        inputs = {}
+        for index, value in enumerate(args):
+            if index < count:
+                if index == 0 and self.skip_first:
+                    continue
+                name = names[index]
+                inputs[name] = self._summary(name, value)
+            else:
+                group = self.varargs or "args"
+                summary = self._summary(group, value)
+                inputs[f"{group}[{index - count}]"] = summary
+        for name, value in kwargs.items():
+            inputs[name] = self._summary(name, value)
+        return inputs
+
+    def _scan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        nan = inf = 0
+        for value in args:
+            if type(value) not in _PLAIN:
+                found_nan, found_inf = nonfinite(value)
+                nan += found_nan
+                inf += found_inf
+        if kwargs:
+            for value in kwargs.values():
+                if type(value) not in _PLAIN:
+                    found_nan, found_inf = nonfinite(value)
+                    nan += found_nan
+                    inf += found_inf
+        if nan:
+            counters.add(INPUT_ANOMALIES, (self.name, "nan"))
+        if inf:
+            counters.add(INPUT_ANOMALIES, (self.name, "inf"))
+
+    def _track(self, result: Any) -> float | None:
+        assert self.track_output is not None
+        try:
+            value = float(self.track_output(result))
+        except Exception as exc:
+            counters.add(OUTPUT_ANOMALIES, (self.name, "error"))
+            if not self.warned:  # once per function: a broken mapper would flood the log
+                self.warned = True
+                exporter.put(
+                    MessageItem(
+                        self.logger,
+                        logging.WARNING,
+                        "track_output of %s() raised; its values are not tracked",
+                        self.name,
+                        exc_info=(type(exc), exc, exc.__traceback__),
+                    )
+                )
+            return None
+        if not math.isfinite(value):
+            counters.add(OUTPUT_ANOMALIES, (self.name, "nan" if value != value else "inf"))
+            return None
+        stats = self.stats
+        bounds = stats.output_bounds
+        if bounds is None:  # pragma: no cover - set at decoration
+            return value
+        slot = bisect_left(bounds, value)
+        with stats.lock:
+            stats.output_buckets[slot] += 1
+            stats.output_sum += value
+            stats.output_count += 1
+        return value
+
+
+# --- the shells ----------------------------------------------------------------------
+
+
+def _sync_wrapper(fn: Callable[..., Any], site: Site) -> Callable[..., Any]:
+    stats = site.stats
+    lock = stats.lock
+    finish = site.finish
+
+    def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
+        lock.acquire()
+        stats.in_flight += 1
+        lock.release()
+        start = _clock.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            finish(start, args, kwargs, None, exc)
+            raise
+        finish(start, args, kwargs, result, None)
+        return result
+
+    return monitor_wrapper
+
+
+def _async_wrapper(fn: Callable[..., Awaitable[Any]], site: Site) -> Callable[..., Any]:
+    stats = site.stats
+    lock = stats.lock
+    finish = site.finish
+
+    async def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
+        # Counted and timed from inside the coroutine: from when it starts running to
+        # when it returns, raises or is cancelled, not when the coroutine object is made.
+        lock.acquire()
+        stats.in_flight += 1
+        lock.release()
+        start = _clock.monotonic()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            finish(start, args, kwargs, None, exc)
+            raise
+        finish(start, args, kwargs, result, None)
+        return result
+
+    return monitor_wrapper
+
+
+@overload
+def monitor(fn: Callable[P, T], /) -> Callable[P, T]: ...
+
+
+@overload
+def monitor(
+    name: str | None = None,
+    *,
+    log_level: int | str = "INFO",
+    log_inputs: bool = True,
+    log_outputs: bool = True,
+    sample_rate: float = 1.0,
+    slow_threshold: float | timedelta | None = None,
+    track_output: Callable[[Any], float] | None = None,
+    output_buckets: Sequence[float] = OUTPUT_BUCKETS,
+    redact: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+
+
+def monitor(
+    name: Any = None,
+    *,
+    log_level: int | str = "INFO",
+    log_inputs: bool = True,
+    log_outputs: bool = True,
+    sample_rate: float = 1.0,
+    slow_threshold: Any = None,
+    track_output: Callable[[Any], float] | None = None,
+    output_buckets: Sequence[float] = OUTPUT_BUCKETS,
+    redact: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Any:
+    """Log every call as one structured record and count it in the metrics.
+
+    Each call ends in one record on the ``buttress.monitor`` logger with, in its
+    ``extra``: ``function``, ``call_id``, ``start_time`` (ISO 8601, UTC), ``duration``
+    (seconds), ``outcome`` (``"ok"``, ``"error"`` or ``"cancelled"``), ``slow``,
+    ``error_type`` and ``error_message``, ``inputs`` and ``output`` (summaries, never
+    raw payloads: see the README), ``context`` (from :data:`request_context`), and
+    ``labels`` and ``tracked_output`` when set. Records are built by a background thread
+    from a bounded queue: the call itself does no I/O, and when the queue is full records
+    are dropped and counted rather than waited for.
+
+    Every call also updates ``buttress_calls_total{function,outcome}``,
+    ``buttress_call_duration_seconds{function}`` and ``buttress_in_flight{function}``
+    (see :mod:`buttress.metrics`), whatever the log level or sample rate.
+
+    Args:
+        name: the ``function`` label and log field; the function's qualified name by
+            default. Also usable bare: ``@monitor``.
+        log_level: the level of routine records (a name such as ``"INFO"`` or an int).
+            Errors are logged at ERROR with their traceback, slow calls at WARNING at
+            least.
+        log_inputs: include the summary of every argument (``self``/``cls`` excepted).
+        log_outputs: include the summary of the return value.
+        sample_rate: the fraction of successful, not slow calls that are logged (0 to
+            1). Errors, cancellations and slow calls are always logged; the metrics
+            count every call.
+        slow_threshold: seconds (or a ``timedelta``); a call at least this long is
+            logged at WARNING and marked ``slow``.
+        track_output: maps a result to a number (a top score, a predicted class) that
+            feeds the ``buttress_output`` histogram of this function; NaN, infinite
+            values and errors of the mapper are counted in
+            ``buttress_output_anomalies_total`` instead.
+        output_buckets: the upper bounds of that histogram, strictly increasing.
+        redact: per argument name (``"return"`` for the result), what to log instead of
+            the summary: a callable receiving the value, or a constant.
+        labels: fixed extra labels (and log fields) for this function's metrics, such as
+            ``{"model": "resnet50"}``. Chosen in code, never from request data, so the
+            number of series stays bounded.
+
+    Raises:
+        ConfigurationError: at decoration, for a setting that cannot work (including a
+            ``redact`` entry naming no parameter).
+        TypeError: at decoration, for a generator function.
+
+    The wrapped function's exceptions are re-raised unchanged; cancellation is recorded
+    as ``cancelled`` and re-raised. The wrapper carries ``.monitor``, a
+    :class:`MonitorHandle` (``fn.monitor.stats()``), which type checkers do not see.
+    """
+    target = None
+    if isinstance(name, (classmethod, staticmethod)) or (
+        name is not None and not isinstance(name, str)
+    ):
+        if not callable(name) and not isinstance(name, (classmethod, staticmethod)):
+            raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
+        target, name = name, None
+    settings = _Settings(
+        name=name,
+        log_level=log_level,
+        log_inputs=log_inputs,
+        log_outputs=log_outputs,
+        sample_rate=sample_rate,
+        slow_threshold=slow_threshold,
+        track_output=track_output,
+        output_buckets=output_buckets,
+        redact=redact,
+        labels=labels,
+    )
+
+    def decorate(target: Any) -> Any:
+        inner = target.__func__ if isinstance(target, (classmethod, staticmethod)) else target
+        if not callable(inner):
+            raise TypeError(f"@monitor needs a callable to decorate, got {target!r}")
+        site = Site(settings, inner)
+        return wrap(
+            target,
+            "monitor",
+            sync=lambda fn: _sync_wrapper(fn, site),
+            async_=lambda fn: _async_wrapper(fn, site),
+            attributes={"monitor": MonitorHandle(site)},
+        )
+
+    return decorate if target is None else decorate(target)

@@ -1,0 +1,391 @@
+"""The background exporter: a bounded queue drained by one thread.
+
+Monitored calls never do I/O: they append a small item to a bounded deque and return.
+One daemon thread (started on first use, so sync code, asyncio and trio are all served
+alike) takes the items in batches, turns them into log records for the stdlib logging
+handlers, and feeds the metrics sinks that want every call (DogStatsD); every
+``interval`` it also lets those sinks send their totals. A slow or stuck handler slows
+only this thread: when the queue is full, new items are dropped and counted, and the
+caller never waits.
+
+``flush_monitoring()`` waits until everything queued so far has been handled; an atexit
+hook does the same at interpreter shutdown (bounded by ``shutdown_timeout``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from buttress import _settings
+
+__all__ = [
+    "Exporter",
+    "MonitoringStats",
+    "Sink",
+    "configure_monitoring",
+    "exporter",
+    "flush_monitoring",
+    "monitoring_stats",
+]
+
+logger = logging.getLogger("buttress.monitor.exporter")
+
+THREAD_NAME = "buttress-monitor-exporter"
+
+
+class Item(Protocol):
+    """Something the exporter hands to the logging handlers in its own thread."""
+
+    def export(self) -> None: ...
+
+
+class Sink(Protocol):
+    """A metrics destination fed by the exporter thread (the DogStatsD sink is one)."""
+
+    #: True when the sink wants one item per monitored call, logged or not.
+    wants_calls: bool
+
+    def observe(self, item: Any) -> None:
+        """Called in the exporter thread for every queued item."""
+
+    def tick(self) -> None:
+        """Called in the exporter thread every interval and on every flush."""
+
+    def close(self) -> None:
+        """Called once, in the exporter thread if it runs, when the sink is removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringStats:
+    """The state of the background exporter.
+
+    Attributes:
+        queued: items waiting in the queue now.
+        exported: items handed to the handlers and sinks so far.
+        dropped: items dropped because the queue was full (also exposed as the
+            ``buttress_monitor_dropped_total`` metric).
+        queue_size: the queue's capacity.
+        running: whether the exporter thread is alive.
+    """
+
+    queued: int
+    exported: int
+    dropped: int
+    queue_size: int
+    running: bool
+
+
+class _Marker:
+    """Queued by :meth:`Exporter.flush`: set once everything before it is handled."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class Exporter:
+    """A bounded queue and the one thread that drains it."""
+
+    def __init__(self, queue_size: int = 10_000, interval: float = 1.0) -> None:
+        self.queue_size = queue_size
+        self.interval = interval
+        self.shutdown_timeout = 5.0
+        #: True while a sink wants an item for every call (read on the hot path).
+        self.wants_calls = False
+        self._items: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._sinks: tuple[Sink, ...] = ()
+        self._closing: list[Sink] = []
+        self._dropped = 0
+        self._exported = 0
+        self._atexit_registered = False
+        self._exited = False
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def put(self, item: Any) -> None:
+        """Queue ``item`` without waiting; drop and count it when the queue is full."""
+        items = self._items
+        # len() and append() are each atomic; racing producers may overshoot the bound
+        # by a few items, which is harmless, and nobody ever waits.
+        if len(items) >= self.queue_size:
+            with self._lock:
+                self._dropped += 1
+            return
+        items.append(item)
+        if self._thread is None:
+            self._start()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    # -- sinks -------------------------------------------------------------------------
+
+    def add_sink(self, sink: Sink) -> None:
+        with self._lock:
+            self._sinks = (*self._sinks, sink)
+            self.wants_calls = any(s.wants_calls for s in self._sinks)
+        self._start()
+
+    def remove_sink(self, sink: Sink) -> None:
+        """Stop feeding ``sink``; it gets a last tick, then is closed."""
+        with self._lock:
+            if sink not in self._sinks:
+                return
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
+            self.wants_calls = any(s.wants_calls for s in self._sinks)
+            self._closing.append(sink)
+        self.flush()
+        with self._lock:  # the thread did not run (or timed out): close it here
+            leftover = sink in self._closing
+            if leftover:
+                self._closing.remove(sink)
+        if leftover:
+            _finish(sink)
+
+    # -- control -----------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued before this call has been handled.
+
+        Returns ``False`` if ``timeout`` seconds passed first. Sinks send their totals
+        as part of the flush. Called from the exporter thread itself (by a handler), it
+        handles the queue inline instead of waiting for itself.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._drain_inline()
+            return True
+        if threading.current_thread() is thread:
+            self._drain_inline()
+            return True
+        marker = _Marker()
+        self._items.append(marker)  # past the bound on purpose: a flush is never dropped
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Drain the queue and stop the thread; the next item starts a new one.
+
+        Returns ``False`` if the thread did not finish within ``timeout``.
+        """
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return True
+            self._stopping = True
+        self._wake.set()
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+        if thread.is_alive():
+            return False
+        with self._lock:
+            self._thread = None
+            self._stopping = False
+        if self._items:  # queued while the thread was finishing: handle them here
+            self._drain_inline()
+        return True
+
+    def stats(self) -> MonitoringStats:
+        thread = self._thread
+        return MonitoringStats(
+            queued=sum(1 for item in list(self._items) if not isinstance(item, _Marker)),
+            exported=self._exported,
+            dropped=self._dropped,
+            queue_size=self.queue_size,
+            running=thread is not None and thread.is_alive(),
+        )
+
+    def reset(self) -> None:
+        """Stop the thread, close the sinks and forget every count (for tests)."""
+        for sink in self._sinks:
+            self.remove_sink(sink)
+        self.stop()
+        with self._lock:
+            self._items.clear()
+            self._dropped = 0
+            self._exported = 0
+
+    # -- the thread --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._exited:
+            # After the atexit hook (a monitored call in a later hook): a new thread
+            # would be killed with the process, so handle the queue right here.
+            self._drain_inline()
+            return
+        with self._lock:
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+            self._thread = thread
+            if not self._atexit_registered:
+                atexit.register(self._at_exit)
+                self._atexit_registered = True
+        try:
+            thread.start()
+        except RuntimeError:
+            # The interpreter is shutting down (a monitored call in a late atexit hook):
+            # no thread can start any more, so the queue is handled right here.
+            with self._lock:
+                self._thread = None
+            self._drain_inline()
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self.interval
+        while True:
+            try:
+                self._wake.wait(max(0.0, next_tick - time.monotonic()))
+                self._wake.clear()
+                self._drain()
+                if time.monotonic() >= next_tick:
+                    self._tick()
+                    next_tick = time.monotonic() + self.interval
+                if self._stopping and not self._items:
+                    self._tick()
+                    self._close_removed()
+                    return
+            except Exception:  # never let the one exporter thread die of a bug
+                logger.exception("buttress.monitor exporter loop failed; continuing")
+
+    def _drain(self) -> None:
+        items = self._items
+        while items:
+            try:
+                item = items.popleft()
+            except IndexError:  # raced with a reset
+                return
+            if type(item) is _Marker:
+                self._tick()
+                self._close_removed()
+                item.done.set()
+                continue
+            self._handle(item)
+
+    def _drain_inline(self) -> None:
+        # No thread (or we are it): do its work here.
+        self._drain()
+        self._tick()
+        self._close_removed()
+
+    def _handle(self, item: Any) -> None:
+        try:
+            item.export()
+        except Exception:
+            logger.exception("buttress.monitor could not export a log record")
+        for sink in self._sinks:
+            try:
+                sink.observe(item)
+            except Exception:
+                logger.exception("buttress.monitor sink %r failed", sink)
+        self._exported += 1
+
+    def _tick(self) -> None:
+        for sink in self._sinks:
+            try:
+                sink.tick()
+            except Exception:
+                logger.exception("buttress.monitor sink %r failed to send", sink)
+
+    def _close_removed(self) -> None:
+        with self._lock:
+            closing, self._closing = self._closing, []
+        for sink in closing:
+            _finish(sink)
+
+    def _at_exit(self) -> None:
+        self.flush(self.shutdown_timeout)
+        self.stop(self.shutdown_timeout)
+        self._exited = True
+
+    def _after_fork(self) -> None:
+        # The thread did not survive the fork, and the parent's queued items are the
+        # parent's to export: start afresh.
+        self._items = deque()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = None
+        self._stopping = False
+
+
+def _finish(sink: Sink) -> None:
+    try:
+        sink.tick()
+    except Exception:
+        logger.exception("buttress.monitor sink %r failed to send", sink)
+    try:
+        sink.close()
+    except Exception:
+        logger.exception("buttress.monitor sink %r failed to close", sink)
+
+
+#: The process-wide exporter every monitored function queues to.
+exporter = Exporter()
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=exporter._after_fork)
+
+
+def flush_monitoring(timeout: float | timedelta | None = 10.0) -> bool:
+    """Hand every queued log record to the handlers (and sinks) and wait until done.
+
+    Call it before a batch job exits or after a test, to be sure records were written.
+    It blocks the calling thread; from async code run it in a worker thread
+    (``await anyio.to_thread.run_sync(flush_monitoring)``). An atexit hook flushes too.
+
+    Args:
+        timeout: seconds (or a ``timedelta``) to wait at most; ``None`` waits as long as
+            it takes.
+
+    Returns:
+        ``True`` when everything was handled, ``False`` if the timeout passed first.
+    """
+    limit = _settings.optional_seconds(timeout, "timeout")
+    return exporter.flush(limit)
+
+
+def monitoring_stats() -> MonitoringStats:
+    """The background exporter's queue length, exported and dropped counts."""
+    return exporter.stats()
+
+
+def configure_monitoring(
+    *,
+    queue_size: int | None = None,
+    interval: float | timedelta | None = None,
+    shutdown_timeout: float | timedelta | None = None,
+) -> None:
+    """Tune the background exporter; settings left as ``None`` keep their value.
+
+    Args:
+        queue_size: how many log records (and per-call metric samples) may wait for the
+            exporter thread before new ones are dropped and counted (default 10,000).
+        interval: seconds between two sends of the metrics sinks' totals (DogStatsD);
+            default 1.
+        shutdown_timeout: how long the atexit hook waits for the queue to drain
+            (default 5 seconds).
+
+    Raises:
+        ConfigurationError: for a setting that cannot work.
+    """
+    if queue_size is not None:
+        exporter.queue_size = _settings.positive_int(queue_size, "queue_size")
+    if interval is not None:
+        exporter.interval = _settings.seconds(interval, "interval", allow_zero=False)
+    if shutdown_timeout is not None:
+        exporter.shutdown_timeout = _settings.seconds(shutdown_timeout, "shutdown_timeout")

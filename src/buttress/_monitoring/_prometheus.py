@@ -1,0 +1,119 @@
+"""The Prometheus side: a collector that reads buttress' totals at scrape time.
+
+Importing this module imports prometheus-client; only :mod:`buttress.metrics` does, and
+only when asked to. Nothing here runs per call: monitored calls add to plain-Python
+totals, and :class:`ButtressCollector` turns a consistent copy of them into metric
+families whenever a registry is collected (a scrape, ``generate_latest()``, a push).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ._emitter import exporter
+from ._stats import (
+    CIRCUIT_STATES,
+    DURATION_BUCKETS,
+    FAMILIES,
+    OUTCOMES,
+    counters,
+    snapshot,
+)
+
+__all__ = ["ButtressCollector"]
+
+_CALLS = ("buttress_calls", "Finished calls of monitored functions, by outcome.")
+_DURATION = (
+    "buttress_call_duration_seconds",
+    "Duration of monitored calls (coroutines: from start to completion), in seconds.",
+)
+_IN_FLIGHT = ("buttress_in_flight", "Calls of monitored functions running now.")
+_OUTPUT = ("buttress_output", "Values of track_output, the tracked outputs of a function.")
+_DROPPED = (
+    "buttress_monitor_dropped",
+    "Log records (and per-call samples) dropped because the exporter queue was full.",
+)
+_CIRCUIT = ("buttress_circuit_state", "1 for the current state of each circuit breaker.")
+
+
+def _bound(value: float) -> str:
+    # The ``le`` label: Prometheus parses it as a float, and spells infinity "+Inf".
+    return "+Inf" if value == math.inf else repr(float(value))
+
+
+def _histogram(
+    metric: Metric,
+    labels: dict[str, str],
+    bounds: Sequence[float],
+    counts: Sequence[int],
+    total: float,
+) -> None:
+    """Add one histogram's samples (cumulative buckets, count, sum) to ``metric``."""
+    cumulative = 0
+    for bound, count in zip((*bounds, math.inf), counts, strict=True):
+        cumulative += count
+        metric.add_sample(f"{metric.name}_bucket", {**labels, "le": _bound(bound)}, cumulative)
+    metric.add_sample(f"{metric.name}_count", labels, cumulative)
+    metric.add_sample(f"{metric.name}_sum", labels, total)
+
+
+class ButtressCollector(Collector):
+    """Every buttress metric, computed from the in-process totals when collected."""
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: lets a registry detect clashes without running collect().
+        yield CounterMetricFamily(*_CALLS, labels=["function", "outcome"])
+        yield HistogramMetricFamily(*_DURATION, labels=["function"])
+        yield GaugeMetricFamily(*_IN_FLIGHT, labels=["function"])
+        yield HistogramMetricFamily(*_OUTPUT, labels=["function"])
+        yield CounterMetricFamily(*_DROPPED)
+        yield GaugeMetricFamily(*_CIRCUIT, labels=["breaker", "state"])
+        for family in FAMILIES:
+            yield CounterMetricFamily(family.name, family.documentation, labels=family.labels)
+
+    def collect(self) -> Iterator[Metric]:
+        # Samples are added one by one so that each function carries only its own static
+        # labels (a family may mix label sets; an empty value would mean the same).
+        calls = Metric(*_CALLS, "counter")
+        duration = Metric(*_DURATION, "histogram")
+        in_flight = Metric(*_IN_FLIGHT, "gauge")
+        output = Metric(*_OUTPUT, "histogram")
+        for item in snapshot():
+            labels = {"function": item.name, **dict(item.labels)}
+            for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
+                calls.add_sample("buttress_calls_total", {**labels, "outcome": outcome}, count)
+            _histogram(duration, labels, DURATION_BUCKETS, item.buckets, item.total)
+            in_flight.add_sample("buttress_in_flight", labels, item.in_flight)
+            if item.output_bounds is not None:
+                _histogram(
+                    output, labels, item.output_bounds, item.output_buckets, item.output_sum
+                )
+        yield calls
+        yield duration
+        yield in_flight
+        yield output
+
+        yield CounterMetricFamily(*_DROPPED, value=exporter.dropped)
+        circuit = GaugeMetricFamily(*_CIRCUIT, labels=["breaker", "state"])
+        for breaker, current in sorted(counters.circuits().items()):
+            states = CIRCUIT_STATES if current in CIRCUIT_STATES else (*CIRCUIT_STATES, current)
+            for state in states:
+                circuit.add_metric([breaker, state], 1.0 if state == current else 0.0)
+        yield circuit
+        values_by_family = counters.values()
+        for family in FAMILIES:
+            metric = CounterMetricFamily(
+                family.name, family.documentation, labels=family.labels
+            )
+            for label_values, value in sorted(values_by_family.get(family, {}).items()):
+                metric.add_metric(list(label_values), value)
+            yield metric

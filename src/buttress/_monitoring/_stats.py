@@ -1,0 +1,500 @@
+"""In-process aggregates: what ``@monitor`` and the event hook count, in plain Python.
+
+The hot path of a monitored call only adds to a few integers and one histogram bucket of
+its :class:`FunctionStats`, under that function's own small lock, which is never held
+during I/O. Prometheus (:mod:`buttress.metrics`) and the DogStatsD sink read consistent
+copies of these totals when they scrape or export, so prometheus-client's own locks are
+never taken per call.
+
+Counters fed by other decorators' events live in :class:`EventCounters`; it listens to
+:data:`buttress.events` only while at least one metrics sink is enabled, so without
+monitoring the event hook stays free (``events.active`` stays false).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from buttress._events import (
+    BulkheadRejected,
+    CacheAccess,
+    CacheEviction,
+    CacheStoreFailed,
+    CircuitRejected,
+    CircuitStateChanged,
+    Event,
+    FallbackUsed,
+    HedgeStarted,
+    MemoryGuardDecision,
+    RateLimited,
+    RetryBudgetExhausted,
+    RetryGaveUp,
+    RetryScheduled,
+    Subscription,
+    TimedOut,
+    ValidationFailed,
+    events,
+)
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "OUTCOMES",
+    "OUTPUT_BUCKETS",
+    "CallStats",
+    "CounterFamily",
+    "EventCounters",
+    "FunctionSnapshot",
+    "FunctionStats",
+    "counters",
+    "function_stats",
+    "snapshot",
+]
+
+#: Call outcomes, in the order of :attr:`FunctionStats.outcomes`.
+OUTCOMES = ("ok", "error", "cancelled")
+OK, ERROR, CANCELLED = 0, 1, 2
+
+#: Upper bounds (seconds) of ``buttress_call_duration_seconds``: inference from 1 ms to 30 s.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+#: Default upper bounds of the ``track_output`` histogram: scores in [0, 1] finely, then
+#: coarser steps for class indices, counts and other larger numbers.
+OUTPUT_BUCKETS: tuple[float, ...] = (
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+    1000.0,
+)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    """Totals of one monitored function since the process started.
+
+    Attributes:
+        calls: finished calls, whatever their outcome.
+        ok: calls that returned.
+        errors: calls that raised an exception.
+        cancelled: calls that were cancelled (or interrupted by an exit).
+        in_flight: calls running now.
+        total_seconds: the sum of the finished calls' durations.
+    """
+
+    calls: int
+    ok: int
+    errors: int
+    cancelled: int
+    in_flight: int
+    total_seconds: float
+
+
+class FunctionStats:
+    """The running totals of every monitored function sharing one name and label set.
+
+    Writers hold :attr:`lock` for a handful of integer updates; nothing else is ever done
+    under it. Bucket counts are kept per bucket (not cumulative); the exposition adds them.
+    """
+
+    __slots__ = (
+        "buckets",
+        "in_flight",
+        "labels",
+        "lock",
+        "name",
+        "outcomes",
+        "output_bounds",
+        "output_buckets",
+        "output_count",
+        "output_sum",
+        "total",
+    )
+
+    def __init__(self, name: str, labels: Labels) -> None:
+        self.name = name
+        self.labels = labels
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.outcomes = [0, 0, 0]
+        # one slot per bound plus +Inf
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.total = 0.0
+        self.output_bounds: tuple[float, ...] | None = None
+        self.output_buckets: list[int] = []
+        self.output_sum = 0.0
+        self.output_count = 0
+
+    def track_output(self, bounds: tuple[float, ...]) -> None:
+        """Start a ``track_output`` histogram with ``bounds`` (the first setting wins)."""
+        with self.lock:
+            if self.output_bounds is None:
+                self.output_bounds = bounds
+                self.output_buckets = [0] * (len(bounds) + 1)
+
+    def stats(self) -> CallStats:
+        with self.lock:
+            ok, errors, cancelled = self.outcomes
+            return CallStats(
+                calls=ok + errors + cancelled,
+                ok=ok,
+                errors=errors,
+                cancelled=cancelled,
+                in_flight=self.in_flight,
+                total_seconds=self.total,
+            )
+
+    def snapshot(self) -> FunctionSnapshot:
+        with self.lock:
+            return FunctionSnapshot(
+                name=self.name,
+                labels=self.labels,
+                in_flight=self.in_flight,
+                outcomes=tuple(self.outcomes),
+                buckets=tuple(self.buckets),
+                total=self.total,
+                output_bounds=self.output_bounds,
+                output_buckets=tuple(self.output_buckets),
+                output_sum=self.output_sum,
+                output_count=self.output_count,
+            )
+
+    def reset(self) -> None:
+        """Zero every total except calls in flight (for tests)."""
+        with self.lock:
+            self.outcomes = [0, 0, 0]
+            self.buckets = [0] * len(self.buckets)
+            self.total = 0.0
+            self.output_buckets = [0] * len(self.output_buckets)
+            self.output_sum = 0.0
+            self.output_count = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSnapshot:
+    """A consistent copy of one :class:`FunctionStats`, taken at scrape time."""
+
+    name: str
+    labels: Labels
+    in_flight: int
+    outcomes: tuple[int, ...]
+    buckets: tuple[int, ...]
+    total: float
+    output_bounds: tuple[float, ...] | None
+    output_buckets: tuple[int, ...]
+    output_sum: float
+    output_count: int
+
+
+_functions: dict[tuple[str, Labels], FunctionStats] = {}
+_functions_lock = threading.Lock()
+
+
+def function_stats(name: str, labels: Mapping[str, str] | None = None) -> FunctionStats:
+    """The shared totals for ``name`` and ``labels``, created on first use.
+
+    Two decorated functions with the same name and labels share one set of totals, as
+    they would share one Prometheus series anyway.
+    """
+    key = (name, tuple(sorted((labels or {}).items())))
+    stats = _functions.get(key)
+    if stats is None:
+        with _functions_lock:
+            stats = _functions.get(key)
+            if stats is None:
+                stats = _functions[key] = FunctionStats(*key)
+    return stats
+
+
+def snapshot() -> list[FunctionSnapshot]:
+    """Copies of every function's totals, sorted by name and labels."""
+    with _functions_lock:
+        current = sorted(_functions.items())
+    return [stats.snapshot() for _, stats in current]
+
+
+# --- counters fed by events ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CounterFamily:
+    """One counter family: its Prometheus name (without ``_total``) and label names."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+
+
+RETRIES = CounterFamily("buttress_retries", "Retries scheduled by @retry.", ("function",))
+RETRY_GIVE_UPS = CounterFamily(
+    "buttress_retry_give_ups",
+    "Calls on which @retry stopped retrying, by reason (attempts or deadline).",
+    ("function", "reason"),
+)
+RETRY_BUDGET = CounterFamily(
+    "buttress_retry_budget_exhausted",
+    "Retries skipped because the retry budget was spent.",
+    ("function",),
+)
+CACHE_REQUESTS = CounterFamily(
+    "buttress_cache_requests",
+    "@cache_result lookups by result (hit, miss, join, stale).",
+    ("function", "result"),
+)
+CACHE_EVICTIONS = CounterFamily(
+    "buttress_cache_evictions",
+    "Cache entries evicted, by reason (size, bytes, expired).",
+    ("function", "reason"),
+)
+CACHE_STORE_ERRORS = CounterFamily(
+    "buttress_cache_store_errors",
+    "Failed cache store operations.",
+    ("function", "store", "operation"),
+)
+VALIDATION_FAILURES = CounterFamily(
+    "buttress_validation_failures",
+    "Values rejected by @validate_input or @validate_output, by direction.",
+    ("function", "direction"),
+)
+MEMORY_GUARD = CounterFamily(
+    "buttress_memory_guard",
+    "@memory_guard decisions by action.",
+    ("function", "action"),
+)
+CIRCUIT_TRANSITIONS = CounterFamily(
+    "buttress_circuit_transitions",
+    "Circuit breaker state changes.",
+    ("breaker", "from", "to"),
+)
+CIRCUIT_REJECTIONS = CounterFamily(
+    "buttress_circuit_rejections",
+    "Calls refused by an open circuit breaker.",
+    ("function", "breaker"),
+)
+BULKHEAD_REJECTIONS = CounterFamily(
+    "buttress_bulkhead_rejections", "Calls refused by a full bulkhead.", ("function",)
+)
+RATE_LIMITED = CounterFamily(
+    "buttress_rate_limited",
+    "Calls a rate limiter delayed (waited) or refused (rejected).",
+    ("function", "action"),
+)
+TIMEOUTS = CounterFamily("buttress_timeouts", "Calls cancelled by @timeout.", ("function",))
+FALLBACKS = CounterFamily(
+    "buttress_fallbacks", "Calls answered by @fallback after a failure.", ("function",)
+)
+HEDGES = CounterFamily("buttress_hedges", "Hedged attempts started by @hedge.", ("function",))
+INPUT_ANOMALIES = CounterFamily(
+    "buttress_input_anomalies",
+    "Calls with anomalous inputs: NaN or infinite values (nan, inf), or rejected by "
+    "validation (invalid).",
+    ("function", "kind"),
+)
+OUTPUT_ANOMALIES = CounterFamily(
+    "buttress_output_anomalies",
+    "track_output values that were NaN or infinite, or that track_output failed to compute.",
+    ("function", "kind"),
+)
+
+#: Every counter family, in exposition order.
+FAMILIES: tuple[CounterFamily, ...] = (
+    RETRIES,
+    RETRY_GIVE_UPS,
+    RETRY_BUDGET,
+    CACHE_REQUESTS,
+    CACHE_EVICTIONS,
+    CACHE_STORE_ERRORS,
+    VALIDATION_FAILURES,
+    MEMORY_GUARD,
+    CIRCUIT_TRANSITIONS,
+    CIRCUIT_REJECTIONS,
+    BULKHEAD_REJECTIONS,
+    RATE_LIMITED,
+    TIMEOUTS,
+    FALLBACKS,
+    HEDGES,
+    INPUT_ANOMALIES,
+    OUTPUT_ANOMALIES,
+)
+
+CIRCUIT_STATES = ("closed", "open", "half_open")
+
+Increment = tuple[CounterFamily, tuple[str, ...], float]
+
+
+def _retry_scheduled(event: RetryScheduled) -> Iterator[Increment]:
+    yield RETRIES, (event.function,), 1
+
+
+def _retry_gave_up(event: RetryGaveUp) -> Iterator[Increment]:
+    yield RETRY_GIVE_UPS, (event.function, event.reason), 1
+
+
+def _retry_budget(event: RetryBudgetExhausted) -> Iterator[Increment]:
+    yield RETRY_BUDGET, (event.function,), 1
+
+
+def _cache_access(event: CacheAccess) -> Iterator[Increment]:
+    yield CACHE_REQUESTS, (event.function, event.result), 1
+
+
+def _cache_eviction(event: CacheEviction) -> Iterator[Increment]:
+    yield CACHE_EVICTIONS, (event.function, event.reason), event.count
+
+
+def _cache_store_failed(event: CacheStoreFailed) -> Iterator[Increment]:
+    yield CACHE_STORE_ERRORS, (event.function, event.store, event.operation), 1
+
+
+def _validation_failed(event: ValidationFailed) -> Iterator[Increment]:
+    yield VALIDATION_FAILURES, (event.function, event.direction), 1
+    if event.direction == "input":
+        yield INPUT_ANOMALIES, (event.function, "invalid"), 1
+
+
+def _memory_guard(event: MemoryGuardDecision) -> Iterator[Increment]:
+    yield MEMORY_GUARD, (event.function, event.action), 1
+
+
+def _circuit_changed(event: CircuitStateChanged) -> Iterator[Increment]:
+    yield CIRCUIT_TRANSITIONS, (event.breaker, event.old, event.new), 1
+
+
+def _circuit_rejected(event: CircuitRejected) -> Iterator[Increment]:
+    yield CIRCUIT_REJECTIONS, (event.function, event.breaker), 1
+
+
+def _bulkhead_rejected(event: BulkheadRejected) -> Iterator[Increment]:
+    yield BULKHEAD_REJECTIONS, (event.function,), 1
+
+
+def _rate_limited(event: RateLimited) -> Iterator[Increment]:
+    yield RATE_LIMITED, (event.function, "rejected" if event.rejected else "waited"), 1
+
+
+def _timed_out(event: TimedOut) -> Iterator[Increment]:
+    yield TIMEOUTS, (event.function,), 1
+
+
+def _fallback_used(event: FallbackUsed) -> Iterator[Increment]:
+    yield FALLBACKS, (event.function,), 1
+
+
+def _hedge_started(event: HedgeStarted) -> Iterator[Increment]:
+    yield HEDGES, (event.function,), 1
+
+
+_HANDLERS: dict[type[Event], Callable[[Any], Iterator[Increment]]] = {
+    RetryScheduled: _retry_scheduled,
+    RetryGaveUp: _retry_gave_up,
+    RetryBudgetExhausted: _retry_budget,
+    CacheAccess: _cache_access,
+    CacheEviction: _cache_eviction,
+    CacheStoreFailed: _cache_store_failed,
+    ValidationFailed: _validation_failed,
+    MemoryGuardDecision: _memory_guard,
+    CircuitStateChanged: _circuit_changed,
+    CircuitRejected: _circuit_rejected,
+    BulkheadRejected: _bulkhead_rejected,
+    RateLimited: _rate_limited,
+    TimedOut: _timed_out,
+    FallbackUsed: _fallback_used,
+    HedgeStarted: _hedge_started,
+}
+
+#: The event classes the metrics subscribe to.
+EVENT_KINDS: tuple[type[Event], ...] = tuple(_HANDLERS)
+
+
+class EventCounters:
+    """Counters fed by events (and by ``@monitor``'s anomaly checks), under one lock.
+
+    :meth:`acquire` and :meth:`release` count the metrics sinks that need the events; the
+    subscription to :data:`buttress.events` exists only while that count is positive.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[CounterFamily, dict[tuple[str, ...], float]] = {}
+        self._circuits: dict[str, str] = {}
+        self._users = 0
+        self._subscription: Subscription[Event] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """One more sink needs event-driven counters: subscribe if nobody did yet."""
+        with self._lock:
+            self._users += 1
+            if self._subscription is None:
+                self._subscription = events.subscribe(self.handle, EVENT_KINDS)
+
+    def release(self) -> None:
+        """A sink is gone; the last one out unsubscribes, freeing the event hook."""
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            subscription = self._subscription if self._users == 0 else None
+            if subscription is not None:
+                self._subscription = None
+        if subscription is not None:
+            subscription.cancel()
+
+    @property
+    def listening(self) -> bool:
+        return self._subscription is not None
+
+    # -- counting ----------------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        """The event subscriber: count what ``event`` reports."""
+        handler = _HANDLERS.get(type(event))
+        if handler is None:  # a subclass of a known event
+            handler = next(
+                (h for kind, h in _HANDLERS.items() if isinstance(event, kind)), None
+            )
+            if handler is None:
+                return
+        with self._lock:
+            for family, labels, amount in handler(event):
+                values = self._values.setdefault(family, {})
+                values[labels] = values.get(labels, 0) + amount
+            if isinstance(event, CircuitStateChanged):
+                self._circuits[event.breaker] = event.new
+
+    def add(self, family: CounterFamily, labels: tuple[str, ...], amount: float = 1) -> None:
+        """Count directly (used for the anomalies ``@monitor`` sees itself)."""
+        with self._lock:
+            values = self._values.setdefault(family, {})
+            values[labels] = values.get(labels, 0) + amount
+
+    def values(self) -> dict[CounterFamily, dict[tuple[str, ...], float]]:
+        """A copy of every counter, by family then label values."""
+        with self._lock:
+            return {family: dict(values) for family, values in self._values.items()}
+
+    def circuits(self) -> dict[str, str]:
+        """The last known state of every breaker that reported a change."""
+        with self._lock:
+            return dict(self._circuits)
+
+    def reset(self) -> None:
+        """Forget every count (for tests); the subscription is left as it is."""
+        with self._lock:
+            self._values.clear()
+            self._circuits.clear()
+
+
+#: The process-wide event-driven counters.
+counters = EventCounters()
+
+
+def reset() -> None:
+    """Zero every aggregate (for tests)."""
+    with _functions_lock:
+        current = list(_functions.values())
+    for stats in current:
+        stats.reset()
+    counters.reset()

@@ -1,0 +1,175 @@
+"""FastAPI (and any ASGI framework) helpers: ``/metrics`` and request ids.
+
+::
+
+    from fastapi import FastAPI
+    from buttress.integrations.fastapi import RequestContextMiddleware, add_metrics_route
+
+    app = FastAPI()
+    add_metrics_route(app)                        # GET /metrics, hidden from the schema
+    app.add_middleware(RequestContextMiddleware)  # request_id in every @monitor record
+    # or mount a bare ASGI app: app.mount("/metrics", metrics_app())
+
+The exposition is rendered in a worker thread (anyio), so a scrape never stalls the
+event loop, on asyncio and trio alike. Creating the route or app calls
+:func:`buttress.metrics.enable` with the default registry (unless you pass one, or
+enabled another before), so counting starts with the app.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+try:
+    from starlette.requests import Request
+    from starlette.responses import Response
+except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+    raise ImportError(
+        "buttress.integrations.fastapi needs FastAPI: pip install 'buttress[fastapi]'"
+    ) from exc
+
+from buttress import metrics
+from buttress._monitoring._logs import request_scope
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter, FastAPI
+    from prometheus_client.registry import CollectorRegistry
+
+__all__ = ["RequestContextMiddleware", "add_metrics_route", "metrics_app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_MAX_REQUEST_ID = 128
+
+
+def _prepare(registry: CollectorRegistry | None) -> None:
+    if registry is None and metrics.current_registry() is None:
+        metrics.enable()
+
+
+def add_metrics_route(
+    app: FastAPI | APIRouter,
+    path: str = "/metrics",
+    *,
+    registry: CollectorRegistry | None = None,
+) -> None:
+    """Add ``GET path`` answering with the Prometheus exposition to a FastAPI app or router.
+
+    Args:
+        app: a ``FastAPI`` application or an ``APIRouter``.
+        path: where to serve the metrics.
+        registry: the registry to render; by default the one buttress' metrics are
+            enabled in (the default registry is enabled now if none is).
+
+    The route is left out of the OpenAPI schema. The scraper's ``Accept`` header chooses
+    between the text format and OpenMetrics.
+    """
+    _prepare(registry)
+
+    async def buttress_metrics(request: Request) -> Response:
+        body, content_type = await metrics.render(request.headers.get("accept"), registry)
+        return Response(content=body, headers={"Content-Type": content_type})
+
+    app.add_api_route(
+        path,
+        buttress_metrics,
+        methods=["GET"],
+        include_in_schema=False,
+        response_class=Response,
+    )
+
+
+def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
+    """A bare ASGI application answering every ``GET`` with the Prometheus exposition.
+
+    Mount it (``app.mount("/metrics", metrics_app())``; Starlette then redirects
+    ``/metrics`` to ``/metrics/``, which Prometheus follows) or serve it on its own port
+    with any ASGI server.
+
+    Args:
+        registry: as for :func:`add_metrics_route`.
+    """
+    _prepare(registry)
+
+    async def buttress_metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # served on its own: nothing to set up
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            raise RuntimeError(f"buttress' metrics app serves HTTP only, not {scope['type']!r}")
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 405,
+                    "headers": [(b"allow", b"GET, HEAD"), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        accept = next(
+            (value.decode("latin-1") for key, value in scope["headers"] if key == b"accept"),
+            None,
+        )
+        body, content_type = await metrics.render(accept, registry)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode("ascii")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    return buttress_metrics_app
+
+
+class RequestContextMiddleware:
+    """ASGI middleware: each HTTP request runs inside :func:`buttress.request_scope`.
+
+    ``request_id`` is taken from the request's header (a new one is made when absent)
+    and echoed in the response, so every ``@monitor`` record made while handling the
+    request carries it in its ``context``.
+
+    Args:
+        app: the ASGI application to wrap (``app.add_middleware`` passes it).
+        header: the request-id header, case-insensitive.
+    """
+
+    def __init__(self, app: ASGIApp, *, header: str = "X-Request-ID") -> None:
+        self.app = app
+        self.header = header.lower().encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = self.header
+        given = next((value for key, value in scope["headers"] if key == header), b"")
+        request_id = given.decode("latin-1")[:_MAX_REQUEST_ID] or uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(key.lower() == header for key, _ in headers):
+                    headers.append((header, request_id.encode("latin-1")))
+                    message["headers"] = headers
+            await send(message)
+
+        with request_scope(request_id=request_id):
+            await self.app(scope, receive, send_with_id)

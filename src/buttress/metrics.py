@@ -1,0 +1,291 @@
+"""buttress' metrics, for Prometheus (prometheus-client) and DogStatsD (datadog).
+
+Importing this module imports neither library; the functions that need one import it
+when called. ``@monitor`` and the event hook keep plain-Python totals; this module makes
+them visible:
+
+- :func:`enable` registers a collector in a prometheus-client registry (the default one
+  unless you pass yours) and starts counting what the other decorators report through
+  :data:`buttress.events` (retries, cache results, memory-guard decisions, breaker
+  states...). Until a metrics sink is enabled nothing subscribes, so the event hook
+  costs nothing.
+- :func:`generate_latest` renders the exposition text; :func:`render` does it in a worker
+  thread (rendering a large registry takes long enough to stall an event loop) and
+  negotiates OpenMetrics from an ``Accept`` header. :mod:`buttress.integrations.aiohttp`
+  and :mod:`buttress.integrations.fastapi` serve it as ``/metrics``.
+- :func:`push_to_gateway` sends it to a Prometheus Pushgateway, for batch jobs that end
+  before any scrape.
+- :func:`enable_dogstatsd` sends the same metrics to a DogStatsD server from the
+  background exporter thread.
+
+Example::
+
+    from buttress import metrics
+
+    metrics.enable()                 # into prometheus_client.REGISTRY
+    body = metrics.generate_latest()
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from ._monitoring._emitter import exporter
+from ._monitoring._stats import counters
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ._monitoring._prometheus import ButtressCollector
+    from ._monitoring._statsd import DogStatsdSink
+
+__all__ = [
+    "current_registry",
+    "disable",
+    "disable_dogstatsd",
+    "enable",
+    "enable_dogstatsd",
+    "generate_latest",
+    "push_to_gateway",
+    "push_to_gateway_async",
+    "render",
+]
+
+_lock = threading.Lock()
+_registry: CollectorRegistry | None = None
+_collector: ButtressCollector | None = None
+_dogstatsd: DogStatsdSink | None = None
+
+
+def _prometheus_client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+        raise ImportError(
+            "buttress.metrics needs prometheus-client: pip install 'buttress[prometheus]'"
+        ) from exc
+    return prometheus_client
+
+
+def enable(registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """Expose buttress' metrics in ``registry`` and start counting decorator events.
+
+    Args:
+        registry: a ``prometheus_client.CollectorRegistry``; ``prometheus_client.REGISTRY``
+            (what ``start_http_server`` and most integrations serve) by default.
+
+    Returns:
+        The registry now holding buttress' collector. Enabling again with another
+        registry moves the collector there; with the same one it does nothing.
+
+    Raises:
+        ImportError: prometheus-client is not installed.
+        ValueError: the registry already has a metric of one of buttress' names.
+    """
+    global _registry, _collector
+    client = _prometheus_client()
+    from ._monitoring._prometheus import ButtressCollector
+
+    target: CollectorRegistry = registry if registry is not None else client.REGISTRY
+    with _lock:
+        if _registry is target:
+            return target
+        collector = ButtressCollector()
+        target.register(collector)
+        if _registry is not None and _collector is not None:
+            _registry.unregister(_collector)
+        else:
+            counters.acquire()
+        _registry, _collector = target, collector
+    return target
+
+
+def disable() -> None:
+    """Remove buttress' collector from its registry and stop counting events for it."""
+    global _registry, _collector
+    with _lock:
+        registry, collector = _registry, _collector
+        _registry = _collector = None
+        if registry is None or collector is None:
+            return
+        registry.unregister(collector)
+        counters.release()
+
+
+def current_registry() -> CollectorRegistry | None:
+    """The registry buttress' metrics are exposed in, or ``None`` before :func:`enable`."""
+    return _registry
+
+
+def _target(registry: CollectorRegistry | None) -> CollectorRegistry:
+    if registry is not None:
+        return registry
+    current = _registry
+    return current if current is not None else enable()
+
+
+def generate_latest(registry: CollectorRegistry | None = None) -> bytes:
+    """The Prometheus text exposition of ``registry``, in the calling thread.
+
+    Args:
+        registry: what to render; by default the registry given to :func:`enable`
+            (which is called with the default registry if it was not yet).
+    """
+    client = _prometheus_client()
+    return client.generate_latest(_target(registry))  # type: ignore[no-any-return]
+
+
+async def render(
+    accept: str | None = None, registry: CollectorRegistry | None = None
+) -> tuple[bytes, str]:
+    """Render the exposition in a worker thread; return ``(body, content_type)``.
+
+    The event loop (asyncio or trio) keeps serving while a large registry renders.
+
+    Args:
+        accept: the scraper's ``Accept`` header; OpenMetrics is rendered when it asks.
+        registry: as for :func:`generate_latest`.
+    """
+    client = _prometheus_client()
+    target = _target(registry)
+    encoder, content_type = client.exposition.choose_encoder(accept or "")
+    body = await anyio.to_thread.run_sync(encoder, target)
+    return body, content_type
+
+
+def push_to_gateway(
+    gateway: str,
+    job: str,
+    *,
+    registry: CollectorRegistry | None = None,
+    grouping_key: Mapping[str, Any] | None = None,
+    replace: bool = True,
+    timeout: float | None = 30,
+    handler: Callable[..., Any] | None = None,
+) -> None:
+    """Push the metrics to a Prometheus Pushgateway (for batch jobs that end before a scrape).
+
+    Args:
+        gateway: the Pushgateway's address, ``"pushgateway:9091"`` or a URL.
+        job: the ``job`` label the metrics are grouped under.
+        registry: as for :func:`generate_latest`. A dedicated registry keeps the process
+            and platform collectors of the default one out of the push.
+        grouping_key: more grouping labels (an instance, a shard).
+        replace: ``True`` replaces the group's metrics (HTTP PUT, ``push_to_gateway``);
+            ``False`` replaces only metrics of the same names (POST, ``pushadd``).
+        timeout: seconds for the HTTP request.
+        handler: a prometheus-client push handler (for authentication).
+
+    Raises:
+        OSError: the gateway could not be reached or refused the push (prometheus-client
+            raises ``urllib.error.URLError``/``HTTPError``).
+
+    It blocks while the request runs; from async code use :func:`push_to_gateway_async`.
+    """
+    client = _prometheus_client()
+    push = client.push_to_gateway if replace else client.pushadd_to_gateway
+    options: dict[str, Any] = {"grouping_key": dict(grouping_key or {}), "timeout": timeout}
+    if handler is not None:
+        options["handler"] = handler
+    push(gateway, job=job, registry=_target(registry), **options)
+
+
+async def push_to_gateway_async(
+    gateway: str,
+    job: str,
+    *,
+    registry: CollectorRegistry | None = None,
+    grouping_key: Mapping[str, Any] | None = None,
+    replace: bool = True,
+    timeout: float | None = 30,  # noqa: ASYNC109 - the HTTP request's own timeout
+    handler: Callable[..., Any] | None = None,
+) -> None:
+    """:func:`push_to_gateway` in a worker thread, so the event loop keeps running."""
+    await anyio.to_thread.run_sync(
+        functools.partial(
+            push_to_gateway,
+            gateway,
+            job,
+            registry=registry,
+            grouping_key=grouping_key,
+            replace=replace,
+            timeout=timeout,
+            handler=handler,
+        )
+    )
+
+
+def enable_dogstatsd(
+    host: str = "127.0.0.1",
+    port: int = 8125,
+    *,
+    client: Any = None,
+    prefix: str = "buttress",
+    tags: Mapping[str, str] | None = None,
+) -> DogStatsdSink:
+    """Send buttress' metrics to DogStatsD (the Datadog agent) from the exporter thread.
+
+    Every monitored call becomes a ``<prefix>.call_duration_seconds`` distribution sample
+    (and ``<prefix>.output`` for ``track_output``); every exporter interval (see
+    :func:`buttress.configure_monitoring`), the increase of ``<prefix>.calls`` and of
+    the event counters (``<prefix>.retries``, ``<prefix>.cache_requests``...) is sent as
+    counts, ``<prefix>.in_flight`` and ``<prefix>.circuit_state`` as gauges. Tags are in
+    DogStatsD form: ``function:predict``, ``outcome:ok``.
+
+    Args:
+        host: the DogStatsD server (ignored with ``client``).
+        port: its UDP port (ignored with ``client``).
+        client: a ``datadog.dogstatsd.DogStatsd`` of your own (for a Unix socket,
+            origin detection or other options); it is not closed by buttress.
+        prefix: the first part of every metric name.
+        tags: tags added to every metric (``{"service": "ranker"}``).
+
+    Returns:
+        The sink; :func:`disable_dogstatsd` stops it. Enabling again replaces it.
+
+    Raises:
+        ImportError: no ``client`` was given and the datadog package is not installed.
+
+    Per-call samples travel through the exporter's bounded queue: when it is full they
+    are dropped (and counted) like log records. Counts never are.
+    """
+    global _dogstatsd
+    from ._monitoring._statsd import DogStatsdSink, tag
+
+    owns = client is None
+    if client is None:
+        try:
+            from datadog.dogstatsd.base import DogStatsd
+        except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+            raise ImportError(
+                "enable_dogstatsd needs the datadog package: pip install 'buttress[datadog]'"
+            ) from exc
+        client = DogStatsd(host=host, port=port, disable_telemetry=True)
+    sink = DogStatsdSink(
+        client,
+        prefix=prefix,
+        tags=[tag(key, value) for key, value in (tags or {}).items()],
+        owns_client=owns,
+    )
+    disable_dogstatsd()
+    with _lock:
+        counters.acquire()
+        _dogstatsd = sink
+    exporter.add_sink(sink)
+    return sink
+
+
+def disable_dogstatsd() -> None:
+    """Send what is pending and stop the DogStatsD sink (if one is enabled)."""
+    global _dogstatsd
+    with _lock:
+        sink, _dogstatsd = _dogstatsd, None
+    if sink is None:
+        return
+    exporter.remove_sink(sink)
+    counters.release()
