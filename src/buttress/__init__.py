@@ -10,8 +10,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
+from ._errors import BulkheadFullError as BulkheadFullError
 from ._errors import ButtressError as ButtressError
+from ._errors import CallTimeoutError as CallTimeoutError
+from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import ConfigurationError as ConfigurationError
+from ._errors import RateLimitExceeded as RateLimitExceeded
 from ._errors import RetryError as RetryError
 from ._events import BulkheadRejected as BulkheadRejected
 from ._events import CacheAccess as CacheAccess
@@ -32,6 +36,27 @@ from ._events import Subscription as Subscription
 from ._events import TimedOut as TimedOut
 from ._events import ValidationFailed as ValidationFailed
 from ._events import events as events
+from ._policies import BreakerFunction as BreakerFunction
+from ._policies import BreakerState as BreakerState
+from ._policies import BreakerStats as BreakerStats
+from ._policies import Bulkhead as Bulkhead
+from ._policies import BulkheadFunction as BulkheadFunction
+from ._policies import BulkheadStats as BulkheadStats
+from ._policies import CircuitBreaker as CircuitBreaker
+from ._policies import HedgedFunction as HedgedFunction
+from ._policies import Hedger as Hedger
+from ._policies import HedgeStats as HedgeStats
+from ._policies import RateLimitedFunction as RateLimitedFunction
+from ._policies import RateLimiter as RateLimiter
+from ._policies import RateLimiterStats as RateLimiterStats
+from ._policies import RetryBudget as RetryBudget
+from ._policies import RetryBudgetStats as RetryBudgetStats
+from ._policies import bulkhead as bulkhead
+from ._policies import circuit_breaker as circuit_breaker
+from ._policies import fallback as fallback
+from ._policies import hedge as hedge
+from ._policies import rate_limit as rate_limit
+from ._policies import timeout as timeout
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
 
@@ -40,11 +65,21 @@ if TYPE_CHECKING:  # the lazily imported names, for type checkers
 
 __all__ = [
     "AttemptTimeoutError",
+    "BreakerFunction",
+    "BreakerState",
+    "BreakerStats",
+    "Bulkhead",
+    "BulkheadFullError",
+    "BulkheadFunction",
     "BulkheadRejected",
+    "BulkheadStats",
     "ButtressError",
     "CacheAccess",
     "CacheEviction",
     "CacheStoreFailed",
+    "CallTimeoutError",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "CircuitRejected",
     "CircuitStateChanged",
     "ConfigurationError",
@@ -52,18 +87,33 @@ __all__ = [
     "EventBus",
     "FallbackUsed",
     "HedgeStarted",
+    "HedgeStats",
+    "HedgedFunction",
+    "Hedger",
     "Jitter",
     "MemoryGuardDecision",
+    "RateLimitExceeded",
     "RateLimited",
+    "RateLimitedFunction",
+    "RateLimiter",
+    "RateLimiterStats",
+    "RetryBudget",
     "RetryBudgetExhausted",
+    "RetryBudgetStats",
     "RetryError",
     "RetryGaveUp",
     "RetryScheduled",
     "Subscription",
     "TimedOut",
     "ValidationFailed",
+    "bulkhead",
+    "circuit_breaker",
     "events",
+    "fallback",
+    "hedge",
+    "rate_limit",
     "retry",
+    "timeout",
 ]
 
 #: Public names whose module imports an optional dependency: name -> module.
