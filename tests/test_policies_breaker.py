@@ -249,7 +249,11 @@ def test_call_admitted_while_closed_is_not_a_trial(buttress_clock: FakeClock) ->
             raise ConnectionError
         return "ok"
 
-    worker = threading.Thread(target=lambda: pytest.raises(ConnectionError, call, "slow"))
+    def late() -> None:
+        with pytest.raises(ConnectionError):
+            call("slow")
+
+    worker = threading.Thread(target=late)
     worker.start()
     started.wait(30)
     outcomes(lambda fail: call("fail"), "xx")
@@ -267,9 +271,7 @@ def test_call_admitted_while_closed_is_not_a_trial(buttress_clock: FakeClock) ->
 
 
 def test_slow_call_ratio_opens_the_breaker(buttress_clock: FakeClock) -> None:
-    @circuit_breaker(
-        minimum_calls=4, slow_call_duration=2.0, slow_call_ratio=0.5, name=unique()
-    )
+    @circuit_breaker(minimum_calls=4, slow_call_duration=2.0, slow_call_ratio=0.5, name=unique())
     def infer(seconds: float) -> str:
         buttress_clock.advance(seconds)
         return "done"

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from buttress import (
@@ -89,8 +90,8 @@ async def test_fair_under_a_thousand_concurrent_callers() -> None:
     async def infer(i: int) -> None:
         entries.append(i)
         peak.enter()
-        await anyio.sleep(0)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         peak.leave()
 
     async def caller(i: int) -> None:

@@ -8,9 +8,8 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buttress import circuit_breaker
+from buttress import circuit_breaker, testing
 from buttress._policies._window import Window
-from buttress import testing
 
 steps = st.lists(
     st.tuples(

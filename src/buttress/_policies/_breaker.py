@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _settings
 from buttress._errors import CircuitOpenError, ConfigurationError, is_fatal
@@ -32,6 +32,9 @@ __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "circuit_breaker"]
 P = ParamSpec("P")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+T2 = TypeVar("T2")
+S = TypeVar("S")
+P2 = ParamSpec("P2")
 
 BreakerState = Literal["closed", "open", "half_open"]
 _CLOSED: Final = "closed"
@@ -480,6 +483,17 @@ class BreakerFunction(Protocol[P, T_co]):
     breaker: CircuitBreaker
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+    # Decorated methods bind like functions: the instance fills the first parameter.
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> BreakerFunction[P, T_co]: ...
+
+    @overload
+    def __get__(
+        self: BreakerFunction[Concatenate[S, P2], T2], instance: S, owner: type[Any] | None = None
+    ) -> BreakerFunction[P2, T2]: ...
 
 
 class _Decorator(Protocol):

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
@@ -33,6 +33,9 @@ __all__ = ["Bulkhead", "BulkheadFunction", "BulkheadStats", "bulkhead"]
 P = ParamSpec("P")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+T2 = TypeVar("T2")
+S = TypeVar("S")
+P2 = ParamSpec("P2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +315,17 @@ class BulkheadFunction(Protocol[P, T_co]):
     bulkhead: Bulkhead
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+    # Decorated methods bind like functions: the instance fills the first parameter.
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> BulkheadFunction[P, T_co]: ...
+
+    @overload
+    def __get__(
+        self: BulkheadFunction[Concatenate[S, P2], T2], instance: S, owner: type[Any] | None = None
+    ) -> BulkheadFunction[P2, T2]: ...
 
 
 class _Decorator(Protocol):

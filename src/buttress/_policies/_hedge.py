@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
@@ -34,6 +34,9 @@ __all__ = ["HedgeStats", "HedgedFunction", "Hedger", "hedge"]
 P = ParamSpec("P")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+T2 = TypeVar("T2")
+S = TypeVar("S")
+P2 = ParamSpec("P2")
 
 _PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
 _SAMPLES = 200  # latencies kept for a percentile delay
@@ -240,6 +243,17 @@ class HedgedFunction(Protocol[P, T_co]):
     hedge: Hedger
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T_co]: ...
+
+    # Decorated methods bind like functions: the instance fills the first parameter.
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> HedgedFunction[P, T_co]: ...
+
+    @overload
+    def __get__(
+        self: HedgedFunction[Concatenate[S, P2], T2], instance: S, owner: type[Any] | None = None
+    ) -> HedgedFunction[P2, T2]: ...
 
 
 class _Decorator(Protocol):

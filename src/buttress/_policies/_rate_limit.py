@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _settings
 from buttress._errors import ConfigurationError, RateLimitExceeded
@@ -28,6 +28,9 @@ __all__ = ["RateLimitedFunction", "RateLimiter", "RateLimiterStats", "rate_limit
 P = ParamSpec("P")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+T2 = TypeVar("T2")
+S = TypeVar("S")
+P2 = ParamSpec("P2")
 
 _GO = (0.0, 0.0)  # acquire()'s answer for "start now": shared, so the fast path allocates nothing
 
@@ -211,6 +214,19 @@ class RateLimitedFunction(Protocol[P, T_co]):
     limiter: RateLimiter
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+    # Decorated methods bind like functions: the instance fills the first parameter.
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> RateLimitedFunction[P, T_co]: ...
+
+    @overload
+    def __get__(
+        self: RateLimitedFunction[Concatenate[S, P2], T2],
+        instance: S,
+        owner: type[Any] | None = None,
+    ) -> RateLimitedFunction[P2, T2]: ...
 
 
 class _Decorator(Protocol):

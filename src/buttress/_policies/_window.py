@@ -21,7 +21,15 @@ _NEVER = -(2**62)  # the slice number of an empty bucket: older than any real on
 class Window:
     """``counters`` running totals over the last ``seconds`` seconds, in ``buckets`` slices."""
 
-    __slots__ = ("_counts", "_epochs", "_head", "_slices_per_second", "buckets", "seconds", "totals")
+    __slots__ = (
+        "_counts",
+        "_epochs",
+        "_head",
+        "_slices_per_second",
+        "buckets",
+        "seconds",
+        "totals",
+    )
 
     def __init__(self, seconds: float, counters: int, buckets: int = 10) -> None:
         self.seconds = seconds
