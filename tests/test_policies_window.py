@@ -38,7 +38,7 @@ def test_totals_equal_a_brute_force_count(steps: list[tuple[float, int]], second
             if current - slice_number < 10:
                 expected[which] += 1
         assert window.totals == expected
-    window.expire(now + seconds)
+    window.touch(now + seconds)
     assert window.totals == [0, 0, 0]
 
 

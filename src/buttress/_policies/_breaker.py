@@ -109,6 +109,7 @@ class CircuitBreaker:
         "_forced",
         "_generation",
         "_half_open_calls",
+        "_judged",
         "_lock",
         "_minimum_calls",
         "_open_for",
@@ -143,6 +144,7 @@ class CircuitBreaker:
         self._slow_ratio = settings.slow_call_ratio
         self._lock = threading.Lock()
         self._window = Window(settings.window, 3)
+        self._judged = self._window.head  # the window's head at the last verdict
         self._state: BreakerState = _CLOSED
         # Bumped on every transition. A call carries the generation it was admitted in,
         # and its outcome counts only if the breaker is still in that generation: a call
@@ -179,7 +181,7 @@ class CircuitBreaker:
         self._maybe_half_open(self.name)
         with self._lock:
             if self._state is _CLOSED:
-                self._window.expire(_clock.monotonic())
+                self._window.touch(_clock.monotonic())
                 calls, failures, slow = self._window.totals
             elif self._state is _HALF_OPEN:
                 calls, failures, slow = (
@@ -257,29 +259,8 @@ class CircuitBreaker:
             events.emit(CircuitRejected(function=function, breaker=self.name))
         raise self._refusal(function, state, retry_at, reason, now)
 
-    def on_success(self, ticket: int, started: float, function: str) -> None:
-        """Count a call that returned."""
-        self._record(ticket, False, started, function)
-
-    def on_error(self, ticket: int, exc: BaseException, started: float, function: str) -> None:
-        """Count a call that raised ``exc``: a failure, a success, or nothing at all.
-
-        Cancellation and ``exclude`` types count as nothing (a half-open permit is given
-        back); ``exceptions`` types are failures; any other error counts as a success,
-        since the dependency did answer (a ``ValueError`` about the caller's input).
-        """
-        if is_fatal(exc) or isinstance(exc, self.exclude):
-            self.release(ticket)
-        else:
-            self._record(ticket, isinstance(exc, self.exceptions), started, function)
-
-    def release(self, ticket: int) -> None:
-        """Forget an admitted call without counting it, returning its half-open permit."""
-        with self._lock:
-            if ticket == self._generation and self._state is _HALF_OPEN:
-                self._permits += 1
-
-    def _record(self, ticket: int, failed: bool, started: float, function: str) -> None:
+    def record(self, ticket: int, started: float, function: str, failed: bool = False) -> None:
+        """Count the outcome of an admitted call: a success, or a failure if ``failed``."""
         now = _clock.monotonic()
         limit = self._slow_duration
         slow = limit is not None and now - started >= limit
@@ -288,8 +269,9 @@ class CircuitBreaker:
             if ticket != self._generation:
                 return
             if self._state is _CLOSED:
-                counts = self._window.bucket(now)
-                totals = self._window.totals
+                window = self._window
+                window.touch(now)
+                counts, totals = window.current, window.totals
                 counts[_CALLS] += 1
                 totals[_CALLS] += 1
                 if failed:
@@ -299,10 +281,16 @@ class CircuitBreaker:
                     counts[_SLOW] += 1
                     totals[_SLOW] += 1
                 calls = totals[_CALLS]
-                if calls >= self._minimum_calls:
+                minimum = self._minimum_calls
+                # A quick success only lowers the ratios, so it needs no verdict unless it
+                # completes minimum_calls or outcomes left the window since the last one.
+                if calls >= minimum and (
+                    failed or slow or calls == minimum or window.head != self._judged
+                ):
+                    self._judged = window.head
                     reason = self._verdict(calls, totals[_FAILURES], totals[_SLOW])
                     if reason:
-                        reason += f" within {self._window.seconds:g}s"
+                        reason += f" within {window.seconds:g}s"
                         change = self._transition(_OPEN, now, reason)
             elif self._state is _HALF_OPEN:
                 self._trial_done += 1
@@ -315,7 +303,26 @@ class CircuitBreaker:
                     change = self._transition(_OPEN, now, reason + " in half-open trials")
                 elif self._trial_done >= planned:
                     change = self._transition(_CLOSED, now, "")
-        self._announce(change, function)
+        if change is not None:
+            self._announce(change, function)
+
+    def on_error(self, ticket: int, exc: BaseException, started: float, function: str) -> None:
+        """Count a call that raised ``exc``: a failure, a success, or nothing at all.
+
+        Cancellation and ``exclude`` types count as nothing (a half-open permit is given
+        back); ``exceptions`` types are failures; any other error counts as a success,
+        since the dependency did answer (a ``ValueError`` about the caller's input).
+        """
+        if is_fatal(exc) or isinstance(exc, self.exclude):
+            self.release(ticket)
+        else:
+            self.record(ticket, started, function, isinstance(exc, self.exceptions))
+
+    def release(self, ticket: int) -> None:
+        """Forget an admitted call without counting it, returning its half-open permit."""
+        with self._lock:
+            if ticket == self._generation and self._state is _HALF_OPEN:
+                self._permits += 1
 
     def _verdict(self, calls: int, failures: int, slow: int) -> str:
         """Why the breaker should open on these counts, or ``""``."""
@@ -436,7 +443,7 @@ def _shared(name: str, settings: _Settings) -> CircuitBreaker:
 def _sync_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
-        acquire, on_success, on_error = breaker.acquire, breaker.on_success, breaker.on_error
+        acquire, record, on_error = breaker.acquire, breaker.record, breaker.on_error
         timed = breaker.times_calls
 
         def circuit_breaker_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -447,7 +454,7 @@ def _sync_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Calla
             except BaseException as exc:
                 on_error(ticket, exc, started, name)
                 raise
-            on_success(ticket, started, name)
+            record(ticket, started, name)
             return result
 
         return circuit_breaker_wrapper
@@ -458,7 +465,7 @@ def _sync_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Calla
 def _async_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
-        acquire, on_success, on_error = breaker.acquire, breaker.on_success, breaker.on_error
+        acquire, record, on_error = breaker.acquire, breaker.record, breaker.on_error
         timed = breaker.times_calls
 
         async def circuit_breaker_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -469,7 +476,7 @@ def _async_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Call
             except BaseException as exc:
                 on_error(ticket, exc, started, name)
                 raise
-            on_success(ticket, started, name)
+            record(ticket, started, name)
             return result
 
         return circuit_breaker_wrapper

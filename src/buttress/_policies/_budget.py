@@ -114,7 +114,7 @@ class RetryBudget:
     def stats(self) -> RetryBudgetStats:
         """A frozen snapshot of the counts in the current window."""
         with self._lock:
-            self._window.expire(_clock.monotonic())
+            self._window.touch(_clock.monotonic())
             calls, retries = self._window.totals
             available = max(0, math.floor(self._allowance() - retries))
             return RetryBudgetStats(

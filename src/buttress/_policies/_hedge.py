@@ -191,7 +191,10 @@ def _async_shell(hedger: Hedger) -> Callable[[Callable[..., Any]], Callable[...,
             race.winner = number
             race.result = result
             hedger.succeeded(number, _clock.monotonic() - started)
-            scope.cancel()  # the losers, and the hedging loop below
+            if race.launched - race.failures > 1:
+                scope.cancel()  # the losers, and the hedging loop below
+            else:  # alone: wake the hedging loop, cheaper than a cancellation
+                race.changed.set()
 
         async def hedge_wrapper(*args: Any, **kwargs: Any) -> Any:
             delay = hedger.begin()
@@ -210,14 +213,21 @@ def _async_shell(hedger: Hedger) -> Callable[[Callable[..., Any]], Callable[...,
                     if number == total:
                         break
                     # Wait out the delay, unless every attempt in flight fails first
-                    # (then hedge at once). A success cancels this wait with the rest.
-                    deadline = anyio.current_time() + delay
-                    while race.failures < race.launched:
+                    # (then hedge at once) or one succeeds (then stop).
+                    deadline: float | None = None
+                    while not race.done and race.failures < race.launched:
                         race.changed = anyio.Event()
-                        with anyio.move_on_at(deadline) as waiting:
-                            await race.changed.wait()
+                        if deadline is None:
+                            with anyio.move_on_after(delay) as waiting:
+                                await race.changed.wait()
+                            deadline = waiting.deadline
+                        else:
+                            with anyio.move_on_at(deadline) as waiting:
+                                await race.changed.wait()
                         if waiting.cancelled_caught:
                             break
+                    if race.done:
+                        break
             if race.done:
                 return race.result
             error, race.error = race.error, None  # no cycle through the race record

@@ -15,6 +15,7 @@ import math
 
 __all__ = ["Window"]
 
+_floor = math.floor
 _NEVER = -(2**62)  # the slice number of an empty bucket: older than any real one
 
 
@@ -24,9 +25,10 @@ class Window:
     __slots__ = (
         "_counts",
         "_epochs",
-        "_head",
         "_slices_per_second",
         "buckets",
+        "current",
+        "head",
         "seconds",
         "totals",
     )
@@ -40,25 +42,28 @@ class Window:
         #: The running totals over the window, one per counter.
         self.totals = [0] * counters
         self._counts = [[0] * counters for _ in range(buckets)]
-        # The slice number (time // width) each bucket currently holds.
+        # The slice number (time * slices per second, floored) each bucket holds.
         self._epochs = [_NEVER] * buckets
-        self._head = _NEVER
+        #: The newest slice number seen; it changes whenever slices may have expired.
+        self.head = _NEVER
+        #: The counts of slice :attr:`head`.
+        self.current = self._counts[0]
+
+    def touch(self, now: float) -> None:
+        """Move the window to ``now``: expire old slices, point :attr:`current` at now's.
+
+        The caller then adds to :attr:`current` and :attr:`totals` by the same amounts.
+        """
+        epoch = _floor(now * self._slices_per_second)
+        if epoch != self.head:
+            self._advance(epoch)
 
     def bucket(self, now: float) -> list[int]:
-        """The counts of the slice holding ``now``, old slices expired first.
-
-        The caller adds to the returned list and to :attr:`totals` by the same amounts.
-        """
-        epoch = math.floor(now * self._slices_per_second)
-        if epoch != self._head:
+        """:meth:`touch`, then the counts of the slice holding ``now``."""
+        epoch = _floor(now * self._slices_per_second)
+        if epoch != self.head:
             self._advance(epoch)
-        return self._counts[epoch % self.buckets]
-
-    def expire(self, now: float) -> None:
-        """Drop the slices that have left the window by ``now`` (before reading totals)."""
-        epoch = math.floor(now * self._slices_per_second)
-        if epoch != self._head:
-            self._advance(epoch)
+        return self.current
 
     def clear(self) -> None:
         """Forget everything."""
@@ -68,13 +73,13 @@ class Window:
         for index in range(len(self.totals)):
             self.totals[index] = 0
         self._epochs = [_NEVER] * self.buckets
-        self._head = _NEVER
+        self.head = _NEVER
 
     def _advance(self, epoch: int) -> None:
-        if epoch < self._head:  # a clock that went back (a test reset): start over
+        if epoch < self.head:  # a clock that went back (a test reset): start over
             self.clear()
         # Every slice in (epoch - buckets, epoch] that holds an older epoch is stale.
-        start = max(self._head + 1, epoch - self.buckets + 1)
+        start = max(self.head + 1, epoch - self.buckets + 1)
         totals = self.totals
         for slice_epoch in range(start, epoch + 1):
             index = slice_epoch % self.buckets
@@ -85,4 +90,5 @@ class Window:
                         totals[counter] -= value
                         counts[counter] = 0
                 self._epochs[index] = slice_epoch
-        self._head = epoch
+        self.head = epoch
+        self.current = self._counts[epoch % self.buckets]
