@@ -241,8 +241,9 @@ def limiter_accuracy(quick: bool) -> list[Comparison]:
         f"rate limit accuracy: most starts in any {per:g}s window (limit {rate:g}/{per:g}s)",
         unit="starts",
         note=(
-            "A limiter with a burst of b admits up to rate + b - 1 starts in one window; "
-            "a burst of 1 never exceeds the rate."
+            "Measured on actual start times. A limiter with a burst of b schedules up to "
+            "rate + b - 1 starts in one window; a timer that fires late (a busy machine) "
+            "can crowd one more in."
         ),
     )
     for name, kind, burst, call in candidates:

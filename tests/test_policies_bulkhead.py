@@ -187,6 +187,41 @@ async def test_a_waiter_is_woken_when_a_slot_frees() -> None:
     assert order == ["start first", "end first", "start second", "end second"]
 
 
+@pytest.mark.anyio
+async def test_a_slot_freed_on_another_thread_wakes_the_waiter() -> None:
+    gpu = bulkhead(1, max_waiting=1)
+    holding = threading.Event()
+    release = threading.Event()
+
+    @gpu
+    def train() -> None:  # runs on a plain thread, holding the only slot
+        holding.set()
+        release.wait(30)
+
+    @gpu
+    async def infer() -> str:
+        return "ok"
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    try:
+        await anyio.to_thread.run_sync(holding.wait, 30)
+
+        async def waiter() -> None:
+            assert await infer() == "ok"
+
+        with anyio.fail_after(30):  # a lost wake-up would hang here
+            async with anyio.create_task_group() as group:
+                group.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                assert infer.bulkhead.stats().waiting == 1
+                release.set()  # the slot is freed on the worker thread, not on this loop
+    finally:
+        release.set()
+        worker.join(30)
+    assert infer.bulkhead.stats().running == 0
+
+
 def test_one_limit_across_threads_and_event_loops() -> None:
     peak = Peak()
     shared = bulkhead(2, max_waiting=1000)

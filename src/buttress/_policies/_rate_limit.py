@@ -245,12 +245,14 @@ def rate_limit(
 
     Calls are spaced ``per / rate`` seconds apart. After a quiet spell, ``burst`` calls
     may start back to back; the room refills at the sustained rate. Exactly: over any span
-    of ``d`` seconds, at most ``burst + floor(d * rate / per)`` calls start. With the
-    default burst of 1 that means no ``per``-second window (its end excluded) ever holds
-    more than ``rate`` starts, which keeps you under a provider's "N per second/minute"
-    quota however it counts; ``burst=rate`` behaves like a token bucket of ``rate``
-    tokens (aiolimiter's ``AsyncLimiter``), which admits up to ``2 * rate - 1`` starts in
-    one window.
+    of ``d`` seconds, at most ``burst + floor(d * rate / per)`` calls are scheduled to
+    start. With the default burst of 1 no ``per``-second window (its end excluded) is
+    given more than ``rate`` starts, which keeps you under a provider's "N per
+    second/minute" quota however it counts; ``burst=rate`` behaves like a token bucket of
+    ``rate`` tokens (aiolimiter's ``AsyncLimiter``), which admits up to ``2 * rate - 1``
+    starts in one window. The bound is on scheduled starts: on a busy event loop a timer
+    that fires late delays its call while the next one starts on time, so measured start
+    times can crowd one extra call into a window. Leave the provider that much slack.
 
     Waiting callers start in the order they arrived: each reserves its start time on
     arrival and sleeps until it, once (``anyio.sleep`` for coroutine functions, so the
