@@ -220,7 +220,7 @@ def limiter_accuracy(quick: bool) -> list[Comparison]:
 
         async def peer() -> None:
             async with limiter:
-                return None
+                pass
 
         candidates.append(("aiolimiter.AsyncLimiter (bucket of rate)", "peer", int(rate), peer))
     except ImportError:
@@ -283,6 +283,19 @@ def timeout_and_hedge(quick: bool) -> list[Comparison]:
     return [asyn]
 
 
+def retry_budget(quick: bool) -> list[Comparison]:
+    sync = Comparison(
+        "retry budget, success path, sync function",
+        note="Every call counts toward the budget's recent-call rate, even when it succeeds.",
+    )
+    sync.add("bare call", time_sync(lambda: work(1), quick=quick), "bare")
+    plain = buttress.retry(max_retries=3)(work)
+    budgeted = buttress.retry(max_retries=3, budget=buttress.RetryBudget())(work)
+    sync.add("buttress.retry", time_sync(lambda: plain(1), quick=quick), "ours")
+    sync.add("buttress.retry(budget=...)", time_sync(lambda: budgeted(1), quick=quick), "ours")
+    return [sync]
+
+
 def collect(quick: bool) -> list[Comparison]:
     return [
         *breakers(quick),
@@ -290,4 +303,5 @@ def collect(quick: bool) -> list[Comparison]:
         *limiter_overhead(quick),
         *limiter_accuracy(quick),
         *timeout_and_hedge(quick),
+        *retry_budget(quick),
     ]

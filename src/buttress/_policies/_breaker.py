@@ -225,8 +225,8 @@ class CircuitBreaker:
     def acquire(self, function: str) -> int:
         """Admit a call and return its ticket, or raise :class:`CircuitOpenError`."""
         # Lock-free when closed. Transitions write the state before the generation, and
-        # this reads them in the other order, so a ticket never carries a generation
-        # whose state was not closed; a stale ticket's outcome is simply ignored.
+        # this reads them in the other order: a ticket admitted here belongs to a closed
+        # generation, or to one already superseded, whose outcome is then ignored.
         generation = self._generation
         if self._state is _CLOSED:
             return generation
