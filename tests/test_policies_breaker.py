@@ -573,3 +573,26 @@ def test_bare_use_and_honest_wrapper() -> None:
     assert predict.__doc__ == "Docstring."
     assert inspect.signature(predict) == inspect.signature(original)
     assert isinstance(predict.breaker, buttress.CircuitBreaker)
+
+
+def test_retry_waits_for_the_trial_call_an_open_breaker_announces(
+    buttress_clock: FakeClock,
+) -> None:
+    healthy = False
+
+    @buttress.retry(max_retries=2, base_delay=0.1, max_delay=60, jitter=None)
+    @circuit_breaker(minimum_calls=2, open_for=7, name=unique())
+    def fetch() -> str:
+        if not healthy:
+            raise ConnectionError("down")
+        return "ok"
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            fetch.__wrapped__()  # type: ignore[attr-defined]  # the breaker alone
+    assert fetch.__wrapped__.breaker.state == "open"  # type: ignore[attr-defined]
+    healthy = True
+    buttress_clock.sleeps.clear()
+    assert fetch() == "ok"
+    # The refusal said "a trial in 7s": retry slept exactly that, not its 0.1s backoff.
+    assert buttress_clock.sleeps == [7.0]
