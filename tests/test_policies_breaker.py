@@ -596,3 +596,30 @@ def test_retry_waits_for_the_trial_call_an_open_breaker_announces(
     assert fetch() == "ok"
     # The refusal said "a trial in 7s": retry slept exactly that, not its 0.1s backoff.
     assert buttress_clock.sleeps == [7.0]
+
+
+@pytest.mark.anyio
+async def test_methods_keep_their_binding_and_handles() -> None:
+    class Model:
+        def __init__(self) -> None:
+            self.scale = 2.0
+
+        @circuit_breaker
+        def predict(self, x: float) -> float:
+            return x * self.scale
+
+        @buttress.bulkhead(2)
+        async def apredict(self, x: float) -> float:
+            return x * self.scale
+
+        @classmethod
+        @circuit_breaker
+        def build(cls) -> Model:
+            return cls()
+
+    model = Model.build()
+    assert model.predict(3.0) == 6.0
+    assert await model.apredict(1.5) == 3.0
+    assert model.predict.breaker is Model.predict.breaker
+    assert model.predict.breaker.stats().calls == 1
+    assert model.apredict.bulkhead.stats().admitted == 1
