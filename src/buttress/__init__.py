@@ -20,13 +20,17 @@ from ._caching import CachedMethod as CachedMethod
 from ._caching import LocalStore as LocalStore
 from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
+from ._errors import BulkheadFullError as BulkheadFullError
 from ._errors import ButtressError as ButtressError
 from ._errors import CacheStoreError as CacheStoreError
+from ._errors import CallTimeoutError as CallTimeoutError
+from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DataValidationError as DataValidationError
 from ._errors import InputValidationError as InputValidationError
 from ._errors import MemoryPressureError as MemoryPressureError
 from ._errors import OutputValidationError as OutputValidationError
+from ._errors import RateLimitExceeded as RateLimitExceeded
 from ._errors import RetryError as RetryError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._errors import ValidationProblem as ValidationProblem
@@ -66,6 +70,27 @@ from ._monitoring import monitor as monitor
 from ._monitoring import monitoring_stats as monitoring_stats
 from ._monitoring import request_context as request_context
 from ._monitoring import request_scope as request_scope
+from ._policies import BreakerFunction as BreakerFunction
+from ._policies import BreakerState as BreakerState
+from ._policies import BreakerStats as BreakerStats
+from ._policies import Bulkhead as Bulkhead
+from ._policies import BulkheadFunction as BulkheadFunction
+from ._policies import BulkheadStats as BulkheadStats
+from ._policies import CircuitBreaker as CircuitBreaker
+from ._policies import HedgeStats as HedgeStats
+from ._policies import HedgedFunction as HedgedFunction
+from ._policies import Hedger as Hedger
+from ._policies import RateLimitedFunction as RateLimitedFunction
+from ._policies import RateLimiter as RateLimiter
+from ._policies import RateLimiterStats as RateLimiterStats
+from ._policies import RetryBudget as RetryBudget
+from ._policies import RetryBudgetStats as RetryBudgetStats
+from ._policies import bulkhead as bulkhead
+from ._policies import circuit_breaker as circuit_breaker
+from ._policies import fallback as fallback
+from ._policies import hedge as hedge
+from ._policies import rate_limit as rate_limit
+from ._policies import timeout as timeout
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
 from ._validation import ArraySpec as ArraySpec
@@ -79,7 +104,14 @@ if TYPE_CHECKING:  # the lazily imported names, for type checkers
 __all__ = [
     "ArraySpec",
     "AttemptTimeoutError",
+    "BreakerFunction",
+    "BreakerState",
+    "BreakerStats",
+    "Bulkhead",
+    "BulkheadFullError",
+    "BulkheadFunction",
     "BulkheadRejected",
+    "BulkheadStats",
     "ButtressError",
     "CacheAccess",
     "CacheEntry",
@@ -94,6 +126,9 @@ __all__ = [
     "CachedFunction",
     "CachedMethod",
     "CallStats",
+    "CallTimeoutError",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "CircuitRejected",
     "CircuitStateChanged",
     "ConfigurationError",
@@ -103,6 +138,9 @@ __all__ = [
     "FallbackUsed",
     "GpuProbe",
     "HedgeStarted",
+    "HedgeStats",
+    "HedgedFunction",
+    "Hedger",
     "InputValidationError",
     "Jitter",
     "JsonFormatter",
@@ -117,8 +155,14 @@ __all__ = [
     "MonitorHandle",
     "MonitoringStats",
     "OutputValidationError",
+    "RateLimitExceeded",
     "RateLimited",
+    "RateLimitedFunction",
+    "RateLimiter",
+    "RateLimiterStats",
+    "RetryBudget",
     "RetryBudgetExhausted",
+    "RetryBudgetStats",
     "RetryError",
     "RetryGaveUp",
     "RetryScheduled",
@@ -127,17 +171,23 @@ __all__ = [
     "UnkeyableArgumentError",
     "ValidationFailed",
     "ValidationProblem",
+    "bulkhead",
     "cache_result",
+    "circuit_breaker",
     "configure_monitoring",
     "events",
+    "fallback",
     "flush_monitoring",
+    "hedge",
     "memory_guard",
     "memory_snapshot",
     "monitor",
     "monitoring_stats",
+    "rate_limit",
     "request_context",
     "request_scope",
     "retry",
+    "timeout",
     "validate_input",
     "validate_output",
 ]

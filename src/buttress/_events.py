@@ -78,10 +78,11 @@ class RetryScheduled(Event):
 
 @dataclass(frozen=True, slots=True)
 class RetryGaveUp(Event):
-    """Retrying stopped: ``reason`` is ``"attempts"`` (all used) or ``"deadline"``."""
+    """Retrying stopped: ``reason`` is ``"attempts"`` (all used), ``"deadline"``, or
+    ``"budget"`` (the shared :class:`RetryBudget` was spent)."""
 
     attempts: int
-    reason: Literal["attempts", "deadline"]
+    reason: Literal["attempts", "deadline", "budget"]
     error: BaseException | None
     result: Any
     elapsed: float

@@ -20,7 +20,8 @@ import anyio
 
 from . import _clock, _settings
 from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fatal
-from ._events import RetryGaveUp, RetryScheduled, events
+from ._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled, events
+from ._policies._budget import RetryBudget
 from ._wrapping import function_name, wrap
 
 __all__ = ["Jitter", "retry", "retry_after"]
@@ -29,6 +30,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 Jitter = Literal["full", "equal", "decorrelated"]
+_GaveUp = Literal["attempts", "deadline", "budget"]
 _JITTERS: tuple[Jitter | None, ...] = ("full", "equal", "decorrelated", None)
 
 
@@ -103,6 +105,7 @@ class _Policy:
         "attempt_timeout",
         "backoff_factor",
         "base_delay",
+        "budget",
         "deadline",
         "exceptions",
         "jitter",
@@ -127,6 +130,7 @@ class _Policy:
         retry_on_result: Callable[[Any], bool] | None,
         respect_retry_after: bool,
         on_retry: Callable[[RetryScheduled], object] | None,
+        budget: RetryBudget | None = None,
     ) -> None:
         self.max_retries = _settings.non_negative_int(max_retries, "max_retries")
         self.backoff_factor = _settings.number(backoff_factor, "backoff_factor", minimum=1.0)
@@ -148,6 +152,9 @@ class _Policy:
         self.retry_on_result = retry_on_result
         self.respect_retry_after = bool(respect_retry_after)
         self.on_retry = on_retry
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise ConfigurationError(f"budget must be a RetryBudget, got {budget!r}")
+        self.budget = budget
 
     def backoff(self, retry_number: int, previous: float) -> float:
         """The wait before retry ``retry_number`` (from 1), jitter applied."""
@@ -218,7 +225,7 @@ class _Run:
 
     def _next_delay(
         self, hint: float | None
-    ) -> tuple[float, Literal["attempts", "deadline"] | None]:
+    ) -> tuple[float, _GaveUp | None]:
         policy = self.policy
         if self.attempts > policy.max_retries:
             return 0.0, "attempts"
@@ -229,9 +236,13 @@ class _Run:
         remaining = self.remaining()
         if remaining is not None and delay >= remaining:
             return delay, "deadline"
+        # The budget comes last: only a retry that would really happen spends from it.
+        budget = policy.budget
+        if budget is not None and not budget.try_spend():
+            return delay, "budget"
         return delay, None
 
-    def _summary(self, reason: Literal["attempts", "deadline"]) -> str:
+    def _summary(self, reason: _GaveUp) -> str:
         elapsed = _clock.monotonic() - self.start
         text = (
             f"buttress.retry: {self.function}() failed {self.attempts} time(s) "
@@ -242,6 +253,8 @@ class _Run:
                 f"; gave up because the next wait would pass the "
                 f"{self.policy.deadline:g}s deadline"
             )
+        elif reason == "budget":
+            text += f"; gave up because the retry budget ({self.policy.budget}) is spent"
         return text
 
     def _scheduled(self, delay: float, error: BaseException | None, result: Any) -> None:
@@ -264,11 +277,13 @@ class _Run:
 
     def _gave_up(
         self,
-        reason: Literal["attempts", "deadline"],
+        reason: _GaveUp,
         error: BaseException | None,
         result: Any,
     ) -> None:
         if events.active:
+            if reason == "budget":
+                events.emit(RetryBudgetExhausted(function=self.function))
             events.emit(
                 RetryGaveUp(
                     function=self.function,
@@ -296,9 +311,12 @@ def _sync_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...,
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         check = policy.retry_on_result
+        budget = policy.budget
 
         def retry_wrapper(*args: Any, **kwargs: Any) -> Any:
             start = _clock.monotonic()
+            if budget is not None:
+                budget.record_call()
             run: _Run | None = None
             while True:
                 try:
@@ -326,6 +344,7 @@ def _async_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...
     def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         name = function_name(fn)
         check = policy.retry_on_result
+        budget = policy.budget
         limit = policy.attempt_timeout
 
         async def attempt(run: _Run | None, start: float, args: Any, kwargs: Any) -> Any:
@@ -344,6 +363,8 @@ def _async_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...
 
         async def retry_wrapper(*args: Any, **kwargs: Any) -> Any:
             start = _clock.monotonic()
+            if budget is not None:
+                budget.record_call()
             run: _Run | None = None
             while True:
                 try:
@@ -388,6 +409,7 @@ def retry(
     retry_on_result: Callable[[Any], bool] | None = None,
     respect_retry_after: bool = True,
     on_retry: Callable[[RetryScheduled], object] | None = None,
+    budget: RetryBudget | None = None,
 ) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
 
 
@@ -406,6 +428,7 @@ def retry(
     retry_on_result: Callable[[Any], bool] | None = None,
     respect_retry_after: bool = True,
     on_retry: Callable[[RetryScheduled], object] | None = None,
+    budget: RetryBudget | None = None,
 ) -> Any:
     """Call the function again when it fails, waiting longer each time.
 
@@ -440,6 +463,13 @@ def retry(
             capped by ``max_delay``; if it would pass the deadline, give up.
         on_retry: called with a :class:`RetryScheduled` record before each wait. It runs
             inline, so keep it quick; it must be a plain (not async) callable.
+        budget: a :class:`RetryBudget` shared with other calls to the same dependency.
+            Every call counts toward its recent-call rate; before each retry is scheduled
+            (after the attempt and deadline checks) the budget is consulted, and when it
+            is spent the call gives up at once with the last error (or
+            :class:`RetryError` for a flagged result), emitting
+            :class:`RetryBudgetExhausted` and a :class:`RetryGaveUp` whose reason is
+            ``"budget"``.
 
     Raises:
         ConfigurationError: at decoration, for a setting that cannot work.
@@ -461,6 +491,7 @@ def retry(
         retry_on_result=retry_on_result,
         respect_retry_after=respect_retry_after,
         on_retry=on_retry,
+        budget=budget,
     )
     sync, async_ = _sync_shell(policy), _async_shell(policy)
 

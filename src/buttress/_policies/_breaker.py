@@ -1,0 +1,621 @@
+"""@circuit_breaker: stop calling a dependency that keeps failing, and try it again later.
+
+:class:`CircuitBreaker` is the state machine: plain code, no I/O, no waiting. It is
+consulted twice per call (admit? then: how did it go?), each time under a
+``threading.Lock`` held only for the few attribute updates, never while the call runs, so
+concurrent calls through one breaker never queue behind each other (pybreaker holds its
+lock around the whole call). The two shells at the bottom only ask, call and report.
+
+States: ``closed`` (calls pass; outcomes are counted over a sliding time window),
+``open`` (calls fail at once with :class:`CircuitOpenError`) and ``half_open`` (a few
+trial calls decide between closing and opening again).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from buttress import _clock, _settings
+from buttress._errors import CircuitOpenError, ConfigurationError, is_fatal
+from buttress._events import CircuitRejected, CircuitStateChanged, events
+from buttress._wrapping import function_name, wrap
+
+from ._window import Window
+
+__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "circuit_breaker"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+T2 = TypeVar("T2")
+S = TypeVar("S")
+P2 = ParamSpec("P2")
+
+BreakerState = Literal["closed", "open", "half_open"]
+_CLOSED: Final = "closed"
+_OPEN: Final = "open"
+_HALF_OPEN: Final = "half_open"
+
+# Indices of the window's counters.
+_CALLS, _FAILURES, _SLOW = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStats:
+    """A snapshot of one breaker.
+
+    Attributes:
+        name: the breaker's name.
+        state: ``"closed"``, ``"open"`` or ``"half_open"``.
+        calls: outcomes counted: over the window when closed, trial calls when half-open,
+            0 when open.
+        failures: how many of ``calls`` failed.
+        slow_calls: how many of ``calls`` took ``slow_call_duration`` or longer.
+        failure_ratio: ``failures / calls`` (0 without calls).
+        slow_call_ratio: ``slow_calls / calls`` (0 without calls).
+        rejected: calls refused since the breaker was created.
+        times_opened: how often it has opened since it was created.
+        retry_at: when open, the clock reading (``buttress`` monotonic seconds) at which
+            it admits a trial call; ``None`` otherwise or when forced open.
+        forced: true after :meth:`CircuitBreaker.force_open` until
+            :meth:`CircuitBreaker.reset`.
+    """
+
+    name: str
+    state: BreakerState
+    calls: int
+    failures: int
+    slow_calls: int
+    failure_ratio: float
+    slow_call_ratio: float
+    rejected: int
+    times_opened: int
+    retry_at: float | None
+    forced: bool
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """One breaker's compiled settings; breakers sharing a name must agree on them."""
+
+    failure_ratio: float
+    minimum_calls: int
+    window: float
+    open_for: float
+    half_open_calls: int
+    slow_call_duration: float | None
+    slow_call_ratio: float
+    exceptions: tuple[type[BaseException], ...]
+    exclude: tuple[type[BaseException], ...]
+
+
+class CircuitBreaker:
+    """The state of one circuit breaker, shared by every function decorated with its name.
+
+    Reach it as ``fn.breaker``. Read :attr:`state` and :meth:`stats`; :meth:`reset` closes
+    it and :meth:`force_open` holds it open (a kill switch) until the next reset. Thread
+    safe, and usable from any number of event loops at once: it holds no loop-bound
+    state.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_failure_ratio",
+        "_forced",
+        "_generation",
+        "_half_open_calls",
+        "_judged",
+        "_lock",
+        "_minimum_calls",
+        "_open_for",
+        "_permits",
+        "_reason",
+        "_rejected",
+        "_retry_at",
+        "_slow_duration",
+        "_slow_ratio",
+        "_state",
+        "_times_opened",
+        "_trial_done",
+        "_trial_failures",
+        "_trial_slow",
+        "_window",
+        "exceptions",
+        "exclude",
+        "name",
+        "settings",
+    )
+
+    def __init__(self, name: str, settings: _Settings) -> None:
+        self.name = name
+        self.settings = settings
+        self.exceptions = settings.exceptions
+        self.exclude = settings.exclude
+        self._failure_ratio = settings.failure_ratio
+        self._minimum_calls = settings.minimum_calls
+        self._open_for = settings.open_for
+        self._half_open_calls = settings.half_open_calls
+        self._slow_duration = settings.slow_call_duration
+        self._slow_ratio = settings.slow_call_ratio
+        self._lock = threading.Lock()
+        self._window = Window(settings.window, 3)
+        self._judged = self._window.head  # the window's head at the last verdict
+        self._state: BreakerState = _CLOSED
+        # Bumped on every transition. A call carries the generation it was admitted in,
+        # and its outcome counts only if the breaker is still in that generation: a call
+        # admitted while closed that ends after the breaker opened is not a trial result.
+        self._generation = 0
+        self._forced = False
+        self._retry_at: float | None = None
+        self._reason = ""
+        self._permits = 0
+        self._trial_done = 0
+        self._trial_failures = 0
+        self._trial_slow = 0
+        self._rejected = 0
+        self._times_opened = 0
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self._state}>"
+
+    # --- the public handle ------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """``"closed"``, ``"open"`` or ``"half_open"``, as the next call would find it."""
+        self._maybe_half_open(self.name)
+        return self._state
+
+    @property
+    def times_calls(self) -> bool:
+        """True when calls must be timed (slow-call tracking is on)."""
+        return self._slow_duration is not None
+
+    def stats(self) -> BreakerStats:
+        """A frozen snapshot of the state and the counts behind it."""
+        self._maybe_half_open(self.name)
+        with self._lock:
+            if self._state is _CLOSED:
+                self._window.touch(_clock.monotonic())
+                calls, failures, slow = self._window.totals
+            elif self._state is _HALF_OPEN:
+                calls, failures, slow = (
+                    self._trial_done,
+                    self._trial_failures,
+                    self._trial_slow,
+                )
+            else:
+                calls = failures = slow = 0
+            return BreakerStats(
+                name=self.name,
+                state=self._state,
+                calls=calls,
+                failures=failures,
+                slow_calls=slow,
+                failure_ratio=failures / calls if calls else 0.0,
+                slow_call_ratio=slow / calls if calls else 0.0,
+                rejected=self._rejected,
+                times_opened=self._times_opened,
+                retry_at=self._retry_at,
+                forced=self._forced,
+            )
+
+    def reset(self) -> None:
+        """Close the breaker and forget every counted outcome (also ends a forced open)."""
+        with self._lock:
+            self._forced = False
+            change = self._transition(_CLOSED, _clock.monotonic(), "reset")
+        self._announce(change, self.name)
+
+    def force_open(self) -> None:
+        """Open the breaker and keep it open, refusing every call, until :meth:`reset`."""
+        with self._lock:
+            self._forced = True
+            change = self._transition(_OPEN, _clock.monotonic(), "forced open")
+            self._retry_at = None
+        self._announce(change, self.name)
+
+    # --- the engine: called by the shells ---------------------------------------------
+
+    def acquire(self, function: str) -> int:
+        """Admit a call and return its ticket, or raise :class:`CircuitOpenError`."""
+        # Lock-free when closed. Transitions write the state before the generation, and
+        # this reads them in the other order: a ticket admitted here belongs to a closed
+        # generation, or to one already superseded, whose outcome is then ignored.
+        generation = self._generation
+        if self._state is _CLOSED:
+            return generation
+        return self._acquire_slow(function)
+
+    def _acquire_slow(self, function: str) -> int:
+        now = _clock.monotonic()
+        change = None
+        retry_at: float | None = None
+        reason = ""
+        with self._lock:
+            state = self._state
+            if state is _CLOSED:
+                return self._generation
+            if state is _OPEN and self._due(now):
+                change = self._transition(_HALF_OPEN, now, "")
+                state = _HALF_OPEN
+            if state is _HALF_OPEN and self._permits > 0:
+                self._permits -= 1
+                ticket = self._generation
+            else:
+                self._rejected += 1
+                ticket = -1
+                retry_at = self._retry_at if state is _OPEN else None
+                reason = self._reason
+        self._announce(change, function)
+        if ticket >= 0:
+            return ticket
+        if events.active:
+            events.emit(CircuitRejected(function=function, breaker=self.name))
+        raise self._refusal(function, state, retry_at, reason, now)
+
+    def record(self, ticket: int, started: float, function: str, failed: bool = False) -> None:
+        """Count the outcome of an admitted call: a success, or a failure if ``failed``."""
+        now = _clock.monotonic()
+        limit = self._slow_duration
+        slow = limit is not None and now - started >= limit
+        change = None
+        with self._lock:
+            if ticket != self._generation:
+                return
+            if self._state is _CLOSED:
+                window = self._window
+                window.touch(now)
+                counts, totals = window.current, window.totals
+                counts[_CALLS] += 1
+                totals[_CALLS] += 1
+                if failed:
+                    counts[_FAILURES] += 1
+                    totals[_FAILURES] += 1
+                if slow:
+                    counts[_SLOW] += 1
+                    totals[_SLOW] += 1
+                calls = totals[_CALLS]
+                minimum = self._minimum_calls
+                # A quick success only lowers the ratios, so it needs no verdict unless it
+                # completes minimum_calls or outcomes left the window since the last one.
+                if calls >= minimum and (
+                    failed or slow or calls == minimum or window.head != self._judged
+                ):
+                    self._judged = window.head
+                    reason = self._verdict(calls, totals[_FAILURES], totals[_SLOW])
+                    if reason:
+                        reason += f" within {window.seconds:g}s"
+                        change = self._transition(_OPEN, now, reason)
+            elif self._state is _HALF_OPEN:
+                self._trial_done += 1
+                self._trial_failures += failed
+                self._trial_slow += slow
+                planned = self._half_open_calls
+                # Open as soon as the trials cannot come out well, close when all are in.
+                reason = self._verdict(planned, self._trial_failures, self._trial_slow)
+                if reason:
+                    change = self._transition(_OPEN, now, reason + " in half-open trials")
+                elif self._trial_done >= planned:
+                    change = self._transition(_CLOSED, now, "")
+        if change is not None:
+            self._announce(change, function)
+
+    def on_error(self, ticket: int, exc: BaseException, started: float, function: str) -> None:
+        """Count a call that raised ``exc``: a failure, a success, or nothing at all.
+
+        Cancellation and ``exclude`` types count as nothing (a half-open permit is given
+        back); ``exceptions`` types are failures; any other error counts as a success,
+        since the dependency did answer (a ``ValueError`` about the caller's input).
+        """
+        if is_fatal(exc) or isinstance(exc, self.exclude):
+            self.release(ticket)
+        else:
+            self.record(ticket, started, function, isinstance(exc, self.exceptions))
+
+    def release(self, ticket: int) -> None:
+        """Forget an admitted call without counting it, returning its half-open permit."""
+        with self._lock:
+            if ticket == self._generation and self._state is _HALF_OPEN:
+                self._permits += 1
+
+    def _verdict(self, calls: int, failures: int, slow: int) -> str:
+        """Why the breaker should open on these counts, or ``""``."""
+        if failures and failures >= self._failure_ratio * calls:
+            return f"{failures} of {calls} calls failed"
+        limit = self._slow_duration
+        if limit is not None and slow and slow >= self._slow_ratio * calls:
+            return f"{slow} of {calls} calls took {limit:g}s or longer"
+        return ""
+
+    def _due(self, now: float) -> bool:
+        return not self._forced and self._retry_at is not None and now >= self._retry_at
+
+    def _maybe_half_open(self, function: str) -> None:
+        # Open turns half-open lazily, when someone looks: no timer thread.
+        if self._state is not _OPEN:
+            return
+        now = _clock.monotonic()
+        with self._lock:
+            change = (
+                self._transition(_HALF_OPEN, now, "")
+                if self._state is _OPEN and self._due(now)
+                else None
+            )
+        self._announce(change, function)
+
+    def _transition(
+        self, new: BreakerState, now: float, reason: str
+    ) -> tuple[BreakerState, BreakerState] | None:
+        """Move to ``new`` (the lock is held); return ``(old, new)``, or ``None`` if no move."""
+        old = self._state
+        self._window.clear()
+        self._permits = self._half_open_calls if new is _HALF_OPEN else 0
+        self._trial_done = self._trial_failures = self._trial_slow = 0
+        if new is _OPEN:
+            self._retry_at = now + self._open_for
+            self._reason = reason
+            if old is not _OPEN:
+                self._times_opened += 1
+        else:
+            self._retry_at = None
+        if old is new:
+            return None
+        self._state = new
+        self._generation += 1  # after the state: see acquire()
+        return old, new
+
+    def _announce(self, change: tuple[BreakerState, BreakerState] | None, function: str) -> None:
+        if change is not None and events.active:
+            events.emit(
+                CircuitStateChanged(
+                    function=function, breaker=self.name, old=change[0], new=change[1]
+                )
+            )
+
+    def _refusal(
+        self,
+        function: str,
+        state: BreakerState,
+        retry_at: float | None,
+        reason: str,
+        now: float,
+    ) -> CircuitOpenError:
+        if state is _HALF_OPEN:
+            message = (
+                f"circuit breaker {self.name!r} is half-open and its "
+                f"{self._half_open_calls} trial call(s) are in flight; {function}() was "
+                "not called"
+            )
+            retry_after = None
+        elif retry_at is None:
+            message = (
+                f"circuit breaker {self.name!r} is forced open until reset(); "
+                f"{function}() was not called"
+            )
+            retry_after = None
+        else:
+            retry_after = max(0.0, retry_at - now)
+            message = (
+                f"circuit breaker {self.name!r} is open ({reason}); {function}() was not "
+                f"called; a trial call will be admitted in {retry_after:.3g}s"
+            )
+        return CircuitOpenError(
+            message,
+            breaker=self.name,
+            state=state,
+            retry_after=retry_after,
+            retry_at=retry_at,
+            function=function,
+        )
+
+
+# --- sharing by name -------------------------------------------------------------------
+
+_registry: weakref.WeakValueDictionary[str, CircuitBreaker] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+def _shared(name: str, settings: _Settings) -> CircuitBreaker:
+    """The breaker called ``name``, created on first use; settings must match."""
+    with _registry_lock:
+        breaker = _registry.get(name)
+        if breaker is None:
+            breaker = CircuitBreaker(name, settings)
+            _registry[name] = breaker
+        elif breaker.settings != settings:
+            raise ConfigurationError(
+                f"name={name!r}: a circuit breaker with this name already exists with "
+                f"other settings ({breaker.settings}); breakers sharing a name share one "
+                "state, so they must agree on its settings"
+            )
+        return breaker
+
+
+# --- the shells --------------------------------------------------------------------------
+
+
+def _sync_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+        acquire, record, on_error = breaker.acquire, breaker.record, breaker.on_error
+        timed = breaker.times_calls
+
+        def circuit_breaker_wrapper(*args: Any, **kwargs: Any) -> Any:
+            ticket = acquire(name)
+            started = _clock.monotonic() if timed else 0.0
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                on_error(ticket, exc, started, name)
+                raise
+            record(ticket, started, name)
+            return result
+
+        return circuit_breaker_wrapper
+
+    return build
+
+
+def _async_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+        acquire, record, on_error = breaker.acquire, breaker.record, breaker.on_error
+        timed = breaker.times_calls
+
+        async def circuit_breaker_wrapper(*args: Any, **kwargs: Any) -> Any:
+            ticket = acquire(name)
+            started = _clock.monotonic() if timed else 0.0
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                on_error(ticket, exc, started, name)
+                raise
+            record(ticket, started, name)
+            return result
+
+        return circuit_breaker_wrapper
+
+    return build
+
+
+class BreakerFunction(Protocol[P, T_co]):
+    """A function decorated with ``@circuit_breaker``: callable as before, plus ``.breaker``."""
+
+    breaker: CircuitBreaker
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+    # Decorated methods bind like functions: the instance fills the first parameter.
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> BreakerFunction[P, T_co]: ...
+
+    @overload
+    def __get__(
+        self: BreakerFunction[Concatenate[S, P2], T2], instance: S, owner: type[Any] | None = None
+    ) -> BreakerFunction[P2, T2]: ...
+
+
+class _Decorator(Protocol):
+    def __call__(self, fn: Callable[P, T], /) -> BreakerFunction[P, T]: ...
+
+
+@overload
+def circuit_breaker(fn: Callable[P, T], /) -> BreakerFunction[P, T]: ...
+
+
+@overload
+def circuit_breaker(
+    *,
+    name: str | None = None,
+    failure_ratio: float = 0.5,
+    minimum_calls: int = 20,
+    window: float | timedelta = 30.0,
+    open_for: float | timedelta = 15.0,
+    half_open_calls: int = 1,
+    slow_call_duration: float | timedelta | None = None,
+    slow_call_ratio: float = 1.0,
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    exclude: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> _Decorator: ...
+
+
+def circuit_breaker(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    failure_ratio: float = 0.5,
+    minimum_calls: int = 20,
+    window: float | timedelta = 30.0,
+    open_for: float | timedelta = 15.0,
+    half_open_calls: int = 1,
+    slow_call_duration: float | timedelta | None = None,
+    slow_call_ratio: float = 1.0,
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    exclude: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Fail fast while a dependency keeps failing; let a few trial calls test its recovery.
+
+    Outcomes are counted over a sliding time window of ``window`` seconds (kept in ten
+    buckets, so old outcomes leave it in steps of ``window / 10``). Once the window holds
+    at least ``minimum_calls`` outcomes and the share of failures reaches
+    ``failure_ratio`` (or the share of slow calls reaches ``slow_call_ratio``), the
+    breaker **opens**: calls fail at once with :class:`CircuitOpenError`, without being
+    made. After ``open_for`` seconds it turns **half-open** and admits
+    ``half_open_calls`` trial calls (others are refused meanwhile); it opens again as
+    soon as the trials' failures (or slow calls) reach the same ratios of
+    ``half_open_calls``, and **closes** when all trials are in without that. Every
+    transition starts a fresh count.
+
+    Works on ``def`` and ``async def`` alike. Its lock is held only for a few attribute
+    updates, never while the call runs, so concurrent calls never wait on each other.
+
+    Args:
+        name: breakers with the same name share one state (one breaker per dependency,
+            whichever functions call it) and must have equal settings. Without a name,
+            each decorated function has its own breaker, named after it.
+        failure_ratio: share of failed calls, in (0, 1], at which the breaker opens.
+        minimum_calls: outcomes the window must hold before a ratio can open it.
+        window: length of the sliding window, in seconds or as a ``timedelta``.
+        open_for: seconds the breaker stays open before admitting trial calls.
+        half_open_calls: trial calls admitted while half-open.
+        slow_call_duration: calls taking at least this long (measured with the
+            ``buttress`` clock) count as slow, whether they failed or not; ``None``
+            turns slow-call tracking off.
+        slow_call_ratio: share of slow calls, in (0, 1], at which the breaker opens.
+        exceptions: error types counted as failures. Any other error counts as a success
+            (the dependency answered; the error is about something else).
+        exclude: error types counted as neither success nor failure, even if they match
+            ``exceptions``. Cancellation, ``KeyboardInterrupt`` and ``SystemExit`` are
+            always treated this way, and a cancelled trial call gives its permit back.
+
+    Raises:
+        ConfigurationError: at decoration, for a setting that cannot work, or a ``name``
+            already in use with other settings.
+        CircuitOpenError: at call time, when the breaker refuses the call. It carries
+            ``retry_after``, which ``@retry`` honours like an HTTP ``Retry-After``.
+
+    The wrapper carries the breaker as ``fn.breaker`` (:class:`CircuitBreaker`), with
+    ``.state``, ``.stats()``, ``.reset()`` and ``.force_open()``. Transitions emit
+    :class:`CircuitStateChanged` and refusals :class:`CircuitRejected`.
+    """
+    excluded: tuple[type[BaseException], ...] = (
+        () if exclude == () else _settings.exception_types(exclude, "exclude")
+    )
+    settings = _Settings(
+        failure_ratio=_settings.ratio(failure_ratio, "failure_ratio"),
+        minimum_calls=_settings.positive_int(minimum_calls, "minimum_calls"),
+        window=_settings.seconds(window, "window", allow_zero=False),
+        open_for=_settings.seconds(open_for, "open_for", allow_zero=False),
+        half_open_calls=_settings.positive_int(half_open_calls, "half_open_calls"),
+        slow_call_duration=_settings.optional_seconds(
+            slow_call_duration, "slow_call_duration", allow_zero=False
+        ),
+        slow_call_ratio=_settings.ratio(slow_call_ratio, "slow_call_ratio"),
+        exceptions=_settings.exception_types(exceptions, "exceptions"),
+        exclude=excluded,
+    )
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
+    shared = None if name is None else _shared(name, settings)
+
+    def decorate(target: Callable[..., Any]) -> Any:
+        inner = getattr(target, "__func__", target)
+        breaker = shared or CircuitBreaker(function_name(inner), settings)
+        return wrap(
+            target,
+            "circuit_breaker",
+            sync=_sync_shell(breaker),
+            async_=_async_shell(breaker),
+            attributes={"breaker": breaker},
+        )
+
+    return decorate if fn is None else decorate(fn)

@@ -1,0 +1,122 @@
+"""RetryBudget: retries across many calls stay a bounded fraction of recent traffic.
+
+Per-call retry limits do not bound load: when a dependency fails every request, each call
+still makes ``1 + max_retries`` attempts, multiplying the load on what is already
+struggling. A budget shared by all the calls to that dependency caps the retries at a
+fraction of the recent calls (plus a small floor so that quiet clients can still retry),
+the scheme of Finagle's and Linkerd's retry budgets.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from buttress import _clock, _settings
+
+from ._window import Window
+
+__all__ = ["RetryBudget", "RetryBudgetStats"]
+
+_CALLS, _RETRIES = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetStats:
+    """A snapshot of a :class:`RetryBudget` over its window.
+
+    Attributes:
+        calls: calls counted in the window (first attempts; retries are not calls).
+        retries: retries spent in the window.
+        available: retries that may still be spent now.
+        exhausted: retries refused since the budget was created.
+    """
+
+    calls: int
+    retries: int
+    available: int
+    exhausted: int
+
+
+class RetryBudget:
+    """A share of recent calls that may be retried, for ``@retry(budget=...)``.
+
+    Over any ``window`` seconds, the retries of all the calls sharing this budget stay
+    within ``ratio * calls + min_per_second * window``, where ``calls`` counts the calls
+    started in that window (a retry is not a call). Share one budget between every
+    function that calls the same dependency.
+
+    ``@retry`` consults the budget only when it is about to schedule a retry (after its own
+    attempt and deadline checks); when the budget is spent it gives up at once and
+    re-raises the last error, emitting :class:`RetryBudgetExhausted`. Thread safe and
+    usable from any number of event loops; reads time through the ``buttress`` clock.
+
+    Args:
+        ratio: retries allowed per call, on average (0.2: one retry per five calls).
+        min_per_second: a floor of retries per second allowed whatever the traffic, so a
+            client making few calls can still retry.
+        window: seconds over which calls and retries are counted, kept in ten buckets
+            (so they leave the count in steps of ``window / 10``).
+
+    Raises:
+        ConfigurationError: for a negative ratio or floor, or a window that is not
+            positive.
+    """
+
+    __slots__ = ("_exhausted", "_lock", "_window", "min_per_second", "ratio", "window")
+
+    def __init__(
+        self,
+        ratio: float = 0.2,
+        min_per_second: float = 3,
+        *,
+        window: float | timedelta = 10.0,
+    ) -> None:
+        self.ratio = _settings.number(ratio, "ratio", minimum=0.0)
+        self.min_per_second = _settings.number(min_per_second, "min_per_second", minimum=0.0)
+        self.window = _settings.seconds(window, "window", allow_zero=False)
+        self._lock = threading.Lock()
+        self._window = Window(self.window, 2)
+        self._exhausted = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryBudget(ratio={self.ratio:g}, min_per_second={self.min_per_second:g}, "
+            f"window={self.window:g})"
+        )
+
+    def _allowance(self) -> float:
+        # The lock is held and the window is current.
+        return self.ratio * self._window.totals[_CALLS] + self.min_per_second * self.window
+
+    def record_call(self) -> None:
+        """Count one call (its first attempt); every call sharing the budget does this."""
+        now = _clock.monotonic()
+        with self._lock:
+            self._window.bucket(now)[_CALLS] += 1
+            self._window.totals[_CALLS] += 1
+
+    def try_spend(self) -> bool:
+        """Spend one retry if the budget allows it; ``False`` (and counted) if it is spent."""
+        now = _clock.monotonic()
+        with self._lock:
+            bucket = self._window.bucket(now)
+            # The epsilon keeps float error (0.1 * 30 calls) from refusing an earned retry.
+            if self._window.totals[_RETRIES] + 1 > self._allowance() + 1e-9:
+                self._exhausted += 1
+                return False
+            bucket[_RETRIES] += 1
+            self._window.totals[_RETRIES] += 1
+            return True
+
+    def stats(self) -> RetryBudgetStats:
+        """A frozen snapshot of the counts in the current window."""
+        with self._lock:
+            self._window.touch(_clock.monotonic())
+            calls, retries = self._window.totals
+            available = max(0, math.floor(self._allowance() - retries))
+            return RetryBudgetStats(
+                calls=calls, retries=retries, available=available, exhausted=self._exhausted
+            )

@@ -1,0 +1,207 @@
+"""@fallback: answer with a safe default when the call fails."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from buttress import _settings
+from buttress._errors import ConfigurationError, is_fatal
+from buttress._events import FallbackUsed, events
+from buttress._wrapping import function_name, wrap
+
+__all__ = ["fallback"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+_UNSET: Any = object()
+
+
+class _Answer:
+    """What to answer with instead of the error: plain decisions, no I/O."""
+
+    __slots__ = ("exceptions", "factory", "value")
+
+    def __init__(
+        self,
+        value: Any,
+        factory: Callable[[Exception], Any] | None,
+        exceptions: tuple[type[BaseException], ...],
+    ) -> None:
+        self.value = value
+        self.factory = factory
+        self.exceptions = exceptions
+
+    def applies(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.exceptions) and not is_fatal(exc)
+
+    def make(self, exc: BaseException, function: str) -> Any:
+        """The replacement answer (possibly an awaitable, from an async factory)."""
+        if events.active:
+            events.emit(FallbackUsed(function=function, error=exc))
+        factory = self.factory
+        # The factory is typed for Exception, what users catch; a non-fatal BaseException
+        # reaches it only when they listed one in ``exceptions`` themselves.
+        return self.value if factory is None else factory(exc)  # type: ignore[arg-type]
+
+
+def _sync_shell(answer: _Answer) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        def fallback_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                if not answer.applies(exc):
+                    raise
+                result = answer.make(exc, name)
+            if inspect.isawaitable(result):
+                _close(result)
+                raise TypeError(
+                    f"@fallback: the factory of {name}(), a plain function, returned an "
+                    "awaitable; use a plain factory for a plain function"
+                )
+            return result
+
+        return fallback_wrapper
+
+    return build
+
+
+def _close(awaitable: object) -> None:
+    # Close an un-awaited coroutine so it does not warn "never awaited" on top.
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
+
+
+def _async_shell(answer: _Answer) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        async def fallback_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except BaseException as exc:
+                if not answer.applies(exc):
+                    raise
+                result = answer.make(exc, name)
+            # Outside the except block: the error is handled, so no traceback is kept
+            # alive while an async factory runs.
+            if inspect.isawaitable(result):
+                return await result
+            return result
+
+        return fallback_wrapper
+
+    return build
+
+
+class _SyncOrAsync(Protocol[R_co]):
+    """Decorates a plain or a coroutine function; its result may also be the fallback's."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, T]], /
+    ) -> Callable[P, Coroutine[Any, Any, T | R_co]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T], /) -> Callable[P, T | R_co]: ...
+
+
+@overload
+def fallback(  # type: ignore[overload-overlap]
+    fn: Callable[P, Coroutine[Any, Any, T]], /
+) -> Callable[P, Coroutine[Any, Any, T | None]]: ...
+
+
+@overload
+def fallback(fn: Callable[P, T], /) -> Callable[P, T | None]: ...  # type: ignore[overload-overlap]
+
+
+@overload
+def fallback(
+    value: R,
+    /,
+    *,
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+) -> _SyncOrAsync[R]: ...
+
+
+@overload
+def fallback(  # type: ignore[overload-overlap]
+    *,
+    factory: Callable[[Exception], Coroutine[Any, Any, R]],
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T | R]]]: ...
+
+
+@overload
+def fallback(
+    *,
+    factory: Callable[[Exception], R],
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+) -> _SyncOrAsync[R]: ...
+
+
+@overload
+def fallback(
+    *,
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+) -> _SyncOrAsync[None]: ...
+
+
+def fallback(
+    value: Any = _UNSET,
+    /,
+    *,
+    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    factory: Callable[[Exception], Any] | None = None,
+) -> Any:
+    """Return a safe default instead of raising, when the call fails with ``exceptions``.
+
+    Use it outermost but for monitoring and validation (see the stacking order): it turns
+    what retries, breakers, bulkheads, rate limits and timeouts finally give up on into an
+    answer the caller can serve (an empty ranking, a cached embedding, a "degraded" flag).
+
+    Args:
+        value: the answer to return (``None`` when neither it nor ``factory`` is given).
+            The same object is returned every time: use ``factory`` for a fresh mutable
+            default.
+        exceptions: the error types to replace; others propagate. Cancellation,
+            ``KeyboardInterrupt`` and ``SystemExit`` always propagate, even with
+            ``(BaseException,)``.
+        factory: called with the error to build the answer instead of ``value``. For a
+            coroutine function it may be ``async`` (its result is awaited).
+
+    Raises:
+        ConfigurationError: at decoration, when both ``value`` and ``factory`` are given,
+            ``factory`` is not callable, or ``exceptions`` is not exception types.
+
+    Each replacement emits :class:`FallbackUsed` with the error. Works on ``def`` and
+    ``async def``; usable bare (``@fallback`` answers ``None``).
+    """
+    if callable(value) and factory is None and exceptions == (Exception,):
+        # Bare use: @fallback applied straight to a function. (A callable *value* is
+        # still possible: pass it with exceptions=... or through factory=lambda _: value.)
+        return fallback()(value)
+    if value is not _UNSET and factory is not None:
+        raise ConfigurationError("give fallback either a value or a factory, not both")
+    if factory is not None and not callable(factory):
+        raise ConfigurationError(f"factory must be callable, got {factory!r}")
+    answer = _Answer(
+        None if value is _UNSET else value,
+        factory,
+        _settings.exception_types(exceptions, "exceptions"),
+    )
+    sync, async_ = _sync_shell(answer), _async_shell(answer)
+
+    def decorate(target: Callable[..., Any]) -> Any:
+        return wrap(target, "fallback", sync=sync, async_=async_)
+
+    return decorate

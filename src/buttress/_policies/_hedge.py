@@ -1,0 +1,319 @@
+"""@hedge: when a call is slow to answer, start another; the first success wins.
+
+Tail latency of a replicated service (a model server with several replicas, a vector
+database behind a load balancer) is mostly bad luck: one slow replica, one GC pause.
+Sending a second request after the usual response time has passed cuts the tail at the
+price of a few percent more requests ("The Tail at Scale", Dean and Barroso, 2013).
+
+Coroutine functions only: hedging means abandoning the slower attempts, and only a
+coroutine can be cancelled; a plain function's losing attempts would run on in threads.
+The attempts run in an anyio task group: the winner cancels the others, and a caller
+cancelled from outside cancels them all.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+
+import anyio
+
+from buttress import _clock, _settings
+from buttress._errors import ConfigurationError, is_fatal
+from buttress._events import HedgeStarted, events
+from buttress._wrapping import function_name, wrap
+
+__all__ = ["HedgeStats", "HedgedFunction", "Hedger", "hedge"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+T2 = TypeVar("T2")
+S = TypeVar("S")
+P2 = ParamSpec("P2")
+
+_PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
+_SAMPLES = 200  # latencies kept for a percentile delay
+_MIN_SAMPLES = 20  # latencies needed before a percentile delay is trusted
+_REFRESH = 16  # new latencies between two recomputations of the percentile
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeStats:
+    """A snapshot of one ``@hedge``.
+
+    Attributes:
+        calls: calls made since creation.
+        hedged_calls: calls that started at least one hedge.
+        hedges: hedges started (attempts after the first).
+        hedge_wins: calls won by a hedge rather than the first attempt.
+        delay: the delay the next call would use, in seconds; ``None`` while a
+            percentile delay is still warming up (no hedging yet).
+        samples: latencies held for a percentile delay (0 for a fixed delay).
+    """
+
+    calls: int
+    hedged_calls: int
+    hedges: int
+    hedge_wins: int
+    delay: float | None
+    samples: int
+
+
+class Hedger:
+    """The delay policy and counters of one ``@hedge``; reach it as ``fn.hedge``.
+
+    With a percentile delay it keeps the latencies of the last 200 successful attempts
+    (each measured from its own start) and recomputes the percentile every 16 new ones.
+    Thread safe.
+    """
+
+    __slots__ = (
+        "_calls",
+        "_delay",
+        "_fresh",
+        "_hedge_wins",
+        "_hedged_calls",
+        "_hedges",
+        "_lock",
+        "_samples",
+        "max_hedges",
+        "quantile",
+    )
+
+    def __init__(self, delay: float | None, quantile: float | None, max_hedges: int) -> None:
+        self.max_hedges = max_hedges
+        #: The percentile as a fraction (0.95 for "p95"), or ``None`` for a fixed delay.
+        self.quantile = quantile
+        self._delay = delay
+        self._samples: deque[float] = deque(maxlen=_SAMPLES)
+        self._fresh = 0
+        self._lock = threading.Lock()
+        self._calls = self._hedged_calls = self._hedges = self._hedge_wins = 0
+
+    def __repr__(self) -> str:
+        what = f"p{self.quantile * 100:g}" if self.quantile is not None else f"{self._delay:g}s"
+        return f"<Hedger after {what}, up to {self.max_hedges} hedge(s)>"
+
+    def stats(self) -> HedgeStats:
+        """A frozen snapshot of the counters and the current delay."""
+        with self._lock:
+            return HedgeStats(
+                calls=self._calls,
+                hedged_calls=self._hedged_calls,
+                hedges=self._hedges,
+                hedge_wins=self._hedge_wins,
+                delay=self._delay,
+                samples=len(self._samples),
+            )
+
+    # --- the engine -------------------------------------------------------------------
+
+    def begin(self) -> float | None:
+        """Count a call; return the delay before its first hedge, or ``None``: no hedging."""
+        with self._lock:
+            self._calls += 1
+            return self._delay
+
+    def hedged(self, attempt: int, function: str) -> None:
+        """Attempt number ``attempt`` (2 for the first hedge) is starting."""
+        with self._lock:
+            self._hedges += 1
+            if attempt == 2:
+                self._hedged_calls += 1
+        if events.active:
+            events.emit(HedgeStarted(function=function, attempt=attempt))
+
+    def succeeded(self, attempt: int, latency: float) -> None:
+        """Attempt ``attempt`` won, ``latency`` seconds after it started."""
+        with self._lock:
+            if attempt > 1:
+                self._hedge_wins += 1
+            quantile = self.quantile
+            if quantile is None:
+                return
+            self._samples.append(latency)
+            self._fresh += 1
+            count = len(self._samples)
+            if count < _MIN_SAMPLES or (self._fresh < _REFRESH and self._delay is not None):
+                return
+            self._fresh = 0
+            ordered = sorted(self._samples)
+        # Sorting 200 floats takes microseconds: done outside the lock, every 16 samples.
+        delay = ordered[max(0, math.ceil(quantile * count) - 1)]  # nearest rank
+        with self._lock:
+            self._delay = delay
+
+
+class _Race:
+    """One hedged call: the attempts in flight and what they have produced."""
+
+    __slots__ = ("changed", "done", "error", "failures", "launched", "result", "winner")
+
+    def __init__(self) -> None:
+        self.changed = anyio.Event()
+        self.launched = 0
+        self.failures = 0
+        self.done = False
+        self.winner = 0
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _async_shell(hedger: Hedger) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    total = 1 + hedger.max_hedges
+
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        async def attempt(
+            number: int, race: _Race, scope: anyio.CancelScope, args: Any, kwargs: Any
+        ) -> None:
+            started = _clock.monotonic()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                if is_fatal(exc):  # our own cancellation of a loser, or the caller's
+                    raise
+                race.failures += 1
+                race.error = exc
+                race.changed.set()
+                return
+            if race.done:  # two answered in the same instant: the first one won
+                return
+            race.done = True
+            race.winner = number
+            race.result = result
+            hedger.succeeded(number, _clock.monotonic() - started)
+            if race.launched - race.failures > 1:
+                scope.cancel()  # the losers, and the hedging loop below
+            else:  # alone: wake the hedging loop, cheaper than a cancellation
+                race.changed.set()
+
+        async def hedge_wrapper(*args: Any, **kwargs: Any) -> Any:
+            delay = hedger.begin()
+            if delay is None:  # warming up: a plain call, timed for the percentile
+                started = _clock.monotonic()
+                result = await fn(*args, **kwargs)
+                hedger.succeeded(1, _clock.monotonic() - started)
+                return result
+            race = _Race()
+            async with anyio.create_task_group() as group:
+                for number in range(1, total + 1):
+                    if number > 1:
+                        hedger.hedged(number, name)
+                    race.launched += 1
+                    group.start_soon(attempt, number, race, group.cancel_scope, args, kwargs)
+                    if number == total:
+                        break
+                    # Wait out the delay, unless every attempt in flight fails first
+                    # (then hedge at once) or one succeeds (then stop).
+                    deadline: float | None = None
+                    while not race.done and race.failures < race.launched:
+                        race.changed = anyio.Event()
+                        if deadline is None:
+                            with anyio.move_on_after(delay) as waiting:
+                                await race.changed.wait()
+                            deadline = waiting.deadline
+                        else:
+                            with anyio.move_on_at(deadline) as waiting:
+                                await race.changed.wait()
+                        if waiting.cancelled_caught:
+                            break
+                    if race.done:
+                        break
+            if race.done:
+                return race.result
+            error, race.error = race.error, None  # no cycle through the race record
+            assert error is not None
+            raise error
+
+        return hedge_wrapper
+
+    return build
+
+
+def _refuse(fn: Callable[..., Any]) -> Callable[..., Any]:
+    raise TypeError(
+        f"@hedge needs a coroutine function (async def); {function_name(fn)} is a plain "
+        "function, and hedging abandons the slower attempts, which only a coroutine can "
+        "be: a losing thread would run on, doing the work twice."
+    )
+
+
+class HedgedFunction(Protocol[P, T_co]):
+    """A coroutine function decorated with ``@hedge``: callable as before, plus ``.hedge``."""
+
+    hedge: Hedger
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T_co]: ...
+
+    # Decorated methods bind like functions: the instance fills the first parameter.
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> HedgedFunction[P, T_co]: ...
+
+    @overload
+    def __get__(
+        self: HedgedFunction[Concatenate[S, P2], T2], instance: S, owner: type[Any] | None = None
+    ) -> HedgedFunction[P2, T2]: ...
+
+
+class _Decorator(Protocol):
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> HedgedFunction[P, T]: ...
+
+
+def hedge(delay: float | timedelta | str, *, max_hedges: int = 1) -> _Decorator:
+    """Start another attempt when the first has not answered within ``delay``.
+
+    The first attempt to succeed wins; the others are cancelled at once. An attempt that
+    fails does not end the call while others are still running; when every attempt in
+    flight has failed, the next hedge starts without waiting for the delay, and when none
+    is left the last error is raised. Hedging multiplies requests, so use it only on calls
+    that are safe to repeat (reads, idempotent writes).
+
+    Coroutine functions only: the losers must be cancelled, and a thread cannot be.
+
+    Args:
+        delay: seconds (or a ``timedelta``) to wait for an answer before each hedge; or a
+            percentile of recent latencies such as ``"p95"`` or ``"p99.9"``, computed
+            over the last 200 successful attempts. A percentile delay does not hedge
+            until 20 latencies are known (the first calls just run), and follows the
+            service as it speeds up or slows down.
+        max_hedges: extra attempts at most (so ``1 + max_hedges`` in all); each starts
+            ``delay`` after the previous one.
+
+    Raises:
+        ConfigurationError: at decoration, for a setting that cannot work.
+        TypeError: at decoration, for a plain (not ``async``) function.
+
+    Each hedge emits :class:`HedgeStarted`. The delay is measured with the event loop's
+    clock. Each call runs its attempts in a task group, which costs some microseconds even
+    when the first attempt answers in time. The wrapper carries ``fn.hedge``
+    (:class:`Hedger`) with ``.stats()``.
+    """
+    hedges = _settings.positive_int(max_hedges, "max_hedges")
+    if isinstance(delay, str):
+        match = _PERCENTILE.match(delay.strip().lower())
+        percent = float(match.group(1)) if match else -1.0
+        if not 0 < percent < 100:
+            raise ConfigurationError(
+                f"delay must be seconds or a percentile such as 'p95' (between p0 and "
+                f"p100, exclusive), got {delay!r}"
+            )
+        hedger = Hedger(None, percent / 100, hedges)
+    else:
+        hedger = Hedger(_settings.seconds(delay, "delay"), None, hedges)
+    async_ = _async_shell(hedger)
+
+    def decorate(target: Callable[..., Any]) -> Any:
+        return wrap(target, "hedge", sync=_refuse, async_=async_, attributes={"hedge": hedger})
+
+    return decorate
