@@ -9,14 +9,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from ._caching import CachedFunction as CachedFunction
+from ._caching import CachedMethod as CachedMethod
 from ._caching import CacheEntry as CacheEntry
 from ._caching import CacheHandle as CacheHandle
 from ._caching import CacheKey as CacheKey
 from ._caching import CacheScope as CacheScope
 from ._caching import CacheStats as CacheStats
 from ._caching import CacheStore as CacheStore
-from ._caching import CachedFunction as CachedFunction
-from ._caching import CachedMethod as CachedMethod
 from ._caching import LocalStore as LocalStore
 from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
@@ -77,9 +77,10 @@ from ._policies import Bulkhead as Bulkhead
 from ._policies import BulkheadFunction as BulkheadFunction
 from ._policies import BulkheadStats as BulkheadStats
 from ._policies import CircuitBreaker as CircuitBreaker
-from ._policies import HedgeStats as HedgeStats
 from ._policies import HedgedFunction as HedgedFunction
 from ._policies import Hedger as Hedger
+from ._policies import HedgeStats as HedgeStats
+from ._policies import Policy as Policy
 from ._policies import RateLimitedFunction as RateLimitedFunction
 from ._policies import RateLimiter as RateLimiter
 from ._policies import RateLimiterStats as RateLimiterStats
@@ -89,6 +90,7 @@ from ._policies import bulkhead as bulkhead
 from ._policies import circuit_breaker as circuit_breaker
 from ._policies import fallback as fallback
 from ._policies import hedge as hedge
+from ._policies import policy as policy
 from ._policies import rate_limit as rate_limit
 from ._policies import timeout as timeout
 from ._retry import Jitter as Jitter
@@ -155,6 +157,7 @@ __all__ = [
     "MonitorHandle",
     "MonitoringStats",
     "OutputValidationError",
+    "Policy",
     "RateLimitExceeded",
     "RateLimited",
     "RateLimitedFunction",
@@ -183,6 +186,7 @@ __all__ = [
     "memory_snapshot",
     "monitor",
     "monitoring_stats",
+    "policy",
     "rate_limit",
     "request_context",
     "request_scope",

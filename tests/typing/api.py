@@ -75,3 +75,20 @@ def testing() -> None:
 def listening() -> None:
     with events.subscribe(lambda event: None, RetryScheduled) as subscription:
         assert_type(subscription, buttress.Subscription[RetryScheduled])
+
+
+# --- policy() keeps parameters and return types ------------------------------------
+
+
+stack = buttress.policy(retry=3, cache={"ttl": 30}, bulkhead=10)
+
+
+@stack
+async def ranked(query: str, *, top_k: int = 10) -> list[str]:
+    return [query] * top_k
+
+
+async def policy_callers() -> None:
+    assert_type(await ranked("q", top_k=3), list[str])
+    await ranked(3)  # type: ignore[arg-type]
+    assert_type(stack.layers, tuple[str, ...])

@@ -1,0 +1,214 @@
+"""policy(): one decorator that stacks the others in the canonical order.
+
+The order (outermost first) is DESIGN.md's::
+
+    monitor > validate_input > fallback > timeout > cache_result > retry
+            > circuit_breaker > bulkhead > rate_limit > memory_guard > attempt_timeout
+            > validate_output > function
+
+Each layer is switched on by its keyword: ``True`` for the decorator's defaults, a
+``dict`` of its keyword arguments, or a shorthand for its main setting (``timeout=5``,
+``retry=3``, ``bulkhead=10``). :func:`policy` only composes: every setting is checked by
+the decorator it belongs to, when the policy is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar, final
+
+from buttress._caching import cache_result
+from buttress._errors import ConfigurationError
+from buttress._memory_guard import memory_guard
+from buttress._monitoring import monitor
+from buttress._retry import retry
+from buttress._validation import validate_input, validate_output
+
+from ._breaker import circuit_breaker
+from ._bulkhead import bulkhead
+from ._fallback import fallback
+from ._rate_limit import rate_limit
+from ._timeout import timeout
+
+__all__ = ["Policy", "policy"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Setting = bool | Mapping[str, Any] | int | float | str | timedelta | None
+Decorator = Callable[[Callable[..., Any]], Any]
+
+
+def _keywords(factory: Callable[..., Decorator], shorthand: str | None) -> Callable[..., Any]:
+    """Build a layer from ``True``, a dict of keyword arguments, or the shorthand value."""
+
+    def build(layer: str, setting: Setting) -> Decorator:
+        if setting is True:
+            return factory()
+        if isinstance(setting, Mapping):
+            return factory(**setting)
+        if shorthand is not None and not isinstance(setting, bool):
+            return factory(**{shorthand: setting})
+        accepted = "True or a dict of its keyword arguments"
+        if shorthand is not None:
+            accepted += f", or its {shorthand!r} alone"
+        raise ConfigurationError(f"policy(): {layer} must be {accepted}; got {setting!r}")
+
+    return build
+
+
+# validate_output and fallback take their main setting positionally.
+
+
+def _validate_output(spec: Any = None, **settings: Any) -> Decorator:
+    return validate_output(spec, **settings) if spec is not None else validate_output(**settings)
+
+
+_NO_VALUE = object()
+
+
+def _fallback(value: Any = _NO_VALUE, **settings: Any) -> Decorator:
+    if value is _NO_VALUE:
+        return fallback(**settings)  # type: ignore[no-any-return]
+    # Through factory=, so that a callable value is answered, not taken for the target.
+    return fallback(factory=lambda error: value, **settings)  # type: ignore[no-any-return]
+
+
+#: The layers, outermost first: (keyword, builder).
+_LAYERS: tuple[tuple[str, Callable[[str, Setting], Decorator]], ...] = (
+    ("monitor", _keywords(monitor, "name")),
+    ("validate", _keywords(validate_input, None)),
+    ("fallback", _keywords(_fallback, "value")),
+    ("timeout", _keywords(timeout, "seconds")),
+    ("cache", _keywords(cache_result, "ttl")),
+    ("retry", _keywords(retry, "max_retries")),
+    ("circuit_breaker", _keywords(circuit_breaker, "name")),
+    ("bulkhead", _keywords(bulkhead, "max_concurrent")),
+    ("rate_limit", _keywords(rate_limit, "rate")),
+    ("memory_guard", _keywords(memory_guard, None)),
+    ("attempt_timeout", _keywords(timeout, "seconds")),
+    ("validate_output", _keywords(_validate_output, "spec")),
+)
+
+#: The keyword of each layer, outermost first.
+ORDER: tuple[str, ...] = tuple(name for name, _ in _LAYERS)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    name: str
+    setting: Setting
+    decorator: Decorator
+
+    def __repr__(self) -> str:
+        if self.setting is True:
+            return self.name
+        if isinstance(self.setting, Mapping):
+            inner = ", ".join(f"{key}={value!r}" for key, value in self.setting.items())
+        else:
+            inner = repr(self.setting)
+        return f"{self.name}({inner})"
+
+
+@final
+class Policy:
+    """A stack of buttress decorators in the canonical order; apply it like a decorator.
+
+    ``repr()`` shows the stack, outermost first; :attr:`layers` names the layers.
+    """
+
+    __slots__ = ("_layers",)
+
+    def __init__(self, layers: tuple[_Layer, ...]) -> None:
+        self._layers = layers
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The keywords of the layers switched on, outermost first."""
+        return tuple(layer.name for layer in self._layers)
+
+    def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]:
+        wrapped: Any = fn
+        for layer in reversed(self._layers):
+            wrapped = layer.decorator(wrapped)
+        return wrapped  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return "policy(" + " > ".join(repr(layer) for layer in self._layers) + ")"
+
+
+def policy(
+    *,
+    monitor: Setting = None,
+    validate: Setting = None,
+    fallback: Setting = None,
+    timeout: Setting = None,
+    cache: Setting = None,
+    retry: Setting = None,
+    circuit_breaker: Setting = None,
+    bulkhead: Setting = None,
+    rate_limit: Setting = None,
+    memory_guard: Setting = None,
+    attempt_timeout: Setting = None,
+    validate_output: Setting = None,
+) -> Policy:
+    """One decorator made of the others, stacked in the order that makes them work together.
+
+    Each keyword switches one layer on (``None`` or ``False``, the default, leaves it
+    out): ``True`` uses the decorator's defaults, a ``dict`` is passed as its keyword
+    arguments, and a plain value is its main setting:
+
+    ========================  ================================  ========================
+    keyword                   decorator                         plain value means
+    ========================  ================================  ========================
+    ``monitor``               ``@monitor``                      ``name``
+    ``validate``              ``@validate_input``               (``True`` or a dict)
+    ``fallback``              ``@fallback``                     ``value``
+    ``timeout``               ``@timeout`` around everything    ``seconds``
+    ``cache``                 ``@cache_result``                 ``ttl``
+    ``retry``                 ``@retry``                        ``max_retries``
+    ``circuit_breaker``       ``@circuit_breaker``              ``name``
+    ``bulkhead``              ``@bulkhead``                     ``max_concurrent``
+    ``rate_limit``            ``@rate_limit``                   ``rate`` (per second)
+    ``memory_guard``          ``@memory_guard``                 (``True`` or a dict)
+    ``attempt_timeout``       ``@timeout`` around each attempt  ``seconds``
+    ``validate_output``       ``@validate_output``              the spec
+    ========================  ================================  ========================
+
+    Outermost first: monitoring sees every call as the caller does; bad input fails
+    before anything else and is never retried; the fallback answers for everything below
+    it; the total timeout bounds retries and waits; a cache hit skips the rest and one
+    single-flight leader retries for all its followers; the breaker counts each attempt;
+    the bulkhead and rate limit admit attempts; the memory guard admits work just before
+    it allocates; the attempt timeout bounds one attempt; output validation, innermost,
+    makes an invalid result a failed attempt (retried when its error is in ``retry``'s
+    ``exceptions``, counted by the breaker, never cached).
+
+    Raises:
+        ConfigurationError: a layer's setting is of the wrong kind, or a decorator
+            refuses its settings (each decorator checks its own, as when used alone).
+        TypeError: when applied, a layer refuses the function (``timeout`` and
+            ``attempt_timeout`` need a coroutine function).
+    """
+    settings = {
+        "monitor": monitor,
+        "validate": validate,
+        "fallback": fallback,
+        "timeout": timeout,
+        "cache": cache,
+        "retry": retry,
+        "circuit_breaker": circuit_breaker,
+        "bulkhead": bulkhead,
+        "rate_limit": rate_limit,
+        "memory_guard": memory_guard,
+        "attempt_timeout": attempt_timeout,
+        "validate_output": validate_output,
+    }
+    layers = tuple(
+        _Layer(name, settings[name], build(name, settings[name]))
+        for name, build in _LAYERS
+        if settings[name] is not None and settings[name] is not False
+    )
+    return Policy(layers)
