@@ -11,9 +11,14 @@ import pytest
 
 from buttress import (
     ArraySpec,
+    BulkheadFullError,
+    CircuitOpenError,
     ConfigurationError,
     InputValidationError,
+    MemoryPressureError,
     OutputValidationError,
+    RateLimitExceeded,
+    RejectedError,
     RetryScheduled,
     events,
     policy,
@@ -234,3 +239,63 @@ def test_bad_settings_fail_when_the_policy_is_built(
 def test_timeout_layers_refuse_plain_functions() -> None:
     with pytest.raises(TypeError, match="timeout"):
         policy(attempt_timeout=1)(lambda: None)
+
+
+@pytest.mark.anyio
+async def test_functions_under_one_policy_do_not_share_slots() -> None:
+    stack = policy(bulkhead=1)
+    release = anyio.Event()
+
+    @stack
+    async def first() -> str:
+        await release.wait()
+        return "first"
+
+    @stack
+    async def second() -> str:
+        return "second"
+
+    results: list[str] = []
+    async with anyio.create_task_group() as group:
+
+        async def run_first() -> None:
+            results.append(await first())
+
+        group.start_soon(run_first)
+        await anyio.sleep(0.01)
+        results.append(await second())  # first holds its own slot, not this one
+        release.set()
+    assert results == ["second", "first"]
+    assert first.bulkhead is not second.bulkhead  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_refusals_below_the_breaker_do_not_open_it() -> None:
+    @policy(
+        circuit_breaker={"name": "policy-test-refusals", "minimum_calls": 4},
+        bulkhead=1,
+    )
+    async def slow() -> str:
+        await anyio.sleep(0.05)
+        return "ok"
+
+    outcomes: list[str] = []
+
+    async def one() -> None:
+        try:
+            outcomes.append(await slow())
+        except BulkheadFullError:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as group:
+        for _ in range(6):
+            group.start_soon(one)
+    assert sorted(outcomes) == ["ok"] + ["refused"] * 5
+    assert slow.breaker.state == "closed"  # type: ignore[attr-defined]
+    assert slow.breaker.stats().calls == 1  # type: ignore[attr-defined]
+    assert await slow() == "ok"
+
+
+def test_every_load_shedding_error_is_a_rejection() -> None:
+    for error in (BulkheadFullError, CircuitOpenError, MemoryPressureError, RateLimitExceeded):
+        assert issubclass(error, RejectedError)

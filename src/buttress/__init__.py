@@ -31,6 +31,7 @@ from ._errors import InputValidationError as InputValidationError
 from ._errors import MemoryPressureError as MemoryPressureError
 from ._errors import OutputValidationError as OutputValidationError
 from ._errors import RateLimitExceeded as RateLimitExceeded
+from ._errors import RejectedError as RejectedError
 from ._errors import RetryError as RetryError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._errors import ValidationProblem as ValidationProblem
@@ -163,6 +164,7 @@ __all__ = [
     "RateLimitedFunction",
     "RateLimiter",
     "RateLimiterStats",
+    "RejectedError",
     "RetryBudget",
     "RetryBudgetExhausted",
     "RetryBudgetStats",

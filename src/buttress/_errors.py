@@ -28,6 +28,7 @@ __all__ = [
     "MemoryPressureError",
     "OutputValidationError",
     "RateLimitExceeded",
+    "RejectedError",
     "RetryError",
     "UnkeyableArgumentError",
     "ValidationProblem",
@@ -38,6 +39,17 @@ __all__ = [
 
 class ButtressError(Exception):
     """Base class of every error raised by buttress itself."""
+
+
+class RejectedError(ButtressError):
+    """A buttress layer refused to run the call: nothing reached the function.
+
+    The common base of the load-shedding errors (:class:`CircuitOpenError`,
+    :class:`BulkheadFullError`, :class:`RateLimitExceeded`, :class:`MemoryPressureError`),
+    so a gateway can answer all of them with one fast 503. A circuit breaker never counts
+    one as a failure of its dependency: the refusal came from this process, not from the
+    dependency.
+    """
 
 
 class ConfigurationError(ButtressError, ValueError):
@@ -181,7 +193,7 @@ class OutputValidationError(DataValidationError):
 # --- memory guard (issue 6) ------------------------------------------------------------
 
 
-class MemoryPressureError(ButtressError, MemoryError):
+class MemoryPressureError(RejectedError, MemoryError):
     """``@memory_guard`` refused a call: memory is over its threshold.
 
     A ``MemoryError`` too, so code that already degrades on running out of memory (a
@@ -261,7 +273,7 @@ _MEMORY_PRESSURE_FACTS = (
 # --- policies (issue 8) ----------------------------------------------------------------
 
 
-class CircuitOpenError(ButtressError, ConnectionError):
+class CircuitOpenError(RejectedError, ConnectionError):
     """``@circuit_breaker`` refused a call without making it: the circuit is open.
 
     A ``ConnectionError`` too: an open circuit refuses to reach the dependency, as a
@@ -317,7 +329,7 @@ class CallTimeoutError(ButtressError, TimeoutError):
         return _reduce_with_facts(self)
 
 
-class BulkheadFullError(ButtressError, RuntimeError):
+class BulkheadFullError(RejectedError, RuntimeError):
     """``@bulkhead`` refused a call: every slot was busy and no wait was possible.
 
     Attributes:
@@ -350,7 +362,7 @@ class BulkheadFullError(ButtressError, RuntimeError):
         return _reduce_with_facts(self)
 
 
-class RateLimitExceeded(ButtressError, RuntimeError):
+class RateLimitExceeded(RejectedError, RuntimeError):
     """``@rate_limit`` refused a call rather than make it wait (``wait=False`` or a wait
     longer than ``max_wait``).
 

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _settings
-from buttress._errors import CircuitOpenError, ConfigurationError, is_fatal
+from buttress._errors import CircuitOpenError, ConfigurationError, RejectedError, is_fatal
 from buttress._events import CircuitRejected, CircuitStateChanged, events
 from buttress._wrapping import function_name, wrap
 
@@ -309,11 +309,13 @@ class CircuitBreaker:
     def on_error(self, ticket: int, exc: BaseException, started: float, function: str) -> None:
         """Count a call that raised ``exc``: a failure, a success, or nothing at all.
 
-        Cancellation and ``exclude`` types count as nothing (a half-open permit is given
-        back); ``exceptions`` types are failures; any other error counts as a success,
+        Cancellation, ``exclude`` types and refusals by buttress's own layers below the
+        breaker (:class:`RejectedError`: a full bulkhead, a rate limit, memory pressure)
+        count as nothing (a half-open permit is given back): the dependency was never
+        asked. ``exceptions`` types are failures; any other error counts as a success,
         since the dependency did answer (a ``ValueError`` about the caller's input).
         """
-        if is_fatal(exc) or isinstance(exc, self.exclude):
+        if is_fatal(exc) or isinstance(exc, (RejectedError, *self.exclude)):
             self.release(ticket)
         else:
             self.record(ticket, started, function, isinstance(exc, self.exceptions))

@@ -100,7 +100,10 @@ ORDER: tuple[str, ...] = tuple(name for name, _ in _LAYERS)
 class _Layer:
     name: str
     setting: Setting
-    decorator: Decorator
+    build: Callable[[str, Setting], Decorator]
+
+    def decorator(self) -> Decorator:
+        return self.build(self.name, self.setting)
 
     def __repr__(self) -> str:
         if self.setting is True:
@@ -117,6 +120,11 @@ class Policy:
     """A stack of buttress decorators in the canonical order; apply it like a decorator.
 
     ``repr()`` shows the stack, outermost first; :attr:`layers` names the layers.
+
+    Each function it decorates gets decorators of its own, built from the same settings:
+    two functions under one policy do not share a cache, a bulkhead's slots or a rate
+    limiter's starts. Breakers given the same ``name`` share their state, as they do
+    everywhere; to share a bulkhead or a limiter, apply that decorator object yourself.
     """
 
     __slots__ = ("_layers",)
@@ -132,7 +140,7 @@ class Policy:
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]:
         wrapped: Any = fn
         for layer in reversed(self._layers):
-            wrapped = layer.decorator(wrapped)
+            wrapped = layer.decorator()(wrapped)
         return wrapped  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -207,8 +215,10 @@ def policy(
         "validate_output": validate_output,
     }
     layers = tuple(
-        _Layer(name, settings[name], build(name, settings[name]))
+        _Layer(name, settings[name], build)
         for name, build in _LAYERS
         if settings[name] is not None and settings[name] is not False
     )
+    for layer in layers:
+        layer.decorator()  # every setting is checked now, not at the first decoration
     return Policy(layers)
