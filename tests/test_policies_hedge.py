@@ -177,3 +177,59 @@ def test_wrapper_stays_a_coroutine_function() -> None:
 def test_settings_are_checked(delay: Any, kwargs: dict[str, Any], word: str) -> None:
     with pytest.raises(ConfigurationError, match=word):
         hedge(delay, **kwargs)
+
+
+class _TrioVirtualClock:
+    """buttress's clock read from trio's (virtual) clock, so latencies are exact."""
+
+    @staticmethod
+    def monotonic() -> float:
+        import trio
+
+        return trio.current_time()
+
+    @staticmethod
+    def sleep(seconds: float) -> None:  # pragma: no cover - no sync sleeps here
+        raise AssertionError("not used")
+
+    @staticmethod
+    async def async_sleep(seconds: float) -> None:  # pragma: no cover
+        await anyio.sleep(seconds)
+
+
+@pytest.mark.parametrize(("label", "quantile"), [("p50", 0.5), ("p90", 0.9)])
+def test_percentile_delay_learns_the_first_attempt_latency(label: str, quantile: float) -> None:
+    """Latencies uniform in [10, 100] ms: the learned delay is near the true percentile.
+
+    Only first attempts are sampled; one cut short by a winning hedge is a censored
+    sample. Recording winners' latencies instead biases the delay low and hedges more
+    often than the percentile says.
+    """
+    import random
+
+    import trio
+    import trio.testing
+
+    from buttress import _clock
+
+    rng = random.Random(1)
+
+    @hedge(label)
+    async def call() -> int:
+        await trio.sleep(rng.uniform(0.010, 0.100))
+        return 1
+
+    async def main() -> None:
+        for _ in range(2000):
+            await call()
+
+    previous = _clock.install(_TrioVirtualClock())
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        _clock.install(previous)
+    stats = call.hedge.stats()
+    true_delay = 0.010 + quantile * 0.090
+    assert stats.delay is not None
+    assert abs(stats.delay - true_delay) < 0.012, stats
+    assert abs(stats.hedged_calls / stats.calls - (1 - quantile)) < 0.08, stats

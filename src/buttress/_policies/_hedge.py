@@ -92,7 +92,9 @@ class Hedger:
         #: The percentile as a fraction (0.95 for "p95"), or ``None`` for a fixed delay.
         self.quantile = quantile
         self._delay = delay
-        self._samples: deque[float] = deque(maxlen=_SAMPLES)
+        #: First-attempt latencies: (seconds, censored). A censored sample is a first
+        #: attempt cut short by a winning hedge: its latency is only known to exceed it.
+        self._samples: deque[tuple[float, bool]] = deque(maxlen=_SAMPLES)
         self._fresh = 0
         self._lock = threading.Lock()
         self._calls = self._hedged_calls = self._hedges = self._hedge_wins = 0
@@ -130,33 +132,68 @@ class Hedger:
         if events.active:
             events.emit(HedgeStarted(function=function, attempt=attempt))
 
-    def succeeded(self, attempt: int, latency: float) -> None:
-        """Attempt ``attempt`` won, ``latency`` seconds after it started."""
+    def succeeded(self, attempt: int, first_latency: float | None) -> None:
+        """Attempt ``attempt`` won; the first attempt had run ``first_latency`` seconds.
+
+        The percentile is of the *first* attempt's latency, the one a hedge is meant to
+        cut short. When a hedge wins, the first attempt's latency is only known to exceed
+        ``first_latency`` (a censored sample): recording the winner's latency instead
+        would pull the percentile down, hedge earlier, and pull it down further.
+        ``first_latency`` is ``None`` when the first attempt failed (nothing learned).
+        """
         with self._lock:
             if attempt > 1:
                 self._hedge_wins += 1
             quantile = self.quantile
-            if quantile is None:
+            if quantile is None or first_latency is None:
                 return
-            self._samples.append(latency)
+            self._samples.append((first_latency, attempt > 1))
             self._fresh += 1
             count = len(self._samples)
             if count < _MIN_SAMPLES or (self._fresh < _REFRESH and self._delay is not None):
                 return
             self._fresh = 0
-            ordered = sorted(self._samples)
-        # Sorting 200 floats takes microseconds: done outside the lock, every 16 samples.
-        delay = ordered[max(0, math.ceil(quantile * count) - 1)]  # nearest rank
+            samples = list(self._samples)
+        # Sorting 200 samples takes microseconds: done outside the lock, every 16 samples.
+        delay = _percentile(samples, quantile)
         with self._lock:
             self._delay = delay
+
+
+def _percentile(samples: list[tuple[float, bool]], quantile: float) -> float:
+    """The nearest-rank percentile of latencies some of which are censored.
+
+    A censored sample ranks above every observed one (its latency is unknown but larger
+    than its value). When the rank falls among them, the percentile is above everything
+    observed: the best known lower bound is the larger of the slowest observed latency and
+    that sample's value, so the delay rises until fewer first attempts are cut short.
+    """
+    ordered = sorted(samples, key=lambda sample: (sample[1], sample[0]))
+    value, censored = ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
+    if not censored:
+        return value
+    observed = [latency for latency, cut in ordered if not cut]
+    return max(value, observed[-1]) if observed else value
 
 
 class _Race:
     """One hedged call: the attempts in flight and what they have produced."""
 
-    __slots__ = ("changed", "done", "error", "failures", "launched", "result", "winner")
+    __slots__ = (
+        "changed",
+        "done",
+        "error",
+        "failures",
+        "first_failed",
+        "launched",
+        "result",
+        "started",
+        "winner",
+    )
 
     def __init__(self) -> None:
+        self.started = _clock.monotonic()
+        self.first_failed = False
         self.changed = anyio.Event()
         self.launched = 0
         self.failures = 0
@@ -175,12 +212,12 @@ def _async_shell(hedger: Hedger) -> Callable[[Callable[..., Any]], Callable[...,
         async def attempt(
             number: int, race: _Race, scope: anyio.CancelScope, args: Any, kwargs: Any
         ) -> None:
-            started = _clock.monotonic()
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 if is_fatal(exc):  # our own cancellation of a loser, or the caller's
                     raise
+                race.first_failed |= number == 1
                 race.failures += 1
                 race.error = exc
                 race.changed.set()
@@ -190,7 +227,8 @@ def _async_shell(hedger: Hedger) -> Callable[[Callable[..., Any]], Callable[...,
             race.done = True
             race.winner = number
             race.result = result
-            hedger.succeeded(number, _clock.monotonic() - started)
+            first = None if race.first_failed else _clock.monotonic() - race.started
+            hedger.succeeded(number, first)
             if race.launched - race.failures > 1:
                 scope.cancel()  # the losers, and the hedging loop below
             else:  # alone: wake the hedging loop, cheaper than a cancellation
