@@ -269,5 +269,5 @@ def test_bad_configuration_fails_at_decoration(settings: dict[str, Any], name: s
 
 
 def test_attempt_timeout_refused_for_plain_functions() -> None:
-    with pytest.raises(TypeError, match=r"attempt_timeout.*coroutine function"):
+    with pytest.raises(TypeError, match=r"@retry needs a coroutine function.*attempt_timeout"):
         retry(attempt_timeout=1)(lambda: None)

@@ -296,18 +296,14 @@ class _Run:
             )
 
 
+#: Why @retry(attempt_timeout=...) refuses plain functions, and the way out.
+_WHY_ASYNC = (
+    "attempt_timeout cancels a hung attempt, and a running thread cannot be cancelled. "
+    "Drop attempt_timeout, or make the function async"
+)
+
+
 def _sync_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    if policy.attempt_timeout is not None:
-
-        def refuse(fn: Callable[..., Any]) -> Callable[..., Any]:
-            raise TypeError(
-                f"@retry(attempt_timeout=...) needs a coroutine function: a running "
-                f"thread cannot be cancelled, and {function_name(fn)} is a plain function. "
-                "Drop attempt_timeout, or make the function async."
-            )
-
-        return refuse
-
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         check = policy.retry_on_result
@@ -493,9 +489,11 @@ def retry(
         on_retry=on_retry,
         budget=budget,
     )
-    sync, async_ = _sync_shell(policy), _async_shell(policy)
+    # attempt_timeout cancels attempts, which a plain function's thread cannot be.
+    sync = _sync_shell(policy) if policy.attempt_timeout is None else None
+    async_ = _async_shell(policy)
 
     def decorate(target: Callable[..., Any]) -> Any:
-        return wrap(target, "retry", sync=sync, async_=async_)
+        return wrap(target, "retry", sync=sync, async_=async_, why=_WHY_ASYNC)
 
     return decorate if fn is None else decorate(fn)

@@ -61,6 +61,7 @@ def wrap(
     async_: WrapperFactory | None,
     attributes: Mapping[str, object] | None = None,
     allow_generators: bool = False,
+    why: str = "",
 ) -> Any:
     """Build ``decorator``'s wrapper around ``target``.
 
@@ -76,6 +77,7 @@ def wrap(
             handle, such as ``cache`` or ``breaker``).
         allow_generators: generator and async-generator functions are refused with a
             ``TypeError`` unless this is true (then they count as plain callables).
+        why: when one kind is refused, the reason and the way out, for the message.
 
     Raises:
         TypeError: ``target`` is not callable, or is of a kind the decorator refuses.
@@ -88,6 +90,7 @@ def wrap(
             async_=async_,
             attributes=attributes,
             allow_generators=allow_generators,
+            why=why,
         )
         return type(target)(inner)
     if not callable(target):
@@ -103,8 +106,11 @@ def wrap(
     is_async = is_async_callable(target)
     factory = async_ if is_async else sync
     if factory is None:
-        wanted = "coroutine functions (async def)" if is_async is False else "plain functions"
-        raise TypeError(f"@{decorator} supports only {wanted}; {function_name(target)} is not one")
+        wanted = "a plain function" if is_async else "a coroutine function (async def)"
+        raise TypeError(
+            f"@{decorator} needs {wanted}, and {function_name(target)} is not one"
+            + (f": {why}" if why else "")
+        )
     wrapper = factory(target)
     functools.update_wrapper(wrapper, target)
     if attributes:

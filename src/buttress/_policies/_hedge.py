@@ -277,12 +277,11 @@ def _async_shell(hedger: Hedger) -> Callable[[Callable[..., Any]], Callable[...,
     return build
 
 
-def _refuse(fn: Callable[..., Any]) -> Callable[..., Any]:
-    raise TypeError(
-        f"@hedge needs a coroutine function (async def); {function_name(fn)} is a plain "
-        "function, and hedging abandons the slower attempts, which only a coroutine can "
-        "be: a losing thread would run on, doing the work twice."
-    )
+#: Why @hedge refuses plain functions.
+_WHY = (
+    "hedging abandons the slower attempts, which only a coroutine can be: a losing thread "
+    "would run on, doing the work twice"
+)
 
 
 class HedgedFunction(Protocol[P, T_co]):
@@ -352,6 +351,8 @@ def hedge(delay: float | timedelta | str, *, max_hedges: int = 1) -> _Decorator:
     async_ = _async_shell(hedger)
 
     def decorate(target: Callable[..., Any]) -> Any:
-        return wrap(target, "hedge", sync=_refuse, async_=async_, attributes={"hedge": hedger})
+        return wrap(
+            target, "hedge", sync=None, async_=async_, attributes={"hedge": hedger}, why=_WHY
+        )
 
     return decorate

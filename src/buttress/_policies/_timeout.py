@@ -26,17 +26,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _refuse(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def refuse(fn: Callable[..., Any]) -> Callable[..., Any]:
-        raise TypeError(
-            f"@timeout({seconds:g}) needs a coroutine function (async def); "
-            f"{function_name(fn)} is a plain function, and a running thread cannot be "
-            "cancelled, only abandoned while it runs on. Make the function async, or, if "
-            "abandoning it is acceptable, call it through an async wrapper with "
-            "anyio.to_thread.run_sync(fn, abandon_on_cancel=True) and time that out."
-        )
-
-    return refuse
+#: Why @timeout refuses plain functions, and the way out.
+_WHY = (
+    "a running thread cannot be cancelled, only abandoned while it runs on. Make the "
+    "function async, or, if abandoning it is acceptable, call it through an async wrapper "
+    "with anyio.to_thread.run_sync(fn, abandon_on_cancel=True) and time that out"
+)
 
 
 def _async_shell(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -91,9 +86,9 @@ def timeout(
             :class:`TimedOut`.
     """
     limit = _settings.seconds(seconds, "seconds", allow_zero=False)
-    sync, async_ = _refuse(limit), _async_shell(limit)
+    async_ = _async_shell(limit)
 
     def decorate(target: Callable[..., Any]) -> Any:
-        return wrap(target, "timeout", sync=sync, async_=async_)
+        return wrap(target, "timeout", sync=None, async_=async_, why=_WHY)
 
     return decorate
