@@ -100,8 +100,10 @@ def test_non_callable_is_refused() -> None:
 
 def test_a_decorator_may_refuse_one_kind() -> None:
     async_only = functools.partial(wrap, sync=None, async_=lambda fn: fn)
-    with pytest.raises(TypeError, match=r"@hedge needs a coroutine function \(async def\), and"):
+    with pytest.raises(TypeError, match=r"not one: losers must be cancelled$"):
         async_only(sync_function, "hedge", why="losers must be cancelled")
+    with pytest.raises(TypeError, match=r"@hedge needs a coroutine function \(async def\), and"):
+        async_only(sync_function, "hedge")
     sync_only = functools.partial(wrap, sync=lambda fn: fn, async_=None)
     with pytest.raises(TypeError, match="@spy needs a plain function, and async_function is"):
         sync_only(async_function, "spy")
