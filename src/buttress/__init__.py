@@ -9,14 +9,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from ._caching import CachedFunction as CachedFunction
+from ._caching import CachedMethod as CachedMethod
 from ._caching import CacheEntry as CacheEntry
 from ._caching import CacheHandle as CacheHandle
 from ._caching import CacheKey as CacheKey
 from ._caching import CacheScope as CacheScope
 from ._caching import CacheStats as CacheStats
 from ._caching import CacheStore as CacheStore
-from ._caching import CachedFunction as CachedFunction
-from ._caching import CachedMethod as CachedMethod
 from ._caching import LocalStore as LocalStore
 from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
