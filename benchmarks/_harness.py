@@ -506,10 +506,32 @@ class _Hide(importlib.abc.MetaPathFinder):
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname.split(".")[0] in self.names:
+            _note_module(fullname)
             raise ModuleNotFoundError(
                 f"No module named {fullname!r} (hidden by --without)", name=fullname
             )
         return None
+
+
+class _Recorder(importlib.abc.MetaPathFinder):
+    """Last on sys.meta_path: sees only imports no other finder could satisfy, and notes
+    the peers among them, so a module that swallows an ImportError is reported too."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        _note_module(fullname)
+        return None
+
+
+def _note_module(fullname: str) -> None:
+    top = fullname.split(".")[0]
+    for distribution, module in PEERS.items():
+        if module == top:
+            note_missing(distribution)
+
+
+sys.meta_path.append(_Recorder())
 
 
 def hide_peers(distributions: Iterable[str]) -> set[str]:
