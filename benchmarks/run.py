@@ -1,6 +1,6 @@
 """Run every benchmark in one process and print Markdown tables.
 
-    python benchmarks/run.py                 # full run (about 10 minutes on 2 cores)
+    python benchmarks/run.py                 # full run (7 to 9 minutes on 2 cores)
     python benchmarks/run.py --quick         # every benchmark briefly: checks the harness
     python benchmarks/run.py retry cache     # only the modules whose name contains a word
     python benchmarks/run.py -x scale        # all but the modules whose name contains a word
