@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import buttress
-from _harness import Comparison, time_async, time_sync
+from _harness import Comparison, median_of, missing_from, time_async, time_sync
 
 TTL = 60
 
@@ -36,8 +35,8 @@ def _async_decorators() -> list[tuple[str, str, Callable[[Any], Any]]]:
         from async_lru import alru_cache
 
         found.append(("async-lru (alru_cache, ttl)", "peer", alru_cache(maxsize=10_000, ttl=TTL)))
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing_from(error)
     try:
         from asyncache import cached as asyncache_cached
         from cachetools import TTLCache
@@ -49,14 +48,14 @@ def _async_decorators() -> list[tuple[str, str, Callable[[Any], Any]]]:
                 lambda fn: asyncache_cached(TTLCache(maxsize=10_000, ttl=TTL))(fn),
             )
         )
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing_from(error)
     try:
         from aiocache import cached as aiocache_cached
 
         found.append(("aiocache (cached, memory)", "peer", lambda fn: aiocache_cached(ttl=TTL)(fn)))
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing_from(error)
     try:
         from cashews import Cache
 
@@ -70,8 +69,8 @@ def _async_decorators() -> list[tuple[str, str, Callable[[Any], Any]]]:
 
         found.append(("cashews (mem://)", "peer", cashews(False)))
         found.append(("cashews (mem://, lock=True)", "peer", cashews(True)))
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing_from(error)
     return found
 
 
@@ -123,8 +122,8 @@ def _sync_hits(quick: bool) -> Comparison:
         rows.append(
             ("cachetools.cached(TTLCache)", "peer", cached(TTLCache(maxsize=10_000, ttl=TTL))(work))
         )
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing_from(error)
     for name, kind, fn in rows:
         fn(1)
         comparison.add(name, time_sync(lambda fn=fn: fn(1), quick=quick), kind)
@@ -164,9 +163,11 @@ def _stampede(quick: bool) -> Comparison:
     comparison = Comparison(
         f"stampede: {callers:,} concurrent callers, one cold key, 50 ms computation",
         unit="ms wall",
+        mode="ratio",
+        columns=["computations"],
         note=(
-            f"Median of {rounds} runs, each in a fresh event loop with a fresh cache; the "
-            "note gives how many times the computation ran."
+            f"Median of {rounds} runs, each in a fresh event loop with a fresh cache; "
+            "`computations`: how many times the function ran (a range if runs differed)."
         ),
     )
     makers: list[tuple[str, str, Callable[[Any], Any]]] = [
@@ -182,9 +183,10 @@ def _stampede(quick: bool) -> Comparison:
             counts[name].append(count)
     for name, kind, _ in makers:
         low, high = min(counts[name]), max(counts[name])
-        plural = "call" if high == 1 else "calls"
-        note = f"{high:,} {plural}" if low == high else f"{low:,}-{high:,} {plural}"
-        comparison.add(name, statistics.median(times[name]), kind, note=note)
+        computations: int | str = high if low == high else f"{low:,}-{high:,}"
+        comparison.add(
+            name, median_of(times[name]), kind, extra={"computations": computations}
+        )
     return comparison
 
 

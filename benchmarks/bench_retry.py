@@ -10,7 +10,7 @@ import asyncio
 import time
 
 import buttress
-from _harness import Comparison, time_async, time_sync
+from _harness import Comparison, missing_from, time_async, time_sync
 
 
 def _hand_sync(fn):  # type: ignore[no-untyped-def]
@@ -59,22 +59,22 @@ def _decorators() -> list[tuple[str, str, object]]:
                 ),
             )
         )
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing_from(error)
     try:
         import stamina
 
         found.append(("stamina", "peer", stamina.retry(on=Exception, attempts=4)))
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing_from(error)
     try:
         import backoff
 
         found.append(
             ("backoff", "peer", backoff.on_exception(backoff.expo, Exception, max_tries=4))
         )
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing_from(error)
     return found
 
 

@@ -16,15 +16,17 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, validate_call
 
 import buttress
-from _harness import Comparison, time_async, time_sync
+from _harness import Comparison, missing_from, time_async, time_sync
 
 try:
     from beartype import beartype
-except ImportError:  # pragma: no cover - an optional peer
+except ImportError as error:  # an optional peer
+    missing_from(error)
     beartype = None
 try:
     from jaxtyping import Float32, jaxtyped
-except ImportError:  # pragma: no cover - an optional peer
+except ImportError as error:  # an optional peer
+    missing_from(error)
     jaxtyped = None
 
 ARRAYS = {"(64, 768)": (64, 768), "(1, 768)": (1, 768)}
