@@ -206,6 +206,9 @@ class Script:
                 self.process.wait()
             for reader in self._readers:
                 reader.join(timeout)
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
             self.returncode = self.process.returncode
             while True:  # keep what the reader took after the last wait_for
                 try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from buttress import metrics
 from buttress.__main__ import main as buttress_main
 from buttress._demo import DemoOptions, DemoResult, run_demo, write_outputs
 from buttress._demo import build_parser as demo_parser
@@ -31,6 +32,13 @@ QUIET = {
     "wrong_dim_rate": 0.0,
     "outage_length": 0.0,
 }
+
+
+@pytest.fixture(autouse=True)
+def _metrics_off() -> None:
+    """A run enables buttress's metrics in a registry of its own only when no other test
+    left them enabled somewhere (it would then add to that registry's totals)."""
+    metrics.disable()
 
 
 def exporter_threads() -> list[threading.Thread]:
