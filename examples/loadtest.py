@@ -6,9 +6,16 @@
 Sends ``GET URL?text=doc-NNNNN`` from ``--concurrency`` workers, the texts drawn from a Zipf
 law (a few documents are asked for all the time, most rarely), until ``--requests`` are
 done or ``--duration`` has passed. Every request goes through a client function decorated
-with ``@retry`` (a per-attempt timeout, a deadline, the server's Retry-After honoured);
-the retries are counted from ``buttress.events``. Prints the success rate, the statuses
-of the failures, the retries, and the latency percentiles.
+with one ``policy()``:
+
+- ``@monitor`` counts every request as the workers see it (``client.monitor.stats()``);
+- ``@retry`` retries failed attempts (a per-attempt timeout, a deadline, the server's
+  Retry-After honoured) within a ``RetryBudget``: retries stay within ``--budget`` of the
+  requests (plus a small floor), so a struggling server is not buried under retries. The
+  retries, and the ones the budget refused, are counted from ``buttress.events``.
+
+Prints the success rate, the statuses of the failures, the retries, and the latency
+percentiles.
 
 Any endpoint that takes ``?text=`` works, for instance the stand-in embedding service
 and the gateways of ``python -m buttress demo``.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections import Counter
@@ -28,9 +36,8 @@ import aiohttp
 import anyio
 import numpy as np
 
-from buttress import RetryScheduled, events, retry
+from buttress import Event, RetryBudget, RetryBudgetExhausted, RetryScheduled, events, policy
 
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 Get = Callable[[aiohttp.ClientSession, str, str], Awaitable[int]]
 # Before Python 3.11, asyncio's timeout (which aiohttp raises) is not the builtin one.
 TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
@@ -54,26 +61,22 @@ async def get(session: aiohttp.ClientSession, url: str, text: str) -> int:
         return response.status
 
 
-def client_decorators(args: argparse.Namespace) -> list[Decorator]:
-    """The decorators around ``get``, outermost first."""
-    if args.no_retry:
-        return []
-    return [
-        retry(
-            max_retries=args.retries,
-            base_delay=0.05,
-            max_delay=1.0,
-            deadline=args.timeout,
-            attempt_timeout=args.attempt_timeout,
-            exceptions=(ServerError, aiohttp.ClientError, *TIMEOUTS),
-        ),
-    ]
-
-
 def build_client(args: argparse.Namespace) -> Get:
-    client: Callable[..., Any] = get
-    for decorator in reversed(client_decorators(args)):
-        client = decorator(client)
+    """``get`` wrapped in the client's policy: monitor, and retry within a budget."""
+    retrying = None
+    if not args.no_retry:
+        retrying = {
+            "max_retries": args.retries,
+            "base_delay": 0.05,
+            "max_delay": 1.0,
+            "deadline": args.timeout,
+            "attempt_timeout": args.attempt_timeout,
+            "exceptions": (ServerError, aiohttp.ClientError, *TIMEOUTS),
+            # One budget for every request to this server: at most `ratio` retries per
+            # request on average (plus a floor per second), however many fail.
+            "budget": None if args.budget is None else RetryBudget(ratio=args.budget),
+        }
+    client: Get = policy(monitor="loadtest.get", retry=retrying)(get)
     return client
 
 
@@ -93,11 +96,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     texts = zipf_texts(args.seed)
     latencies: list[float] = []
     outcomes: Counter[str] = Counter()
-    retries = 0
+    counted: Counter[str] = Counter()
 
-    def count_retry(event: RetryScheduled) -> None:
-        nonlocal retries
-        retries += 1
+    def count(event: Event) -> None:
+        counted[type(event).__name__] += 1
 
     started = time.monotonic()
     stop_at = started + args.duration
@@ -123,7 +125,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    with events.subscribe(count_retry, RetryScheduled):
+    with events.subscribe(count, (RetryScheduled, RetryBudgetExhausted)):
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
             anyio.create_task_group() as group,
@@ -134,13 +136,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "elapsed": time.monotonic() - started,
         "latencies": latencies,
         "outcomes": outcomes,
-        "retries": retries,
+        "retries": counted["RetryScheduled"],
+        "refused": counted["RetryBudgetExhausted"],
+        "monitor": client.monitor.stats(),  # type: ignore[attr-defined]
     }
 
 
 def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
     latencies = np.array(result["latencies"]) * 1000
     outcomes: Counter[str] = result["outcomes"]
+    monitored = result["monitor"]
     total = len(latencies)
     ok = outcomes["ok"]
     failures = ", ".join(
@@ -151,7 +156,9 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         f"{result['elapsed']:.1f} s ({total / result['elapsed']:.0f} requests/s)",
         f"ok {ok} ({100 * ok / max(total, 1):.1f}%)"
         + (f"; failed: {failures}" if failures else ""),
-        f"retries {result['retries']}",
+        f"retries {result['retries']}, refused by the retry budget {result['refused']}",
+        f"monitor: {monitored.calls} calls, {monitored.ok} ok, {monitored.errors} errors, "
+        f"mean {1000 * monitored.total_seconds / max(monitored.calls, 1):.1f} ms",
     ]
     if total:
         p50, p90, p95, p99 = np.percentile(latencies, [50, 90, 95, 99])
@@ -176,12 +183,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--retries", type=int, default=3, help="retries after the first try")
     parser.add_argument("--no-retry", action="store_true", help="send each request once")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.2,
+        help="retries allowed per request on average, over 10 s, plus 3 a second (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--no-budget", dest="budget", action="store_const", const=None, help="retry freely"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of texts")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # The workers' figures come from @monitor's totals; keep its per-call log records
+    # (failures are logged with their traceback) out of the report.
+    logging.getLogger("buttress.monitor").setLevel(logging.CRITICAL)
     result = asyncio.run(run(args))
     print(report(args, result))
     return 0

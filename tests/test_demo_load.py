@@ -54,6 +54,23 @@ def test_part_of_the_traffic_comes_in_bursts() -> None:
     assert not any(planned.burst for planned in single)
 
 
+def test_half_of_each_burst_stampedes_on_one_new_text() -> None:
+    plan = plan_traffic(requests=1000, duration=10.0, concurrency=20, seed=5)
+    trending = Counter(planned.text for planned in plan if planned.text.startswith("trend-"))
+    bursts = (1000 * 3 // 10) // 20
+    assert len(trending) == bursts  # one new text per burst...
+    assert set(trending.values()) == {10}  # ...asked for by half of it
+    for text in trending:
+        moments = [planned.at for planned in plan if planned.text == text]
+        assert all(planned.burst for planned in plan if planned.text == text)
+        assert max(moments) - min(moments) <= 0.02  # at once
+    assert all(
+        planned.text.startswith("doc-") for planned in plan if not planned.burst
+    )
+    none = plan_traffic(requests=100, duration=1.0, concurrency=8, seed=5, trending_share=0.0)
+    assert not any(planned.text.startswith("trend-") for planned in none)
+
+
 def test_valid_vectors() -> None:
     assert is_valid_vector([0.5, 1, -2.0], 3)
     assert not is_valid_vector([0.5, 1.0], 3)

@@ -92,3 +92,7 @@ async def policy_callers() -> None:
     assert_type(await ranked("q", top_k=3), list[str])
     await ranked(3)  # type: ignore[arg-type]
     assert_type(stack.layers, tuple[str, ...])
+
+
+def policy_with_a_spec() -> None:
+    buttress.policy(validate_output=buttress.ArraySpec(shape=(768,)), fallback=[0.0])

@@ -24,6 +24,7 @@ import anyio
 
 from .gateways import PlainGateway, ResilienceSettings, ResilientGateway
 from .load import Progress, drive, plan_traffic
+from .observe import observe_run
 from .report import (
     PLOT_HINT,
     PROMETHEUS_HINT,
@@ -88,19 +89,37 @@ class DemoOptions:
 
 @dataclass
 class DemoResult:
-    """A finished run: its settings and one report per gateway (plain first)."""
+    """A finished run: its settings and one report per gateway (plain first).
+
+    Attributes:
+        metrics_text: buttress's own metrics at the end of the run (Prometheus text
+            format), ``None`` without prometheus-client.
+        monitor_log: where the resilient gateway's ``@monitor`` records went, if anywhere.
+    """
 
     info: RunInfo
     reports: list[GatewayReport]
     upstreams: list[Upstream] = field(repr=False, default_factory=list)
+    metrics_text: str | None = field(repr=False, default=None)
+    monitor_log: Path | None = None
 
 
-async def run_demo(options: DemoOptions, *, progress: TextIO | None = None) -> DemoResult:
-    """Run the servers and the load; return the measurements. Writes nothing.
+async def run_demo(
+    options: DemoOptions,
+    *,
+    progress: TextIO | None = None,
+    monitor_log: Path | None = None,
+) -> DemoResult:
+    """Run the servers and the load; return the measurements.
 
     Args:
         options: the run's settings.
         progress: where to draw the progress bar (``None``: no bar).
+        monitor_log: write the resilient gateway's ``@monitor`` records there, one JSON
+            line per call (``None``: drop them). Nothing else is written.
+
+    buttress's metrics are enabled for the run (see :func:`.observe.observe_run`), so the
+    result carries the real decorators' counts in Prometheus form.
     """
     seed = options.seed if options.seed is not None else secrets.randbelow(1_000_000)
     faults = options.faults()
@@ -118,7 +137,7 @@ async def run_demo(options: DemoOptions, *, progress: TextIO | None = None) -> D
         concurrency=options.concurrency,
         seed=seed,
     )
-    async with AsyncExitStack() as stack:
+    async with observe_run(monitor_log) as observation, AsyncExitStack() as stack:
         # Each gateway has its own upstream, seeded alike, so each one's calls are its own.
         plain_upstream = Upstream(faults, seed=seed)
         resilient_upstream = Upstream(faults, seed=seed)
@@ -128,7 +147,9 @@ async def run_demo(options: DemoOptions, *, progress: TextIO | None = None) -> D
         plain = PlainGateway(plain_upstream.url)
         resilient = ResilientGateway(
             resilient_upstream.url,
-            settings=ResilienceSettings.for_client_timeout(options.timeout, dim=faults.dim),
+            settings=ResilienceSettings.for_client_timeout(
+                options.timeout, duration=options.duration, dim=faults.dim
+            ),
         )
         gateways = (plain, resilient)
         for gateway in gateways:
@@ -157,6 +178,7 @@ async def run_demo(options: DemoOptions, *, progress: TextIO | None = None) -> D
         with anyio.move_on_after(options.timeout + 5.0):
             for gateway in gateways:
                 await gateway.wait_idle()
+        observation.capture()
 
         reports = [
             GatewayReport(
@@ -171,7 +193,13 @@ async def run_demo(options: DemoOptions, *, progress: TextIO | None = None) -> D
             )
             for gateway, upstream in ((plain, plain_upstream), (resilient, resilient_upstream))
         ]
-    return DemoResult(info, reports, [plain_upstream, resilient_upstream])
+    return DemoResult(
+        info,
+        reports,
+        [plain_upstream, resilient_upstream],
+        metrics_text=observation.metrics_text,
+        monitor_log=monitor_log,
+    )
 
 
 def write_outputs(result: DemoResult, out: Path) -> list[str]:
@@ -183,13 +211,15 @@ def write_outputs(result: DemoResult, out: Path) -> list[str]:
         notes.append(f"latency histogram: needs matplotlib; get it with {PLOT_HINT}")
     else:
         notes.append(f"latency histogram: {picture}")
-    metrics = prometheus_text(result.reports)
+    metrics = prometheus_text(result.reports, result.metrics_text)
     if metrics is None:
         notes.append(f"prometheus metrics: needs prometheus-client; get it with {PROMETHEUS_HINT}")
     else:
         path = out / "metrics.prom"
         path.write_text(metrics, encoding="utf-8")
         notes.append(f"prometheus metrics: {path}")
+    if result.monitor_log is not None and result.monitor_log.exists():
+        notes.append(f"@monitor records (JSON lines): {result.monitor_log}")
     notes.append(f"this report: {out / 'report.txt'}")
     return notes
 
@@ -230,8 +260,9 @@ Run a misbehaving stand-in embedding service, a plain gateway and a gateway made
 resilient with buttress (all on 127.0.0.1, in this process), send both gateways the same
 seeded traffic at the same moments, and print a side-by-side report: success rate,
 latency percentiles, upstream calls, and what each decorator did. Also writes a latency
-histogram (PNG, needs matplotlib: pip install 'buttress[plot]') and the run's Prometheus
-metrics (needs prometheus-client) into --out.
+histogram (PNG, needs matplotlib: pip install 'buttress[plot]'), the run's Prometheus
+metrics (needs prometheus-client) and the resilient gateway's @monitor records (JSON
+lines) into --out.
 
 The default run takes about 25 seconds."""
 
@@ -262,7 +293,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="requests sent to each gateway (default: %(default)s); 70%% arrive at random "
         "moments, 30%% in bursts of --concurrency at once; texts repeat following a Zipf "
-        "law over 1000 documents",
+        "law over 1000 documents, and half of each burst asks for one new trending text",
     )
     load.add_argument(
         "--concurrency",
@@ -354,7 +385,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_OUT,
         metavar="DIR",
-        help="write latency.png, metrics.prom and report.txt here (default: ./%(default)s/)",
+        help="write latency.png, metrics.prom, monitor.jsonl and report.txt here "
+        "(default: ./%(default)s/)",
     )
     output.add_argument(
         "--no-progress",
@@ -417,7 +449,13 @@ def run_from_args(
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        result = asyncio.run(run_demo(options, progress=err if options.progress else None))
+        result = asyncio.run(
+            run_demo(
+                options,
+                progress=err if options.progress else None,
+                monitor_log=options.out / "monitor.jsonl",
+            )
+        )
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return 130

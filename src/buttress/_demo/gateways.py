@@ -4,111 +4,104 @@ Both serve ``GET /embed?text=...`` on 127.0.0.1 and answer ``{"text", "embedding
 
 - :class:`PlainGateway` is the gateway people write first: it calls the upstream and hands
   whatever happens (a 503, a hang, a NaN vector) to its client.
-- :class:`ResilientGateway` fetches through a stack of buttress decorators, the
-  :class:`Layer` list returned by :func:`resilience_layers`, composed by
-  :func:`build_resilient_fetch` in the canonical order of :data:`LAYER_ORDER`. Adding a
-  decorator to the gateway is adding one ``Layer`` to that list.
+- :class:`ResilientGateway` fetches through one :func:`buttress.policy`, which stacks the
+  decorators in the canonical order: :func:`resilience_policy` builds it from
+  :class:`ResilienceSettings`.
 
 What the decorators do is counted by :class:`EventTally`, which listens on
-``buttress.events``: each kind of event it counts is tallied from the moment a decorator
-emits it, with no change here.
+``buttress.events`` for the events of one decorated function.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple, TypeVar
+from typing import Annotated, TypeVar
 
 import aiohttp
 import anyio
 import numpy as np
 import numpy.typing as npt
 from aiohttp import web
+from pydantic import StringConstraints
 
-from buttress._errors import ButtressError
-from buttress._events import (
+from buttress import (
+    ArraySpec,
+    BulkheadFullError,
     BulkheadRejected,
+    ButtressError,
     CacheAccess,
     CircuitRejected,
     CircuitStateChanged,
     Event,
+    InputValidationError,
     MemoryGuardDecision,
+    MemoryPressureError,
+    OutputValidationError,
+    Policy,
     RetryGaveUp,
     RetryScheduled,
     Subscription,
+    TimedOut,
     ValidationFailed,
     events,
+    policy,
 )
-from buttress._retry import retry
 
 __all__ = [
-    "LAYER_ORDER",
     "RETRY_ON",
     "TIMEOUTS",
     "EventTally",
     "Gateway",
-    "Layer",
     "PlainGateway",
     "ResilienceSettings",
     "ResilientGateway",
-    "build_resilient_fetch",
     "failure_status",
-    "resilience_layers",
+    "resilience_policy",
 ]
 
 Vector = npt.NDArray[np.float32]
 Fetch = Callable[[str], Awaitable[Vector]]
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 G = TypeVar("G", bound="Gateway")
-
-#: Where each decorator sits around the upstream call, outermost first: DESIGN.md's
-#: canonical order, with output validation innermost so that an invalid vector is a
-#: failed attempt (retried, counted by the breaker, never cached).
-LAYER_ORDER: tuple[str, ...] = (
-    "monitor",
-    "validate_input",
-    "fallback",
-    "timeout",
-    "cache_result",
-    "retry",
-    "circuit_breaker",
-    "bulkhead",
-    "rate_limit",
-    "memory_guard",
-    "validate_output",
-)
 
 #: Timeouts: before Python 3.11, asyncio's (which aiohttp raises) is not the builtin.
 TIMEOUTS: tuple[type[Exception], ...] = (TimeoutError, asyncio.TimeoutError)
 
 #: The errors worth another attempt: the upstream's 5xx (``raise_for_status`` carries its
-#: Retry-After), broken connections, and timeouts (``AttemptTimeoutError`` included);
-#: a 4xx is raised as a ValueError, which is not retried.
-#: An output-validation error joins them when ``validate_output`` sits inside ``retry``.
-RETRY_ON: tuple[type[BaseException], ...] = (aiohttp.ClientError, *TIMEOUTS)
+#: Retry-After), broken connections, timeouts (the attempt timeout's ``CallTimeoutError``
+#: is a ``TimeoutError``), and an invalid vector (the next answer may be fine). A 4xx is
+#: raised as a ValueError, which is not retried; nor is an open breaker's
+#: ``CircuitOpenError``: while the upstream is down, failing at once is the point.
+RETRY_ON: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    *TIMEOUTS,
+    OutputValidationError,
+)
 
-
-class Layer(NamedTuple):
-    """One decorator of the resilient endpoint, with its place name from LAYER_ORDER."""
-
-    name: str
-    decorator: Decorator
+#: Texts longer than this are refused by input validation (422) before any work is done.
+MAX_TEXT = 2048
 
 
 @dataclass(frozen=True, slots=True)
 class ResilienceSettings:
-    """How hard the resilient gateway tries, scaled to the client's patience.
+    """How hard the resilient gateway tries, scaled to the client's patience and the run.
 
     Attributes:
-        deadline: retrying stops before this many seconds (it should be shorter than the
-            client's timeout, so the gateway answers before the client gives up).
+        deadline: retrying stops before this many seconds (shorter than the client's
+            timeout, so the gateway answers before the client gives up).
         attempt_timeout: one upstream call is abandoned after this many seconds.
         max_retries: retries after the first attempt.
         base_delay: the first backoff wait (a server's Retry-After replaces it).
         max_delay: no wait is longer, Retry-After included.
+        cache_ttl: how long a fetched vector is served from the cache.
+        breaker_window: the breaker judges the failure ratio over this many seconds...
+        breaker_minimum_calls: ...once it holds at least this many attempts.
+        breaker_open_for: an open breaker fails calls at once for this long, then lets
+            one trial call through.
+        max_concurrent: upstream calls in flight at once (the bulkhead)...
+        max_waiting: ...and attempts that may queue for a slot.
         dim: the dimension of a correct vector.
     """
 
@@ -117,62 +110,78 @@ class ResilienceSettings:
     max_retries: int = 4
     base_delay: float = 0.05
     max_delay: float = 1.0
+    cache_ttl: float = 60.0
+    breaker_window: float = 2.0
+    breaker_minimum_calls: int = 20
+    breaker_open_for: float = 0.5
+    max_concurrent: int = 32
+    max_waiting: int = 256
     dim: int = 768
 
     @classmethod
-    def for_client_timeout(cls, timeout: float, *, dim: int = 768) -> ResilienceSettings:
-        """Settings that give up before a client with ``timeout`` seconds does."""
+    def for_client_timeout(
+        cls, timeout: float, *, duration: float = 60.0, dim: int = 768
+    ) -> ResilienceSettings:
+        """Settings that give up before a client with ``timeout`` seconds does.
+
+        Args:
+            timeout: the client's patience, in seconds.
+            duration: how long the traffic lasts; cached vectors stay fresh that long
+                (a text's embedding does not change during a run).
+            dim: the dimension of a correct vector.
+        """
         deadline = 0.75 * timeout
         return cls(
             deadline=deadline,
             attempt_timeout=min(0.3, deadline / 3),
             max_delay=min(1.0, deadline / 2),
+            cache_ttl=duration,
+            # A client arriving while the upstream is down fails fast; a quarter of its
+            # patience later a trial call checks whether the upstream is back.
+            breaker_window=timeout,
+            breaker_open_for=timeout / 4,
             dim=dim,
         )
 
 
-def resilience_layers(settings: ResilienceSettings) -> list[Layer]:
-    """The decorators of the resilient endpoint, outermost first (see :data:`LAYER_ORDER`).
+def resilience_policy(settings: ResilienceSettings) -> Policy:
+    """The resilient gateway's decorators, as one :func:`buttress.policy`.
 
-    Each decorator of the package is one ``Layer(name, decorator)`` at its place here;
-    the ones this build does not provide yet have no line.
+    Outermost first: monitor, validate (input), cache (single-flight), retry,
+    circuit_breaker, bulkhead, memory_guard, attempt_timeout, validate_output. Output
+    validation is innermost, so an invalid vector is a failed attempt: retried, counted
+    by the breaker, never cached.
     """
-    return [
-        Layer(
-            "retry",
-            retry(
-                max_retries=settings.max_retries,
-                base_delay=settings.base_delay,
-                max_delay=settings.max_delay,
-                deadline=settings.deadline,
-                attempt_timeout=settings.attempt_timeout,
-                exceptions=RETRY_ON,
-                respect_retry_after=True,
-            ),
-        ),
-    ]
-
-
-def build_resilient_fetch(fetch: Fetch, layers: Sequence[Layer]) -> Fetch:
-    """Wrap ``fetch`` in ``layers``, the first outermost.
-
-    Raises:
-        ValueError: a layer's name is not in :data:`LAYER_ORDER`, appears twice, or is out
-            of the canonical order.
-    """
-    positions = []
-    for layer in layers:
-        if layer.name not in LAYER_ORDER:
-            raise ValueError(f"unknown layer {layer.name!r}; expected one of {LAYER_ORDER}")
-        positions.append(LAYER_ORDER.index(layer.name))
-    if positions != sorted(set(positions)):
-        names = [layer.name for layer in layers]
-        expected = sorted(names, key=LAYER_ORDER.index)
-        raise ValueError(f"layers {names} are not in the canonical order {expected}")
-    wrapped: Callable[..., Any] = fetch
-    for layer in reversed(layers):
-        wrapped = layer.decorator(wrapped)
-    return wrapped
+    return policy(
+        monitor={"slow_threshold": settings.deadline / 2},
+        validate={"text": Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]},
+        cache={"ttl": settings.cache_ttl, "maxsize": 100_000},
+        retry={
+            "max_retries": settings.max_retries,
+            "base_delay": settings.base_delay,
+            "max_delay": settings.max_delay,
+            "deadline": settings.deadline,
+            "exceptions": RETRY_ON,
+            "respect_retry_after": True,
+        },
+        circuit_breaker={
+            "failure_ratio": 0.5,
+            "minimum_calls": settings.breaker_minimum_calls,
+            "window": settings.breaker_window,
+            "open_for": settings.breaker_open_for,
+            # Refusals by our own bulkhead or memory guard say nothing about the upstream.
+            "exclude": (BulkheadFullError, MemoryPressureError),
+        },
+        bulkhead={
+            "max_concurrent": settings.max_concurrent,
+            "max_waiting": settings.max_waiting,
+            "wait_timeout": settings.attempt_timeout,
+        },
+        # A vector's JSON and its parsing take well under a MiB per call.
+        memory_guard={"max_percent": 95.0, "reserve": "1MiB"},
+        attempt_timeout=settings.attempt_timeout,
+        validate_output={"spec": ArraySpec(shape=(settings.dim,), dtype="float32", finite=True)},
+    )
 
 
 @dataclass
@@ -180,7 +189,9 @@ class EventTally:
     """What buttress's decorators did for one decorated function, counted from events.
 
     ``start()`` subscribes to ``buttress.events`` and counts the events whose ``function``
-    is ``function``; ``stop()`` unsubscribes.
+    is ``function`` (every decorator names the function it wraps by its qualified name,
+    the breaker included, since each layer's wrapper carries the original's name);
+    ``stop()`` unsubscribes.
     """
 
     function: str
@@ -193,8 +204,10 @@ class EventTally:
     breaker_openings: int = 0
     breaker_rejections: int = 0
     invalid_caught: int = 0
+    invalid_input: int = 0
     bulkhead_rejections: int = 0
     memory_rejections: int = 0
+    attempt_timeouts: int = 0
     _subscription: Subscription[Event] | None = field(default=None, repr=False)
 
     def counts(self) -> dict[str, int]:
@@ -238,10 +251,14 @@ class EventTally:
         elif isinstance(event, ValidationFailed):
             if event.direction == "output":
                 self.invalid_caught += 1
+            else:
+                self.invalid_input += 1
         elif isinstance(event, BulkheadRejected):
             self.bulkhead_rejections += 1
         elif isinstance(event, MemoryGuardDecision) and event.action == "rejected":
             self.memory_rejections += 1
+        elif isinstance(event, TimedOut):
+            self.attempt_timeouts += 1
 
 
 @dataclass
@@ -367,14 +384,14 @@ class PlainGateway(Gateway):
 
 
 class ResilientGateway(Gateway):
-    """Fetches through buttress decorators; see :func:`resilience_layers`.
+    """Fetches through a :func:`buttress.policy`; see :func:`resilience_policy`.
 
     Args:
         upstream_url: the embeddings endpoint.
-        layers: the decorators, outermost first; by default
-            ``resilience_layers(settings)``.
-        settings: used for the default layers and the vector's dimension.
-        name: names the gateway; events are told apart by it.
+        policy: the decorators; by default ``resilience_policy(settings)``.
+        settings: used for the default policy.
+        name: names the gateway; its decorated function is ``<name>.embed``, which is how
+            events, logs and metrics tell this gateway's calls from anyone else's.
     """
 
     kind = "resilient"
@@ -383,26 +400,25 @@ class ResilientGateway(Gateway):
         self,
         upstream_url: str,
         *,
-        layers: Sequence[Layer] | None = None,
+        policy: Policy | None = None,
         settings: ResilienceSettings | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(upstream_url, name=name)
         self.settings = settings if settings is not None else ResilienceSettings()
-        self.layers = list(layers if layers is not None else resilience_layers(self.settings))
+        self.policy = policy if policy is not None else resilience_policy(self.settings)
 
         async def embed(text: str) -> Vector:
             return await self._fetch_once(text)
 
-        # Events name the decorated function by its qualified name; one per gateway lets
-        # the tally tell this gateway's retries from anyone else's.
+        # Set before decorating: each decorator reads the name once, when it wraps.
         embed.__qualname__ = f"{self.name}.embed"
-        self.fetch = build_resilient_fetch(embed, self.layers)
+        self.fetch: Fetch = self.policy(embed)
         self.tally = EventTally(embed.__qualname__)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        return tuple(layer.name for layer in self.layers)
+        return self.policy.layers
 
     async def start(self) -> None:
         self.tally.start()
@@ -415,7 +431,7 @@ class ResilientGateway(Gateway):
             self.tally.stop()
 
     async def _fetch_once(self, text: str) -> Vector:
-        """One upstream call: the function all the layers wrap."""
+        """One upstream call: the function the whole policy wraps."""
         assert self._session is not None
         self.stats.upstream_calls += 1
         async with self._session.get(self.upstream_url, params={"text": text}) as upstream:
@@ -437,6 +453,8 @@ class ResilientGateway(Gateway):
 
 def failure_status(exc: Exception) -> tuple[int, str]:
     """The HTTP status and reason a gateway answers when fetching failed with ``exc``."""
+    if isinstance(exc, InputValidationError):
+        return 422, f"invalid request: {exc}"
     if isinstance(exc, aiohttp.ClientResponseError):
         status = exc.status if exc.status >= 500 else 502
         return status, f"upstream answered {exc.status}"
@@ -448,7 +466,6 @@ def failure_status(exc: Exception) -> tuple[int, str]:
         # An invalid vector caught by validation, or a payload that is not an embedding.
         return 502, f"upstream answered garbage: {type(exc).__name__}"
     if isinstance(exc, ButtressError):
-        # Shed by a breaker, a bulkhead or the memory guard.
+        # Shed by the breaker, the bulkhead or the memory guard.
         return 503, f"{type(exc).__name__}: {exc}"
     return 500, type(exc).__name__
-

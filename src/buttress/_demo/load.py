@@ -3,7 +3,8 @@
 The plan is open-loop, like real users: each request has a send time fixed in advance, so
 a slow gateway does not get fewer requests, only slower ones. Texts follow a Zipf law over
 a fixed set (a few are asked for all the time, most rarely), and part of the traffic comes
-in bursts of ``concurrency`` simultaneous requests. Latency is measured from the planned
+in bursts of ``concurrency`` simultaneous requests, half of each burst asking for one new
+"trending" text (a stampede on a cold key). Latency is measured from the planned
 send time, so time spent waiting for a free connection counts, as it does for a user.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TextIO
@@ -35,8 +37,10 @@ OutcomeKind = Literal["ok", "invalid", "error", "timeout"]
 #: Distinct texts the plan draws from, and the Zipf exponent of their popularity.
 KEYS = 1000
 ZIPF_EXPONENT = 1.1
-#: The share of requests that arrive in bursts.
+#: The share of requests that arrive in bursts, and the share of a burst asking for its
+#: one trending text.
 BURST_SHARE = 0.3
+TRENDING_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,27 +77,39 @@ def plan_traffic(
     keys: int = KEYS,
     exponent: float = ZIPF_EXPONENT,
     burst_share: float = BURST_SHARE,
+    trending_share: float = TRENDING_SHARE,
 ) -> list[Planned]:
     """``requests`` requests spread over ``duration`` seconds, sorted by send time.
 
-    The same arguments give the same plan.
+    Texts are ``doc-NNNNN`` drawn from a Zipf law over ``keys`` documents, except in
+    bursts: there ``trending_share`` of the requests ask for the same new text
+    (``trend-NNN``, one per burst), as when many users follow one link at once: a
+    stampede on a key nobody asked for before. The same arguments give the same plan.
     """
     rng = np.random.default_rng(seed)
     ranks = np.arange(1, keys + 1, dtype=np.float64)
     popularity = ranks**-exponent
     popularity /= popularity.sum()
     burst_count = int(requests * burst_share) // concurrency if concurrency > 1 else 0
-    times: list[tuple[float, bool]] = []
-    for _ in range(burst_count):
+    trending = round(concurrency * trending_share)
+    times: list[tuple[float, int | None]] = []
+    for number in range(burst_count):
         # A burst: `concurrency` users click within 20 ms of each other.
         start = rng.uniform(0.0, duration * 0.95)
-        times += [(start + offset, True) for offset in rng.uniform(0.0, 0.02, concurrency)]
-    times += [(at, False) for at in rng.uniform(0.0, duration, requests - len(times))]
-    times.sort()
+        times += [(start + offset, number) for offset in rng.uniform(0.0, 0.02, concurrency)]
+    times += [(at, None) for at in rng.uniform(0.0, duration, requests - len(times))]
     picks = rng.choice(keys, size=requests, p=popularity)
+    texts = [f"doc-{int(pick):05d}" for pick in picks]
+    seen: Counter[int] = Counter()
+    for index, (_, in_burst) in enumerate(times):
+        if in_burst is not None:
+            seen[in_burst] += 1
+            if seen[in_burst] <= trending:
+                texts[index] = f"trend-{in_burst:03d}"
+    order = sorted(range(requests), key=lambda index: times[index][0])
     return [
-        Planned(min(at, duration), f"doc-{int(pick):05d}", burst)
-        for (at, burst), pick in zip(times, picks, strict=True)
+        Planned(min(times[index][0], duration), texts[index], times[index][1] is not None)
+        for index in order
     ]
 
 

@@ -179,14 +179,21 @@ def render(
         (
             "cache hits / single-flight joins",
             [
-                _decorated(r, ["cache_result"], lambda t: f"{t.cache_hits} / {t.cache_joins}")
+                _decorated(r, ["cache"], lambda t: f"{t.cache_hits} / {t.cache_joins}")
                 for r in reports
             ],
         ),
         ("retries", [_decorated(r, ["retry"], lambda t: t.retries) for r in reports]),
         (
-            "breaker openings",
-            [_decorated(r, ["circuit_breaker"], lambda t: t.breaker_openings) for r in reports],
+            "breaker openings / calls refused",
+            [
+                _decorated(
+                    r,
+                    ["circuit_breaker"],
+                    lambda t: f"{t.breaker_openings} / {t.breaker_rejections}",
+                )
+                for r in reports
+            ],
         ),
         (
             "invalid responses caught",
@@ -295,15 +302,18 @@ def write_histogram(
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def prometheus_text(reports: Sequence[GatewayReport]) -> str | None:
+def prometheus_text(
+    reports: Sequence[GatewayReport], buttress_metrics: str | None = None
+) -> str | None:
     """The run's metrics in the Prometheus text format; ``None`` without prometheus-client.
 
-    The demo's own series (``buttress_demo_*``, labelled by gateway) come first, then the
-    default registry's: the process's own metrics and whatever the library registered.
+    The demo's own series (``buttress_demo_*``: what the clients saw and what the
+    upstreams served, labelled by gateway) come first, then ``buttress_metrics``: the
+    exposition of :mod:`buttress.metrics` captured at the end of the run, the ``buttress_*``
+    series the decorators themselves counted.
     """
     try:
         from prometheus_client import (
-            REGISTRY,
             CollectorRegistry,
             Counter,
             Histogram,
@@ -332,12 +342,6 @@ def prometheus_text(reports: Sequence[GatewayReport]) -> str | None:
         ["gateway", "fault"],
         registry=registry,
     )
-    decorator_events = Counter(
-        "buttress_demo_decorator_events",
-        "What the gateway's buttress decorators reported through buttress.events.",
-        ["gateway", "event"],
-        registry=registry,
-    )
     for report in reports:
         for kind in ("ok", "invalid", "error", "timeout"):
             requests.labels(report.name, kind).inc(0)
@@ -346,7 +350,4 @@ def prometheus_text(reports: Sequence[GatewayReport]) -> str | None:
             latency.labels(report.name).observe(outcome.latency)
         for fault, count in report.faults.items():
             upstream.labels(report.name, fault).inc(count)
-        if report.tally is not None:
-            for name, value in report.tally.counts().items():
-                decorator_events.labels(report.name, name).inc(value)
-    return (generate_latest(registry) + generate_latest(REGISTRY)).decode()
+    return generate_latest(registry).decode() + (buttress_metrics or "")

@@ -151,7 +151,7 @@ def policy(
     *,
     monitor: Setting = None,
     validate: Setting = None,
-    fallback: Setting = None,
+    fallback: Any = None,
     timeout: Setting = None,
     cache: Setting = None,
     retry: Setting = None,
@@ -160,7 +160,7 @@ def policy(
     rate_limit: Setting = None,
     memory_guard: Setting = None,
     attempt_timeout: Setting = None,
-    validate_output: Setting = None,
+    validate_output: Any = None,
 ) -> Policy:
     """One decorator made of the others, stacked in the order that makes them work together.
 

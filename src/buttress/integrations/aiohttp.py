@@ -3,6 +3,7 @@
 ::
 
     from aiohttp import web
+from aiohttp.typedefs import Middleware
     from buttress.integrations.aiohttp import metrics_handler, metrics_middleware
 
     app = web.Application(middlewares=[metrics_middleware()])   # serves /metrics too
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from buttress import metrics
 from buttress._monitoring._logs import request_scope
@@ -62,7 +64,7 @@ def metrics_middleware(
     path: str | None = "/metrics",
     registry: CollectorRegistry | None = None,
     request_id_header: str | None = "X-Request-ID",
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """An aiohttp middleware that serves ``path`` and binds a request id.
 
     Args:
