@@ -24,7 +24,10 @@ from ._errors import ButtressError as ButtressError
 from ._errors import CacheStoreError as CacheStoreError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import MemoryPressureError as MemoryPressureError
+from ._errors import RedisStoreError as RedisStoreError
+from ._errors import RefusedValueError as RefusedValueError
 from ._errors import RetryError as RetryError
+from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._events import BulkheadRejected as BulkheadRejected
 from ._events import CacheAccess as CacheAccess
@@ -56,7 +59,8 @@ from ._retry import Jitter as Jitter
 from ._retry import retry as retry
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers
-    pass
+    from ._caching._redis import RedisStore as RedisStore
+    from ._caching._redis import RedisStoreStats as RedisStoreStats
 
 __all__ = [
     "AttemptTimeoutError",
@@ -91,12 +95,17 @@ __all__ = [
     "MemoryProbe",
     "MemorySnapshot",
     "RateLimited",
+    "RedisStore",
+    "RedisStoreError",
+    "RedisStoreStats",
+    "RefusedValueError",
     "RetryBudgetExhausted",
     "RetryError",
     "RetryGaveUp",
     "RetryScheduled",
     "Subscription",
     "TimedOut",
+    "UnencodableResultError",
     "UnkeyableArgumentError",
     "ValidationFailed",
     "cache_result",
@@ -107,7 +116,10 @@ __all__ = [
 ]
 
 #: Public names whose module imports an optional dependency: name -> module.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "RedisStore": "buttress._caching._redis",
+    "RedisStoreStats": "buttress._caching._redis",
+}
 
 
 def __getattr__(name: str) -> Any:
