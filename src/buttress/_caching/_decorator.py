@@ -66,6 +66,10 @@ FALLBACK: Final = 2  # expired, within stale_if_error only: compute, serve it if
 ABSENT: Final = 3  # nothing usable
 EARLY: Final = 4  # fresh, but this caller refreshes it early (XFetch); others serve it
 
+#: What :meth:`_Cache._follow` returns when there is no flight, or when to look again.
+_NO_FLIGHT: Final = object()
+_RETRY: Final = object()
+
 #: Store failures are logged at most once per this many seconds per function.
 _LOG_INTERVAL: Final = 60.0
 
@@ -435,6 +439,20 @@ class _Cache:
                 entry = table.get(key)
             else:
                 assert handle is not None
+                flight = self.flights.table().get(key)
+                if flight is not None and policy.single_flight:
+                    # follow this process's flight without a round trip to the store
+                    if flight.serving is not None:
+                        serving: CacheEntry = flight.serving
+                        self.note("stale" if flight.serving_stale else "hit")
+                        return self.deliver(serving.value, serving.arrays)
+                    self.note("join")
+                    await flight.waiter().wait()
+                    if flight.state == ABANDONED:
+                        continue
+                    if flight.state == FAILED:
+                        raise flight.failure()
+                    return self.deliver(flight.value, flight.arrays)
                 entry = await self._aget(handle)
             state = policy.state(entry, _clock.monotonic())
             if state == FRESH:
@@ -460,7 +478,10 @@ class _Cache:
                     return self.deliver(flight.value, flight.arrays)
             own: Flight | None = None
             if flight is None:
-                own = flights[key] = Flight()
+                if state in (STALE, EARLY):
+                    own = flights[key] = Flight(entry, state == STALE)
+                else:
+                    own = flights[key] = Flight()
             try:
                 value, arrays = await self._acompute(key, handle, args, kwargs, entry, state)
             except BaseException as exc:
@@ -511,7 +532,8 @@ class _Cache:
         assert self.store is not None
         current = entry if state in (STALE, EARLY) else None
         flight = _StoreFlight(self, handle)
-        found = await flight.aenter(current)
+        # single_flight=False: concurrent misses each compute, across processes too
+        found = await flight.aenter(current) if self.policy.single_flight else None
         try:
             if found is not None and found is current:
                 self.note("stale" if state == STALE else "hit")  # refreshed elsewhere
@@ -567,6 +589,11 @@ class _Cache:
                 entry = table.get(key)
             else:
                 assert handle is not None
+                followed = self._follow(key)
+                if followed is _RETRY:
+                    continue
+                if followed is not _NO_FLIGHT:
+                    return followed
                 entry = self._get(handle)
             state = policy.state(entry, _clock.monotonic())
             waiter = None
@@ -582,7 +609,11 @@ class _Cache:
                     if state == FRESH:
                         pass
                     elif flight is None:
-                        own = self.thread_flights[key] = ThreadFlight()
+                        own = self.thread_flights[key] = (
+                            ThreadFlight(entry, state == STALE)
+                            if state in (STALE, EARLY)
+                            else ThreadFlight()
+                        )
                     elif state != STALE and state != EARLY and policy.single_flight:
                         if flight.owner == threading.get_ident():
                             raise RecursionError(
@@ -625,6 +656,34 @@ class _Cache:
             self._settle(key, own, DONE, value, arrays)
             return self.deliver(value, arrays)
 
+    def _follow(self, key: Hashable) -> Any:
+        """Follow a flight of this process before asking the store (sync): its result,
+        ``_RETRY`` (its leader was cancelled), or ``_NO_FLIGHT``."""
+        if not self.policy.single_flight:
+            return _NO_FLIGHT
+        with self.lock:
+            flight = self.thread_flights.get(key)
+            if flight is None:
+                return _NO_FLIGHT
+            serving = flight.serving
+            if serving is None:
+                if flight.owner == threading.get_ident():
+                    raise RecursionError(
+                        f"{self.name}() called itself with the arguments it is "
+                        "computing: waiting for itself would never end"
+                    )
+                waiter = flight.waiter()
+        if serving is not None:
+            self.note("stale" if flight.serving_stale else "hit")
+            return self.deliver(serving.value, serving.arrays)
+        self.note("join")
+        waiter.wait()
+        if flight.state == ABANDONED:
+            return _RETRY
+        if flight.state == FAILED:
+            raise flight.failure()
+        return self.deliver(flight.value, flight.arrays)
+
     def _settle(
         self,
         key: Hashable,
@@ -662,7 +721,7 @@ class _Cache:
         assert self.store is not None
         current = entry if state in (STALE, EARLY) else None
         flight = _StoreFlight(self, handle)
-        found = flight.enter(current)
+        found = flight.enter(current) if self.policy.single_flight else None
         try:
             if found is not None and found is current:
                 self.note("stale" if state == STALE else "hit")

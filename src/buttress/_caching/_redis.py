@@ -331,8 +331,11 @@ class RedisStore(CacheStore):
             trip; ``None`` (default) reads Redis every time. It bounds how long a replica
             may serve a value another replica has invalidated.
         local_maxsize: entries the in-process layer holds at most (least recently used go).
-        timeout: seconds a Redis operation may take (connect and reply) before it counts
-            as failed; applies to the clients the store opens from ``url``.
+        timeout: seconds a Redis operation may take (waiting for a free connection,
+            connecting, the reply) before it counts as failed; applies to the clients the
+            store opens from ``url``.
+        max_connections: connections each client the store opens may hold (the sync one,
+            and each event loop's); more concurrent operations wait for a free one.
         fail_open: when Redis is down, slow or returns something the store refuses,
             run the call uncached (counted in ``fn.cache.stats().store_errors``, reported
             as ``CacheStoreFailed``, logged at most once a minute). ``False`` raises
@@ -378,6 +381,7 @@ class RedisStore(CacheStore):
         local_ttl: float | timedelta | None = None,
         local_maxsize: int = 1024,
         timeout: float | timedelta = 0.25,
+        max_connections: int = 100,
         fail_open: bool = True,
         serializer: str | Serializer | None = None,
         signing_key: bytes | str | None = None,
@@ -455,6 +459,7 @@ class RedisStore(CacheStore):
         self._lock = threading.Lock()
         self._url = url
         self._user_client = client
+        self.max_connections = _settings.positive_int(max_connections, "max_connections")
         retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
         # one retry, at once, on a broken connection only: a pooled connection that died
         # with a restarted server is replaced without failing the call; a timeout is not
@@ -586,8 +591,13 @@ class RedisStore(CacheStore):
             )
         with self._lock:
             if self._sync is None:
-                client = self._redis.Redis.from_url(self._url, **self._client_options)
-                self._sync = _SyncOps(client)
+                pool = self._redis.BlockingConnectionPool.from_url(
+                    self._url,
+                    max_connections=self.max_connections,
+                    timeout=self.timeout,
+                    **self._client_options,
+                )
+                self._sync = _SyncOps(self._redis.Redis.from_pool(pool))
             return self._sync
 
     def _async_ops(self, operation: str) -> _AnyAsyncOps:
@@ -607,10 +617,13 @@ class RedisStore(CacheStore):
                     ops = _AsyncOps(user)
                 else:
                     assert self._url is not None
-                    client = self._redis.asyncio.Redis.from_url(
-                        self._url, **self._client_options
+                    pool = self._redis.asyncio.BlockingConnectionPool.from_url(
+                        self._url,
+                        max_connections=self.max_connections,
+                        timeout=self.timeout,
+                        **self._client_options,
                     )
-                    ops = _AsyncOps(client)
+                    ops = _AsyncOps(self._redis.asyncio.Redis.from_pool(pool))
                     # redis.asyncio connections belong to this loop: close them when it
                     # shuts down (asyncio.run cancels what is left, which runs this)
                     ops.keeper = loop.create_task(self._keep(loop, ops))
@@ -927,7 +940,11 @@ class RedisStore(CacheStore):
         lock = name + ":lock"
         token = secrets.token_hex(16)
         ops = self._sync_ops("flight")
-        found, held = self._run(self._plan(key, name, current), ops, name, lock, token)
+        try:
+            found, held = self._run(self._plan(key, name, current), ops, name, lock, token)
+        except BaseException:
+            self._release(ops.release, lock, token)  # in case it was taken before the failure
+            raise
         if not held:
             yield found
             return
@@ -985,7 +1002,12 @@ class RedisStore(CacheStore):
         lock = name + ":lock"
         token = secrets.token_hex(16)
         ops = self._async_ops("flight")
-        found, held = await self._arun(self._plan(key, name, current), ops, name, lock, token)
+        try:
+            found, held = await self._arun(self._plan(key, name, current), ops, name, lock, token)
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # in case it was taken before the failure
+                await self._arelease(ops.release, lock, token)
+            raise
         if not held:
             yield found
             return
