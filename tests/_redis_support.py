@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import redis
 from pydantic import BaseModel
 
@@ -40,6 +41,20 @@ class Embedding(BaseModel):
     text: str
     model: str
     norm: float
+
+
+@pytest.fixture
+def no_stray_threads() -> Iterator[None]:
+    """Fail a test that leaves a store's lock watchdog running (a store not closed)."""
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        stray = [t.name for t in threading.enumerate() if t.name.startswith("buttress-redis")]
+        if not stray:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"threads left running: {stray}")
+        time.sleep(0.01)
 
 
 def raw_client(url: str) -> redis.Redis:

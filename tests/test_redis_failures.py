@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 import redis
 
-from _redis_support import raw_client
+from _redis_support import (
+    no_stray_threads,  # noqa: F401  (a fixture)
+    raw_client,
+)
 from buttress import (
     CacheStoreFailed,
     RedisStore,
@@ -22,7 +25,7 @@ from buttress import (
     events,
 )
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_stray_threads")]
 
 
 def square(x: int) -> int:

@@ -21,6 +21,7 @@ from _redis_support import (
     command_calls,
     digest,
     expected_value,
+    no_stray_threads,  # noqa: F401  (a fixture)
     raw_client,
     start_worker,
     wait_for,
@@ -28,7 +29,7 @@ from _redis_support import (
 )
 from buttress import CacheKey, CacheScope, RedisStore, cache_result
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_stray_threads")]
 
 
 @pytest.mark.slow
@@ -253,3 +254,32 @@ async def test_waiting_for_another_process_never_blocks_the_event_loop(redis_url
 def _key_of(fn: Any, *args: Any) -> CacheKey:
     """The key a call of ``fn`` (positional, hashable arguments) has in a shared store."""
     return CacheKey(CacheScope(fn.__qualname__, module=fn.__module__), args)
+
+
+def test_a_coroutine_blocking_its_event_loop_keeps_its_lock(redis_url: str) -> None:
+    """The watchdog renews from a thread: CPU work in ``async def`` does not starve it."""
+    first, second = _replicas(redis_url, lock_ttl=0.3)
+    started = threading.Event()
+    calls: list[str] = []
+
+    async def heavy(x: int) -> int:
+        calls.append(threading.current_thread().name)
+        started.set()
+        time.sleep(1.5)  # noqa: ASYNC251  (on purpose: CPU work that blocks the loop)
+        return x * 2
+
+    heavy.__qualname__ = "work"
+    a = cache_result(store=first)(heavy)
+    b = cache_result(store=second)(heavy)
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(anyio.run(a, 4)), name="replica-a")
+    thread.start()
+    assert started.wait(10)
+    results.append(anyio.run(b, 4))
+    thread.join()
+    assert results == [8, 8]
+    assert calls == ["replica-a"]
+    assert second.stats().takeovers == 0
+    for store in (first, second):
+        store.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("buttress-redis")]

@@ -12,7 +12,10 @@ import anyio
 import pytest
 import redis
 
-from _redis_support import raw_client
+from _redis_support import (
+    no_stray_threads,  # noqa: F401  (a fixture)
+    raw_client,
+)
 from buttress import (
     CacheStoreFailed,
     RedisStore,
@@ -22,7 +25,7 @@ from buttress import (
     events,
 )
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_stray_threads")]
 
 SIGNING_KEY = b"a shared secret of 32 bytes....."
 

@@ -167,14 +167,35 @@ class _SyncOps:
     def delete(self, name: str) -> bool:
         return bool(self.client.delete(name))
 
-    def acquire(self, lock: str, token: str, px: int) -> bool:
-        return bool(self.client.set(lock, token, nx=True, px=px))
+    def acquire(self, lock: str, token: str, px: int, name: str) -> tuple[bool, bytes | None]:
+        """Take the lock if free, and read the entry, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(lock, token, nx=True, px=px)
+        pipe.get(name)
+        taken, blob = pipe.execute()
+        return bool(taken), blob
 
     def renew(self, lock: str, token: str, px: int) -> bool:
         return bool(self.renew_script(keys=[lock], args=[token, px]))
 
+    def renew_all(self, locks: list[tuple[str, str]], px: int) -> list[bool]:
+        """Extend every ``(lock, token)`` still ours, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for lock, token in locks:
+            pipe.eval(_RENEW, 1, lock, token, px)  # EVAL: a pipeline would check EVALSHAs
+        return [bool(result) for result in pipe.execute()]
+
     def release(self, lock: str, token: str) -> bool:
         return bool(self.release_script(keys=[lock], args=[token]))
+
+    def set_and_release(
+        self, name: str, blob: bytes, px: int | None, lock: str, token: str
+    ) -> None:
+        """Store the value and let go of its lock, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(name, blob, px=px)
+        pipe.eval(_RELEASE, 1, lock, token)
+        pipe.execute()
 
     def clear(self, pattern: str) -> None:
         batch: list[bytes] = []
@@ -211,14 +232,28 @@ class _AsyncOps:
     async def delete(self, name: str) -> bool:
         return bool(await self.client.delete(name))
 
-    async def acquire(self, lock: str, token: str, px: int) -> bool:
-        return bool(await self.client.set(lock, token, nx=True, px=px))
+    async def acquire(
+        self, lock: str, token: str, px: int, name: str
+    ) -> tuple[bool, bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(lock, token, nx=True, px=px)
+        pipe.get(name)
+        taken, blob = await pipe.execute()
+        return bool(taken), blob
 
     async def renew(self, lock: str, token: str, px: int) -> bool:
         return bool(await self.renew_script(keys=[lock], args=[token, px]))
 
     async def release(self, lock: str, token: str) -> bool:
         return bool(await self.release_script(keys=[lock], args=[token]))
+
+    async def set_and_release(
+        self, name: str, blob: bytes, px: int | None, lock: str, token: str
+    ) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(name, blob, px=px)
+        pipe.eval(_RELEASE, 1, lock, token)
+        await pipe.execute()
 
     async def clear(self, pattern: str) -> None:
         batch: list[bytes] = []
@@ -252,14 +287,21 @@ class _ThreadOps:
     async def delete(self, name: str) -> bool:
         return await anyio.to_thread.run_sync(self.sync.delete, name)
 
-    async def acquire(self, lock: str, token: str, px: int) -> bool:
-        return await anyio.to_thread.run_sync(self.sync.acquire, lock, token, px)
+    async def acquire(
+        self, lock: str, token: str, px: int, name: str
+    ) -> tuple[bool, bytes | None]:
+        return await anyio.to_thread.run_sync(self.sync.acquire, lock, token, px, name)
 
     async def renew(self, lock: str, token: str, px: int) -> bool:
         return await anyio.to_thread.run_sync(self.sync.renew, lock, token, px)
 
     async def release(self, lock: str, token: str) -> bool:
         return await anyio.to_thread.run_sync(self.sync.release, lock, token)
+
+    async def set_and_release(
+        self, name: str, blob: bytes, px: int | None, lock: str, token: str
+    ) -> None:
+        await anyio.to_thread.run_sync(self.sync.set_and_release, name, blob, px, lock, token)
 
     async def clear(self, pattern: str) -> None:
         await anyio.to_thread.run_sync(self.sync.clear, pattern)
@@ -269,6 +311,91 @@ class _ThreadOps:
 
 
 _AnyAsyncOps = _AsyncOps | _ThreadOps
+
+
+@final
+class _Watchdog:
+    """Renews every computation lock one store holds, from one thread.
+
+    A thread rather than a task per computation: it costs a computation nothing to
+    register, and it keeps renewing while a coroutine blocks its event loop with CPU
+    work (a model running in ``async def``), where a renewal task would starve and let
+    another replica take over and compute the same key again. Started on demand; it
+    stops after ``lock_ttl`` without locks to renew, or on ``store.close()``.
+    """
+
+    __slots__ = ("_closed", "_condition", "_held", "_store", "_thread")
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._held: dict[str, str] = {}  # lock -> token
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def hold(self, lock: str, token: str) -> None:
+        with self._condition:
+            self._held[lock] = token
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run,
+                    name=f"buttress-redis-watchdog-{next(_WATCHDOGS)}",
+                    daemon=True,
+                )
+                self._thread.start()
+
+    def token(self, lock: str) -> str | None:
+        """The token of ``lock`` if this store holds it."""
+        return self._held.get(lock)
+
+    def drop(self, lock: str, token: str) -> bool:
+        """Stop renewing ``lock``; whether it was still held (so still to be released)."""
+        with self._condition:
+            if self._held.get(lock) != token:
+                return False
+            del self._held[lock]
+            return True
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        with self._condition:
+            self._closed = False
+
+    def _closing(self) -> bool:
+        return self._closed
+
+    def _run(self) -> None:
+        store = self._store
+        interval = store.lock_ttl / 3
+        idle = 0.0
+        with self._condition:
+            try:
+                while not self._condition.wait_for(self._closing, interval):
+                    if not self._held:
+                        idle += interval
+                        if idle >= store.lock_ttl:
+                            break
+                        continue
+                    idle = 0.0
+                    locks = list(self._held.items())
+                    self._condition.release()  # no lock held across the round trip
+                    try:
+                        kept = store._renew_all(locks)
+                    finally:
+                        self._condition.acquire()
+                    for (lock, token), ours in zip(locks, kept, strict=True):
+                        if not ours and self._held.get(lock) == token:
+                            del self._held[lock]  # expired and maybe taken: not ours now
+            finally:
+                self._thread = None
+
+
+_WATCHDOGS: Final = itertools.count(1)
 
 
 def _wall() -> float:
@@ -472,6 +599,10 @@ class RedisStore(CacheStore):
         self._sync: _SyncOps | None = None
         if client is not None and isinstance(client, redis.Redis):
             self._sync = _SyncOps(client)
+        # renewal needs a sync client: absent only when given a redis.asyncio client alone
+        self._watchdog: _Watchdog | None = (
+            None if client is not None and self._sync is None else _Watchdog(self)
+        )
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncOps]
         self._loops = weakref.WeakKeyDictionary()
         self._down_until = 0.0
@@ -541,6 +672,8 @@ class RedisStore(CacheStore):
 
         The store stays usable: it opens a new client when it next needs one.
         """
+        if self._watchdog is not None:
+            self._watchdog.close()
         if self._user_client is not None:
             return
         with self._lock:
@@ -810,8 +943,33 @@ class RedisStore(CacheStore):
         blob = self._seal(key, name, entry)
         self._local_put(key, entry)
         ops = self._sync_ops("set")
-        self._call("set", ops.set, name, blob, self._px(keep))
+        lock, token = self._held(name)
+        if token is None:
+            self._call("set", ops.set, name, blob, self._px(keep))
+        else:  # inside this store's flight: the value and the lock's release travel together
+            self._call("set", ops.set_and_release, name, blob, self._px(keep), lock, token)
+            self._dropped(lock, token)
         self._counters.writes += 1
+
+    def _held(self, name: str) -> tuple[str, str | None]:
+        lock = name + ":lock"
+        watchdog = self._watchdog
+        return lock, None if watchdog is None else watchdog.token(lock)
+
+    def _dropped(self, lock: str, token: str) -> bool:
+        """Forget a lock this store held; whether it still needed releasing."""
+        watchdog = self._watchdog
+        return watchdog is None or watchdog.drop(lock, token)
+
+    def _renew_all(self, locks: list[tuple[str, str]]) -> list[bool]:
+        """For the watchdog: extend ``locks``; a failure keeps them (it expires them)."""
+        px = self._px(self.lock_ttl)
+        assert px is not None
+        try:
+            return self._sync_ops("flight").renew_all(locks, px)
+        except self._errors as exc:
+            self._failed("flight", exc)
+            return [True] * len(locks)
 
     def delete(self, key: CacheKey) -> bool:
         name = self.key_name(key)
@@ -843,7 +1001,13 @@ class RedisStore(CacheStore):
         blob = self._seal(key, name, entry)
         self._local_put(key, entry)
         ops = self._async_ops("set")
-        await self._acall("set", ops.set, name, blob, self._px(keep))
+        lock, token = self._held(name)
+        if token is None:
+            await self._acall("set", ops.set, name, blob, self._px(keep))
+        else:
+            px = self._px(keep)
+            await self._acall("set", ops.set_and_release, name, blob, px, lock, token)
+            self._dropped(lock, token)
         self._counters.writes += 1
 
     async def adelete(self, key: CacheKey) -> bool:
@@ -864,18 +1028,19 @@ class RedisStore(CacheStore):
     ) -> _Plan:
         """The cross-process flight's decisions: returns ``(entry to serve, lock held)``.
 
-        Take the lock; holding it, serve a value that appeared meanwhile (or compute).
-        When another process holds it: serve ``current`` if there is one, else poll with
-        backoff until a fresh value appears (serve it) or the lock is free (take it).
+        Take the lock (reading the entry in the same round trip); holding it, serve a
+        value that appeared meanwhile, or compute. When another process holds it: serve
+        ``current`` if there is one, else poll with backoff until a fresh value appears
+        (serve it) or the lock is free (take it).
         """
-        acquired = yield (_ACQUIRE, None)
+        acquired, blob = yield (_ACQUIRE, None)
         waited = False
         delay = _FIRST_POLL
         while True:
             if acquired:
                 if waited:
                     self._counters.takeovers += 1
-                found = self._read_quietly(key, name, (yield (_GET, None)))
+                found = self._read_quietly(key, name, blob)
                 if found is not None and self._newer(found, current):
                     return found, True  # stored just before we took the lock
                 return None, True
@@ -889,7 +1054,7 @@ class RedisStore(CacheStore):
             found = self._read_quietly(key, name, (yield (_GET, None)))
             if found is not None and found.expires > _clock.monotonic():
                 return found, False
-            acquired = yield (_ACQUIRE, None)
+            acquired, blob = yield (_ACQUIRE, None)
 
     @staticmethod
     def _newer(found: CacheEntry, current: CacheEntry | None) -> bool:
@@ -909,7 +1074,7 @@ class RedisStore(CacheStore):
                 elif command == _GET:
                     answer = self._call("flight", ops.get, name)
                 else:
-                    answer = self._call("flight", ops.acquire, lock, token, px)
+                    answer = self._call("flight", ops.acquire, lock, token, px, name)
         except StopIteration as done:
             return done.value
 
@@ -927,7 +1092,7 @@ class RedisStore(CacheStore):
                 elif command == _GET:
                     answer = await self._acall("flight", ops.get, name)
                 else:
-                    answer = await self._acall("flight", ops.acquire, lock, token, px)
+                    answer = await self._acall("flight", ops.acquire, lock, token, px, name)
         except StopIteration as done:
             return done.value
 
@@ -948,20 +1113,13 @@ class RedisStore(CacheStore):
         if not held:
             yield found
             return
-        stop = threading.Event()
-        renewer = threading.Thread(
-            target=self._renew_until,
-            args=(stop, ops, lock, token),
-            name=f"buttress-redis-lock-{next(_RENEWERS)}",
-            daemon=True,
-        )
-        renewer.start()
+        assert self._watchdog is not None  # a sync client exists, so a watchdog does
+        self._watchdog.hold(lock, token)
         try:
             yield found
         finally:
-            stop.set()
-            renewer.join()
-            self._release(ops.release, lock, token)
+            if self._dropped(lock, token):  # not already released along with the value
+                self._release(ops.release, lock, token)
 
     def _release(self, release: Callable[[str, str], Any], lock: str, token: str) -> None:
         # Never raised: the value is computed (and stored) by now, and a lock that could
@@ -983,21 +1141,11 @@ class RedisStore(CacheStore):
         except self._errors as exc:
             self._failed("flight", exc)
 
-    def _renew_until(self, stop: threading.Event, ops: _SyncOps, lock: str, token: str) -> None:
-        px = self._px(self.lock_ttl)
-        assert px is not None
-        while not stop.wait(self.lock_ttl / 3):
-            try:
-                if not ops.renew(lock, token, px):
-                    return  # lost (it expired): another process may have taken over
-            except self._errors as exc:
-                self._failed("flight", exc)
-
     @asynccontextmanager
     async def aflight(
         self, key: CacheKey, current: CacheEntry | None = None
     ) -> AsyncIterator[CacheEntry | None]:
-        """Async :meth:`flight`: waits with ``anyio.sleep``, renews from a task."""
+        """Async :meth:`flight`: waits with ``anyio.sleep``; the watchdog renews."""
         name = self.key_name(key)
         lock = name + ":lock"
         token = secrets.token_hex(16)
@@ -1011,6 +1159,17 @@ class RedisStore(CacheStore):
         if not held:
             yield found
             return
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.hold(lock, token)
+            try:
+                yield found
+            finally:
+                if self._dropped(lock, token):
+                    with anyio.CancelScope(shield=True):
+                        await self._arelease(ops.release, lock, token)
+            return
+        # given only a redis.asyncio client: no thread can renew, so a task does
         try:
             error: BaseException | None = None
             async with anyio.create_task_group() as group:
@@ -1041,9 +1200,6 @@ class RedisStore(CacheStore):
                     return
             except self._errors as exc:
                 self._failed("flight", exc)
-
-
-_RENEWERS: Final = itertools.count(1)
 
 
 def _signing_key(value: object) -> bytes | None:
