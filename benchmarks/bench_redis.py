@@ -231,7 +231,7 @@ def _misses(url: str, quick: bool) -> Comparison:
         "buttress.RedisStore",
         _time_in_loop(_ours(), url, quick, fresh_keys=True),
         "ours",
-        note="4 round trips",
+        note="3 round trips",
     )
     comparison.add(
         "buttress.RedisStore, single_flight=False",

@@ -47,3 +47,20 @@ def test_the_example_with_its_own_redis_server(redis_server: object) -> None:
     port = int(re.search(r"on port (\d+)", result.stdout).group(1))  # type: ignore[union-attr]
     with pytest.raises(OSError):  # its server is gone: nothing left running
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_the_readme_snippet_runs(redis_url: str) -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Shared across replicas: RedisStore") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("```", start)]
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "REDIS_URL": redis_url},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["(384,)", "1", "1"]

@@ -451,6 +451,17 @@ def test_an_asyncio_client_serves_coroutines_only(redis_url: str) -> None:
     asyncio.run(main())
 
 
+def test_an_asyncio_client_on_trio_is_a_clear_error(redis_url: str) -> None:
+    async def main() -> None:
+        given = redis.asyncio.Redis.from_url(redis_url)
+        store = RedisStore(client=given)
+        fn = cache_result(store=store)(atriple)
+        with pytest.raises(RedisStoreError, match="on trio"):
+            await fn(1)  # redis.asyncio cannot run on trio: said so, not counted away
+
+    anyio.run(main, backend="trio")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

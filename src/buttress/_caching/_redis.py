@@ -11,7 +11,8 @@ What lives where:
   holding the sealed value (see :mod:`._codec`) and expiring by itself (``PX``) when the
   decorator's retention (ttl plus stale windows) has passed;
 * a computation in progress holds ``<entry key>:lock`` (``SET NX PX lock_ttl`` with a
-  random token), renewed while the computation runs and deleted (if still ours) after.
+  random token), renewed by the store's watchdog thread while the computation runs and
+  deleted (if still ours) in the same round trip that stores the value.
 
 The decisions of the cross-process flight are one plain generator (:meth:`_plan`): it
 says which Redis command to run or how long to sleep next, and two drivers run it, one
@@ -19,11 +20,12 @@ blocking, one awaiting. Waiting for another process polls with jittered exponent
 backoff (2 ms doubling to 50 ms): a waiter costs a few commands per second, never a busy
 loop, and needs no connection of its own, unlike a pub/sub subscription per waiting key.
 
-Failures: any Redis error marks the server down for a second, during which operations
-fail at once instead of each paying the timeout; then the next call tries again, so
-caching resumes by itself when Redis is back. With ``fail_open`` (the default) the error
-goes out as it is and ``@cache_result`` survives it (counted, reported, the call runs
-uncached); otherwise it goes out as :class:`~buttress.RedisStoreError`.
+Failures: a connection error or a timeout marks the server down for a second, during
+which operations fail at once instead of each paying the timeout; then the next call
+tries again, so caching resumes by itself when Redis is back. With ``fail_open`` (the
+default) the error goes out as it is and ``@cache_result`` survives it (counted,
+reported, the call runs uncached); otherwise it goes out as
+:class:`~buttress.RedisStoreError`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import pickle
 import random
 import secrets
 import threading
@@ -491,9 +494,9 @@ class RedisStore(CacheStore):
     Caveats: values are visible to anyone who can read the Redis keys (sign them against
     tampering; encrypt at the network level with ``rediss://``). Errors are never cached
     or shared across processes: when the computing process fails, the others compute
-    themselves, one at a time. Call :meth:`close` (sync) and ``await``
-    :meth:`aclose` in each event loop you used it in when you are done; a loop that ends
-    through ``asyncio.run`` closes its client by itself.
+    themselves, one at a time. Call :meth:`close` (closes the sync client, stops the
+    watchdog thread) and ``await`` :meth:`aclose` in each event loop you used it in when
+    you are done; a loop that ends through ``asyncio.run`` closes its client by itself.
     """
 
     name = "redis"
@@ -553,29 +556,19 @@ class RedisStore(CacheStore):
         )
         self.fail_open = bool(fail_open)
         key = _signing_key(signing_key)
-        if serializer == "pickle" and key is None:
+        if (
+            isinstance(serializer, str) and serializer != "pickle"
+        ) or not isinstance(serializer, (str, Serializer, type(None))):
+            raise ConfigurationError(
+                "serializer must be None, 'pickle' or an object with dumps() and loads(), "
+                f"got {serializer!r}"
+            )
+        if (serializer == "pickle" or serializer is pickle) and key is None:
             raise ConfigurationError(
                 "serializer='pickle' needs signing_key=: unpickling bytes read from Redis "
                 "runs whatever code they name, so only values this deployment signed are "
                 "ever unpickled"
             )
-        if isinstance(serializer, str) and serializer != "pickle":
-            raise ConfigurationError(
-                f"serializer must be None, 'pickle' or an object with dumps() and loads(), "
-                f"got {serializer!r}"
-            )
-        if serializer is not None and not isinstance(serializer, (str, Serializer)):
-            raise ConfigurationError(
-                f"serializer must be None, 'pickle' or an object with dumps() and loads(), "
-                f"got {serializer!r}"
-            )
-        if serializer is not None and not isinstance(serializer, str):
-            import pickle
-
-            if serializer is pickle and key is None:
-                raise ConfigurationError(
-                    "serializer=pickle needs signing_key= (see serializer='pickle')"
-                )
         self._envelope = Envelope(serializer, key)
         self._local: LocalTable | None = None
         if self.local_ttl is not None:
@@ -768,9 +761,11 @@ class RedisStore(CacheStore):
             await asyncio.Event().wait()  # until the loop cancels it on shutdown
         finally:
             with self._lock:
-                if self._loops.get(loop) is ops:
+                mine = self._loops.get(loop) is ops  # aclose() may have closed it already
+                if mine:
                     del self._loops[loop]
-            await ops.close()
+            if mine:
+                await ops.close()
 
     # --- failures -----------------------------------------------------------------------
 
