@@ -11,8 +11,9 @@ port, stopped at the end; skipped with a message when no redis-server is install
   it does not;
 * hit latency of a plain function through redis-py's sync client, beside a raw GET.
 
-Each row runs in its own event loop, its cache made inside it (peers' clients are bound to
-the loop that made them); figures are medians of several rounds.
+The async rows of a comparison share one event loop (peers' clients are bound to the loop
+that made them, so every cache is made inside it) and take turns round by round; figures
+are medians of several rounds.
 """
 
 from __future__ import annotations
@@ -81,34 +82,42 @@ def _sizes(quick: bool) -> tuple[int, int]:
     return (100, 2) if quick else (2_000, 7)
 
 
-def _time_in_loop(setup: Setup, url: str, quick: bool, *, fresh_keys: bool = False) -> float:
-    """Median ns per ``await fn(key)``: one int key (warm), or a new key per call."""
+def _time_rows(
+    rows: list[tuple[str, Setup]], url: str, quick: bool, *, fresh_keys: bool = False
+) -> dict[str, float]:
+    """Median ns per ``await fn(key)`` of each row: one int key (warm), or a new key per
+    call. All rows live in one event loop and their rounds are interleaved, so that every
+    row sees the same machine (other work on it shifts all rows alike)."""
     calls, rounds = _sizes(quick)
-    _flush(url)  # every row starts from an empty server
+    _flush(url)
 
-    async def measure() -> list[float]:
-        fn, cleanup = await setup(url)
-        counter = itertools.count(2)
-        await fn(1)  # warm: connections made, key 1 stored
-        results = []
+    async def measure() -> dict[str, list[float]]:
+        made = []
+        for index, (name, setup) in enumerate(rows):
+            fn, cleanup = await setup(url)
+            await fn(1)  # warm: connections made, key 1 stored
+            made.append((name, fn, cleanup, itertools.count(10_000_000 * (index + 1))))
+        results: dict[str, list[float]] = {name: [] for name, _ in rows}
         try:
             for _ in range(rounds):
-                gc.collect()
-                start = time.perf_counter_ns()
-                if fresh_keys:
-                    for _ in range(calls):
-                        await fn(next(counter))
-                else:
-                    for _ in range(calls):
-                        await fn(1)
-                results.append((time.perf_counter_ns() - start) / calls)
+                for name, fn, _, counter in made:
+                    gc.collect()
+                    start = time.perf_counter_ns()
+                    if fresh_keys:
+                        for _ in range(calls):
+                            await fn(next(counter))
+                    else:
+                        for _ in range(calls):
+                            await fn(1)
+                    results[name].append((time.perf_counter_ns() - start) / calls)
         finally:
-            result = cleanup()
-            if asyncio.iscoroutine(result):
-                await result
+            for _, _, cleanup, _ in made:
+                result = cleanup()
+                if asyncio.iscoroutine(result):
+                    await result
         return results
 
-    return statistics.median(asyncio.run(measure()))
+    return {name: statistics.median(values) for name, values in asyncio.run(measure()).items()}
 
 
 def _flush(url: str) -> None:
@@ -202,19 +211,21 @@ def _peers() -> list[tuple[str, Setup]]:
 def _hits(url: str, quick: bool) -> Comparison:
     comparison = Comparison(
         "Redis cache hit, async function with one int argument",
-        note="Each row awaits `f(1)` on a warm key, against the same local redis-server.",
+        note=(
+            "Each row awaits `f(1)` on a warm key, against the same local redis-server; "
+            "rows interleaved in one event loop."
+        ),
     )
-    comparison.add("bare await", _time_in_loop(_bare(), url, quick), "bare")
-    comparison.add("redis.asyncio GET (floor)", _time_in_loop(_raw_get(), url, quick), "floor")
-    comparison.add("buttress.RedisStore", _time_in_loop(_ours(), url, quick), "ours")
-    comparison.add(
-        "buttress.RedisStore(local_ttl=60)",
-        _time_in_loop(_ours(local_ttl=60), url, quick),
-        "ours",
-        note="in-process layer: no round trip",
-    )
-    for name, setup in _peers():
-        comparison.add(name, _time_in_loop(setup, url, quick), "peer")
+    rows: list[tuple[str, str, Setup, str]] = [
+        ("bare await", "bare", _bare(), ""),
+        ("redis.asyncio GET (floor)", "floor", _raw_get(), ""),
+        ("buttress.RedisStore", "ours", _ours(), ""),
+        ("buttress.RedisStore(local_ttl=60)", "ours", _ours(local_ttl=60), "no round trip"),
+        *[(name, "peer", setup, "") for name, setup in _peers()],
+    ]
+    times = _time_rows([(name, setup) for name, _, setup, _ in rows], url, quick)
+    for name, kind, _, note in rows:
+        comparison.add(name, times[name], kind, note=note)
     return comparison
 
 
@@ -223,24 +234,26 @@ def _misses(url: str, quick: bool) -> Comparison:
         "Redis cache miss, async function with one int argument",
         note=(
             "Every call a new key: look up, compute (nothing), store. buttress also takes "
-            "the cross-process lock (SET NX and GET in one round trip) and releases it."
+            "the cross-process lock (one script: SET NX and GET) and stores the value with "
+            "the lock's release (one script); rows interleaved in one event loop."
         ),
     )
-    comparison.add("bare await", _time_in_loop(_bare(), url, quick, fresh_keys=True), "bare")
-    comparison.add(
-        "buttress.RedisStore",
-        _time_in_loop(_ours(), url, quick, fresh_keys=True),
-        "ours",
-        note="3 round trips",
+    rows: list[tuple[str, str, Setup, str]] = [
+        ("bare await", "bare", _bare(), ""),
+        ("buttress.RedisStore", "ours", _ours(), "3 round trips"),
+        (
+            "buttress.RedisStore, single_flight=False",
+            "ours",
+            _ours(single_flight=False),
+            "no lock: 2 round trips",
+        ),
+        *[(name, "peer", setup, "") for name, setup in _peers()],
+    ]
+    times = _time_rows(
+        [(name, setup) for name, _, setup, _ in rows], url, quick, fresh_keys=True
     )
-    comparison.add(
-        "buttress.RedisStore, single_flight=False",
-        _time_in_loop(_ours(single_flight=False), url, quick, fresh_keys=True),
-        "ours",
-        note="no lock: 2 round trips",
-    )
-    for name, setup in _peers():
-        comparison.add(name, _time_in_loop(setup, url, quick, fresh_keys=True), "peer")
+    for name, kind, _, note in rows:
+        comparison.add(name, times[name], kind, note=note)
     return comparison
 
 

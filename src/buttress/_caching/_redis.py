@@ -92,6 +92,25 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Take the lock if free and read the entry: one command, one round trip.
+# KEYS[1] = lock, KEYS[2] = entry, ARGV[1] = token, ARGV[2] = milliseconds
+_ACQUIRE_SCRIPT: Final = """
+local taken = redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return {taken and 1 or 0, redis.call('get', KEYS[2])}
+"""
+# Store the value and let go of the lock if still ours: one command, one round trip.
+# KEYS[1] = entry, KEYS[2] = lock, ARGV[1] = value, ARGV[2] = milliseconds or '', ARGV[3] = token
+_STORE_SCRIPT: Final = """
+if ARGV[2] == '' then
+    redis.call('set', KEYS[1], ARGV[1])
+else
+    redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if redis.call('get', KEYS[2]) == ARGV[3] then
+    redis.call('del', KEYS[2])
+end
+return 1
+"""
 
 # The flight's commands: (what, argument)
 _GET: Final = "get"
@@ -154,12 +173,15 @@ class _Counters:
 class _SyncOps:
     """The store's Redis commands on a sync client (thread-safe: a connection pool)."""
 
-    __slots__ = ("client", "release_script", "renew_script")
+    __slots__ = ("acquire_script", "client", "release_script", "renew_script", "store_script")
 
     def __init__(self, client: redis_module.Redis) -> None:
         self.client = client
+        # EVALSHA, loading the script again if the server lost it (a restart)
         self.renew_script = client.register_script(_RENEW)
         self.release_script = client.register_script(_RELEASE)
+        self.acquire_script = client.register_script(_ACQUIRE_SCRIPT)
+        self.store_script = client.register_script(_STORE_SCRIPT)
 
     def get(self, name: str) -> bytes | None:
         return cast("bytes | None", self.client.get(name))  # decode_responses is off
@@ -172,10 +194,7 @@ class _SyncOps:
 
     def acquire(self, lock: str, token: str, px: int, name: str) -> tuple[bool, bytes | None]:
         """Take the lock if free, and read the entry, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(lock, token, nx=True, px=px)
-        pipe.get(name)
-        taken, blob = pipe.execute()
+        taken, blob = self.acquire_script(keys=[lock, name], args=[token, px])
         return bool(taken), blob
 
     def renew(self, lock: str, token: str, px: int) -> bool:
@@ -195,10 +214,7 @@ class _SyncOps:
         self, name: str, blob: bytes, px: int | None, lock: str, token: str
     ) -> None:
         """Store the value and let go of its lock, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(name, blob, px=px)
-        pipe.eval(_RELEASE, 1, lock, token)
-        pipe.execute()
+        self.store_script(keys=[name, lock], args=[blob, "" if px is None else px, token])
 
     def clear(self, pattern: str) -> None:
         batch: list[bytes] = []
@@ -218,12 +234,21 @@ class _SyncOps:
 class _AsyncOps:
     """The same commands on a ``redis.asyncio`` client, inside one asyncio loop."""
 
-    __slots__ = ("client", "keeper", "release_script", "renew_script")
+    __slots__ = (
+        "acquire_script",
+        "client",
+        "keeper",
+        "release_script",
+        "renew_script",
+        "store_script",
+    )
 
     def __init__(self, client: redis_asyncio.Redis) -> None:
         self.client = client
         self.renew_script = client.register_script(_RENEW)
         self.release_script = client.register_script(_RELEASE)
+        self.acquire_script = client.register_script(_ACQUIRE_SCRIPT)
+        self.store_script = client.register_script(_STORE_SCRIPT)
         self.keeper: asyncio.Task[None] | None = None
 
     async def get(self, name: str) -> bytes | None:
@@ -238,10 +263,7 @@ class _AsyncOps:
     async def acquire(
         self, lock: str, token: str, px: int, name: str
     ) -> tuple[bool, bytes | None]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(lock, token, nx=True, px=px)
-        pipe.get(name)
-        taken, blob = await pipe.execute()
+        taken, blob = await self.acquire_script(keys=[lock, name], args=[token, px])
         return bool(taken), blob
 
     async def renew(self, lock: str, token: str, px: int) -> bool:
@@ -253,10 +275,7 @@ class _AsyncOps:
     async def set_and_release(
         self, name: str, blob: bytes, px: int | None, lock: str, token: str
     ) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(name, blob, px=px)
-        pipe.eval(_RELEASE, 1, lock, token)
-        await pipe.execute()
+        await self.store_script(keys=[name, lock], args=[blob, "" if px is None else px, token])
 
     async def clear(self, pattern: str) -> None:
         batch: list[bytes] = []
