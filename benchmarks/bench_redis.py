@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import buttress
-from _harness import Comparison, time_sync
+from _harness import Comparison
 
 TTL = 600
 Setup = Callable[[str], Awaitable[tuple[Callable[[int], Awaitable[Any]], Callable[[], Any]]]]
@@ -155,11 +155,18 @@ def _bare() -> Setup:
     return setup
 
 
-def _raw_get() -> Setup:
+def _raw_get(*, like_the_store: bool = False) -> Setup:
     async def setup(url: str) -> Any:
         import redis.asyncio
 
-        client = redis.asyncio.Redis.from_url(url)
+        if like_the_store:  # a bounded, blocking pool and 0.25 s timeouts, as RedisStore's
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url, max_connections=100, timeout=0.25, socket_timeout=0.25,
+                socket_connect_timeout=0.25,
+            )
+            client = redis.asyncio.Redis.from_pool(pool)
+        else:
+            client = redis.asyncio.Redis.from_url(url)
         await client.set("bench:raw", b"x" * 32)
 
         async def get(x: int) -> Any:
@@ -219,6 +226,12 @@ def _hits(url: str, quick: bool) -> Comparison:
     rows: list[tuple[str, str, Setup, str]] = [
         ("bare await", "bare", _bare(), ""),
         ("redis.asyncio GET (floor)", "floor", _raw_get(), ""),
+        (
+            "redis.asyncio GET, pool and timeouts as RedisStore's",
+            "floor",
+            _raw_get(like_the_store=True),
+            "",
+        ),
         ("buttress.RedisStore", "ours", _ours(), ""),
         ("buttress.RedisStore(local_ttl=60)", "ours", _ours(local_ttl=60), "no round trip"),
         *[(name, "peer", setup, "") for name, setup in _peers()],
@@ -260,29 +273,44 @@ def _misses(url: str, quick: bool) -> Comparison:
 def _sync_hits(url: str, quick: bool) -> Comparison:
     import redis
 
-    comparison = Comparison("Redis cache hit, plain function (redis-py sync client)")
+    comparison = Comparison(
+        "Redis cache hit, plain function (redis-py sync client)",
+        note="Rows take turns round by round.",
+    )
 
     def work(x: int) -> int:
         return x + 1
 
-    calls, _ = _sizes(quick)
-    comparison.add("bare call", time_sync(lambda: work(1), quick=quick), "bare")
+    calls, rounds = _sizes(quick)
+    _flush(url)
     client = redis.Redis.from_url(url)
     client.set("bench:raw", b"x" * 32)
-    comparison.add(
-        "redis-py GET (floor)",
-        time_sync(lambda: client.get("bench:raw"), quick=quick, number=calls),
-        "floor",
-    )
-    client.close()
-    for name, options in (
-        ("buttress.RedisStore", {}),
-        ("buttress.RedisStore(local_ttl=60)", {"local_ttl": 60}),
+    stores = [
+        buttress.RedisStore(url, namespace="bench"),
+        buttress.RedisStore(url, namespace="bench", local_ttl=60),
+    ]
+    rows: list[tuple[str, str, Callable[[], Any]]] = [
+        ("bare call", "bare", lambda: work(1)),
+        ("redis-py GET (floor)", "floor", lambda: client.get("bench:raw")),
+    ]
+    for name, store in zip(
+        ("buttress.RedisStore", "buttress.RedisStore(local_ttl=60)"), stores, strict=True
     ):
-        store = buttress.RedisStore(url, namespace="bench", **options)
         fn = buttress.cache_result(ttl=TTL, store=store)(work)
         fn(1)
-        comparison.add(name, time_sync(lambda fn=fn: fn(1), quick=quick, number=calls), "ours")
+        rows.append((name, "ours", lambda fn=fn: fn(1)))
+    results: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+    for _ in range(rounds):
+        for name, _, call in rows:
+            gc.collect()
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                call()
+            results[name].append((time.perf_counter_ns() - start) / calls)
+    for name, kind, _ in rows:
+        comparison.add(name, statistics.median(results[name]), kind)
+    client.close()
+    for store in stores:
         store.close()
     return comparison
 
