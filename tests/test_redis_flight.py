@@ -129,14 +129,14 @@ async def awork(x: int) -> int:
 
 
 def test_the_lock_is_renewed_while_a_long_computation_runs(redis_url: str) -> None:
-    first, second = _replicas(redis_url, lock_ttl=0.3)
+    first, second = _replicas(redis_url, lock_ttl=1.0)
     calls: list[str] = []
     started = threading.Event()
 
     def slow(x: int) -> int:
         calls.append(threading.current_thread().name)
         started.set()
-        time.sleep(1.5)  # five times the lock's life: only renewal keeps it held
+        time.sleep(3.0)  # three times the lock's life: only renewal keeps it held
         return x * 2
 
     slow.__qualname__ = "work"
@@ -159,13 +159,15 @@ def test_the_lock_is_renewed_while_a_long_computation_runs(redis_url: str) -> No
 
 @pytest.mark.anyio
 async def test_the_lock_is_renewed_while_a_long_coroutine_runs(redis_url: str) -> None:
-    first, second = _replicas(redis_url, lock_ttl=0.3)
+    first, second = _replicas(redis_url, lock_ttl=1.0)
     calls = 0
+    started = anyio.Event()
 
     async def slow(x: int) -> int:
         nonlocal calls
         calls += 1
-        await anyio.sleep(1.5)
+        started.set()
+        await anyio.sleep(3.0)  # three times the lock's life: only renewal keeps it held
         return x * 2
 
     slow.__qualname__ = "work"
@@ -178,7 +180,7 @@ async def test_the_lock_is_renewed_while_a_long_coroutine_runs(redis_url: str) -
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(call, a)
-        await anyio.sleep(0.2)
+        await started.wait()  # replica a holds the lock now
         tg.start_soon(call, b)
     assert results == [42, 42]
     assert calls == 1
@@ -228,10 +230,10 @@ def test_when_the_holder_fails_a_waiter_computes_itself(redis_url: str) -> None:
 @pytest.mark.anyio
 async def test_waiting_for_another_process_never_blocks_the_event_loop(redis_url: str) -> None:
     client = raw_client(redis_url)
-    store = RedisStore(redis_url, lock_ttl=0.5)
+    store = RedisStore(redis_url, lock_ttl=1.0)
     fn = cache_result(store=store)(awork)
     name = store.key_name(_key_of(awork, 3))
-    client.set(name + ":lock", "someone else", px=500)  # a holder that will die
+    client.set(name + ":lock", "someone else", px=1000)  # a holder that died
     ticks = 0
 
     async def ticker() -> None:
@@ -244,7 +246,7 @@ async def test_waiting_for_another_process_never_blocks_the_event_loop(redis_url
         tg.start_soon(ticker)
         assert await fn(3) == 3
         tg.cancel_scope.cancel()
-    assert ticks >= 20  # the loop kept running for the ~0.5 s the caller waited
+    assert ticks >= 20  # the loop kept running for the ~1 s the caller waited (~100 ticks)
     assert store.stats().takeovers == 1
     client.close()
     await store.aclose()
@@ -258,14 +260,14 @@ def _key_of(fn: Any, *args: Any) -> CacheKey:
 
 def test_a_coroutine_blocking_its_event_loop_keeps_its_lock(redis_url: str) -> None:
     """The watchdog renews from a thread: CPU work in ``async def`` does not starve it."""
-    first, second = _replicas(redis_url, lock_ttl=0.3)
+    first, second = _replicas(redis_url, lock_ttl=1.0)
     started = threading.Event()
     calls: list[str] = []
 
     async def heavy(x: int) -> int:
         calls.append(threading.current_thread().name)
         started.set()
-        time.sleep(1.5)  # noqa: ASYNC251  (on purpose: CPU work that blocks the loop)
+        time.sleep(3.0)  # noqa: ASYNC251  (on purpose: CPU work that blocks the loop)
         return x * 2
 
     heavy.__qualname__ = "work"
