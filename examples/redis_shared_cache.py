@@ -45,7 +45,11 @@ class Embedding(BaseModel):
 
 def make_embed(url: str, version: str, signing_key: bytes) -> Any:
     """The cached call, as each replica builds it: same name, same store settings."""
-    store = RedisStore(url, version=version, local_ttl=30, signing_key=signing_key)
+    # timeout: generous, as this demo starts two interpreters at once on what may be a
+    # small machine (the default, 0.25 s, suits a service that must not wait on Redis)
+    store = RedisStore(
+        url, version=version, local_ttl=30, signing_key=signing_key, timeout=2.0
+    )
 
     @cache_result(ttl=300, store=store)
     async def embed(text: str) -> tuple[np.ndarray, Embedding]:

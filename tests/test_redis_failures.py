@@ -138,7 +138,7 @@ async def test_redis_stopped_mid_run_then_restarted_async(private_redis: Any) ->
 
 
 def test_fail_closed_raises_a_buttress_error_and_recovers(private_redis: Any) -> None:
-    store = RedisStore(private_redis.url, fail_open=False)
+    store = RedisStore(private_redis.url, fail_open=False, timeout=5)
     fn = cache_result(store=store)(square)
     assert fn(2) == 4
     private_redis.stop()
@@ -162,7 +162,7 @@ def test_fail_closed_raises_a_buttress_error_and_recovers(private_redis: Any) ->
 
 @pytest.mark.anyio
 async def test_fail_closed_raises_in_coroutines_too(private_redis: Any) -> None:
-    store = RedisStore(private_redis.url, fail_open=False)
+    store = RedisStore(private_redis.url, fail_open=False, timeout=5)
     fn = cache_result(store=store)(asquare)
     await anyio.to_thread.run_sync(private_redis.stop)
     with pytest.raises(RedisStoreError) as info:
@@ -212,7 +212,7 @@ def vectors(n: int) -> Any:
 
 
 def test_an_unencodable_result_is_returned_uncached_with_fail_open(redis_url: str) -> None:
-    store = RedisStore(redis_url)
+    store = RedisStore(redis_url, timeout=5)
     calls: list[int] = []
 
     def counted(n: int) -> Any:
@@ -233,7 +233,7 @@ def test_an_unencodable_result_is_returned_uncached_with_fail_open(redis_url: st
 
 
 def test_an_unencodable_result_raises_with_fail_closed(redis_url: str) -> None:
-    store = RedisStore(redis_url, fail_open=False)
+    store = RedisStore(redis_url, fail_open=False, timeout=5)
     fn = cache_result(store=store)(vectors)
     with pytest.raises(RedisStoreError, match="cannot store") as info:
         fn(2)

@@ -116,7 +116,10 @@ def test_a_killed_holder_is_taken_over_after_its_lock_expires_async(redis_url: s
 
 
 def _replicas(url: str, lock_ttl: float) -> tuple[RedisStore, RedisStore]:
-    return RedisStore(url, lock_ttl=lock_ttl), RedisStore(url, lock_ttl=lock_ttl)
+    return (
+        RedisStore(url, lock_ttl=lock_ttl, timeout=5),
+        RedisStore(url, lock_ttl=lock_ttl, timeout=5),
+    )
 
 
 def work(x: int) -> int:
@@ -230,7 +233,7 @@ def test_when_the_holder_fails_a_waiter_computes_itself(redis_url: str) -> None:
 @pytest.mark.anyio
 async def test_waiting_for_another_process_never_blocks_the_event_loop(redis_url: str) -> None:
     client = raw_client(redis_url)
-    store = RedisStore(redis_url, lock_ttl=1.0)
+    store = RedisStore(redis_url, lock_ttl=1.0, timeout=5)
     fn = cache_result(store=store)(awork)
     name = store.key_name(_key_of(awork, 3))
     client.set(name + ":lock", "someone else", px=1000)  # a holder that died

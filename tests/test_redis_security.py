@@ -98,7 +98,7 @@ def _stores() -> dict[str, dict[str, Any]]:
 def test_planted_values_are_refused_as_misses_sync(
     redis_url: str, client: redis.Redis, marker: Path, options: dict[str, Any]
 ) -> None:
-    store = RedisStore(redis_url, **options)
+    store = RedisStore(redis_url, timeout=5, **options)
     calls: list[int] = []
 
     def counted(x: int) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def test_planted_values_are_refused_as_misses_sync(
 async def test_planted_values_are_refused_as_misses_async(
     redis_url: str, client: redis.Redis, marker: Path
 ) -> None:
-    store = RedisStore(redis_url, serializer="pickle", signing_key=SIGNING_KEY)
+    store = RedisStore(redis_url, serializer="pickle", signing_key=SIGNING_KEY, timeout=5)
     calls = 0
 
     async def counted(x: int) -> dict[str, Any]:
@@ -151,7 +151,7 @@ async def test_planted_values_are_refused_as_misses_async(
 
 
 def test_a_value_copied_from_another_entry_is_refused(redis_url: str, client: redis.Redis) -> None:
-    store = RedisStore(redis_url, signing_key=SIGNING_KEY)
+    store = RedisStore(redis_url, signing_key=SIGNING_KEY, timeout=5)
     fn = cache_result(store=store)(label)
     fn(1)
     fn(2)
@@ -165,7 +165,7 @@ def test_a_value_copied_from_another_entry_is_refused(redis_url: str, client: re
 def test_a_planted_value_fails_the_call_when_failing_closed(
     redis_url: str, client: redis.Redis, marker: Path
 ) -> None:
-    store = RedisStore(redis_url, fail_open=False)
+    store = RedisStore(redis_url, fail_open=False, timeout=5)
     fn = cache_result(store=store)(label)
     fn(1)
     (name,) = client.keys()
@@ -181,7 +181,7 @@ def test_a_planted_value_fails_the_call_when_failing_closed(
 async def test_a_planted_value_seen_while_waiting_is_refused_too(
     redis_url: str, client: redis.Redis, marker: Path
 ) -> None:
-    store = RedisStore(redis_url, lock_ttl=0.3)
+    store = RedisStore(redis_url, lock_ttl=0.3, timeout=5)
     fn = cache_result(store=store)(alabel)
     name = store.key_name(_key(alabel, 1))
     # another "replica" holds the lock, and the value that appears is an exploit
@@ -204,8 +204,10 @@ def _key(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def test_signed_values_written_by_one_replica_are_read_by_another(redis_url: str) -> None:
-    first = RedisStore(redis_url, serializer="pickle", signing_key=SIGNING_KEY)
-    second = RedisStore(redis_url, serializer="pickle", signing_key=SIGNING_KEY.decode())
+    first = RedisStore(redis_url, serializer="pickle", signing_key=SIGNING_KEY, timeout=5)
+    second = RedisStore(
+        redis_url, serializer="pickle", signing_key=SIGNING_KEY.decode(), timeout=5
+    )
     a = cache_result(store=first)(label)
     b = cache_result(store=second)(label)
     assert a(3) == b(3) == label(3)

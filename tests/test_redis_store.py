@@ -44,7 +44,8 @@ def stores(redis_url: str) -> Iterator[Factory]:
     made: list[RedisStore] = []
 
     def make(**options: Any) -> RedisStore:
-        store = RedisStore(redis_url, **options)
+        # patient: a loaded machine must not turn a slow reply into a miss here
+        store = RedisStore(redis_url, **{"timeout": 5.0, **options})
         made.append(store)
         return store
 

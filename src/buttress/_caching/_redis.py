@@ -1052,11 +1052,11 @@ class RedisStore(CacheStore):
         delay = _FIRST_POLL
         while True:
             if acquired:
-                if waited:
-                    self._counters.takeovers += 1
                 found = self._read_quietly(key, name, blob)
                 if found is not None and self._newer(found, current):
                     return found, True  # stored just before we took the lock
+                if waited:
+                    self._counters.takeovers += 1  # and no value came: we compute
                 return None, True
             if current is not None:
                 return current, False  # someone is refreshing it: serve what we have
