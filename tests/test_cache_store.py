@@ -72,12 +72,16 @@ class RecordingStore(CacheStore):
         self.clear(scope)
 
     @contextmanager
-    def flight(self, key: CacheKey) -> Iterator[CacheEntry | None]:
+    def flight(
+        self, key: CacheKey, current: CacheEntry | None = None
+    ) -> Iterator[CacheEntry | None]:
         self.flights += 1
         yield self.found
 
     @asynccontextmanager
-    async def aflight(self, key: CacheKey) -> AsyncIterator[CacheEntry | None]:
+    async def aflight(
+        self, key: CacheKey, current: CacheEntry | None = None
+    ) -> AsyncIterator[CacheEntry | None]:
         self.flights += 1
         await anyio.lowlevel.checkpoint()
         yield self.found

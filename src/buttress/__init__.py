@@ -31,8 +31,11 @@ from ._errors import InputValidationError as InputValidationError
 from ._errors import MemoryPressureError as MemoryPressureError
 from ._errors import OutputValidationError as OutputValidationError
 from ._errors import RateLimitExceeded as RateLimitExceeded
+from ._errors import RedisStoreError as RedisStoreError
+from ._errors import RefusedValueError as RefusedValueError
 from ._errors import RejectedError as RejectedError
 from ._errors import RetryError as RetryError
+from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._errors import ValidationProblem as ValidationProblem
 from ._events import BulkheadRejected as BulkheadRejected
@@ -102,7 +105,8 @@ from ._validation import validate_input as validate_input
 from ._validation import validate_output as validate_output
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers
-    pass
+    from ._caching._redis import RedisStore as RedisStore
+    from ._caching._redis import RedisStoreStats as RedisStoreStats
 
 __all__ = [
     "ArraySpec",
@@ -164,6 +168,10 @@ __all__ = [
     "RateLimitedFunction",
     "RateLimiter",
     "RateLimiterStats",
+    "RedisStore",
+    "RedisStoreError",
+    "RedisStoreStats",
+    "RefusedValueError",
     "RejectedError",
     "RetryBudget",
     "RetryBudgetExhausted",
@@ -173,6 +181,7 @@ __all__ = [
     "RetryScheduled",
     "Subscription",
     "TimedOut",
+    "UnencodableResultError",
     "UnkeyableArgumentError",
     "ValidationFailed",
     "ValidationProblem",
@@ -199,7 +208,10 @@ __all__ = [
 ]
 
 #: Public names whose module imports an optional dependency: name -> module.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "RedisStore": "buttress._caching._redis",
+    "RedisStoreStats": "buttress._caching._redis",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -28,8 +28,11 @@ __all__ = [
     "MemoryPressureError",
     "OutputValidationError",
     "RateLimitExceeded",
+    "RedisStoreError",
+    "RefusedValueError",
     "RejectedError",
     "RetryError",
+    "UnencodableResultError",
     "UnkeyableArgumentError",
     "ValidationProblem",
     "format_path",
@@ -107,6 +110,94 @@ class CacheStoreError(ButtressError):
     survive (counted, reported as ``CacheStoreFailed``, the call runs uncached); a store
     raises this type (or a subclass) when the caller must see the failure instead.
     """
+
+
+class RedisStoreError(CacheStoreError):
+    """``RedisStore(fail_open=False)`` could not do its part, so the call fails instead.
+
+    Raised when Redis is down, slower than the store's ``timeout``, or answers something
+    the store refuses, and when a result cannot be encoded; ``__cause__`` holds the
+    underlying failure (a redis-py ``ConnectionError`` or ``TimeoutError``, a
+    :class:`RefusedValueError`, an :class:`UnencodableResultError`). Also raised, in
+    either mode, for a store that cannot serve a function at all (an async-only client
+    given for a plain function).
+
+    Attributes:
+        operation: what the store was doing: ``"get"``, ``"set"``, ``"delete"``,
+            ``"clear"``, ``"flight"`` or ``"connect"``.
+        address: where Redis was expected (``host:port/db``, never a password).
+    """
+
+    def __init__(self, message: str, *, operation: str, address: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.address = address
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_redis_store_error, (str(self), self.operation, self.address))
+
+
+def _rebuild_redis_store_error(message: str, operation: str, address: str) -> RedisStoreError:
+    return RedisStoreError(message, operation=operation, address=address)
+
+
+class RefusedValueError(ButtressError, ValueError):
+    """A value read from a cache store was refused: it was never decoded into objects.
+
+    Its signature did not verify (tampered with, signed with another key, or copied from
+    another key), or its bytes are not what the store writes (garbage, a pickle payload
+    where the safe codec is in use, a class the codec may not build). ``@cache_result``
+    treats the read as a miss; the next computation overwrites the value.
+
+    Attributes:
+        key: the Redis key the value was read from.
+        reason: why it was refused.
+    """
+
+    def __init__(self, message: str, *, key: str, reason: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_refused, (str(self), self.key, self.reason))
+
+
+def _rebuild_refused(message: str, key: str, reason: str) -> RefusedValueError:
+    return RefusedValueError(message, key=key, reason=reason)
+
+
+class UnencodableResultError(ButtressError, TypeError):
+    """A cached function returned something the store's codec cannot encode.
+
+    The safe codec of ``RedisStore`` encodes ``None``, ``bool``, ``int``, ``float``,
+    ``str``, ``bytes``, lists, tuples, dicts of those, numpy arrays and scalars (not of
+    Python objects) and pydantic models; exactly those types (a subclass would come back
+    as its base). The result is returned uncached.
+
+    Attributes:
+        function: the qualified name of the cached function.
+        type_name: the type that could not be encoded.
+        path: where it sits in the result (``result[0]['scores']``).
+    """
+
+    def __init__(self, message: str, *, function: str, type_name: str, path: str) -> None:
+        super().__init__(message)
+        self.function = function
+        self.type_name = type_name
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_unencodable,
+            (str(self), self.function, self.type_name, self.path),
+        )
+
+
+def _rebuild_unencodable(
+    message: str, function: str, type_name: str, path: str
+) -> UnencodableResultError:
+    return UnencodableResultError(message, function=function, type_name=type_name, path=path)
 
 
 # --- validation (issue 5) --------------------------------------------------------------

@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["WrapperFactory", "function_name", "is_async_callable", "wrap"]
+__all__ = ["WrapperFactory", "function_module", "function_name", "is_async_callable", "wrap"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,6 +51,12 @@ def function_name(target: Any) -> str:
     if not isinstance(name, str):
         name = type(inner).__qualname__
     return name
+
+
+def function_module(target: Any) -> str:
+    """The module defining ``target`` (through ``functools.partial``), or ``""``."""
+    module = getattr(_unwrap_partial(target), "__module__", None)
+    return module if isinstance(module, str) else ""
 
 
 def wrap(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import (
 from buttress import _clock, _settings
 from buttress._errors import CacheStoreError, ConfigurationError, UnkeyableArgumentError, is_fatal
 from buttress._events import CacheAccess, CacheEviction, CacheStoreFailed, events
-from buttress._wrapping import function_name, wrap
+from buttress._wrapping import function_module, function_name, wrap
 
 from ._flight import ABANDONED, DONE, FAILED, AsyncFlights, Flight, ThreadFlight
 from ._keys import BindError, CacheKey, CacheScope, KeyBuilder
@@ -63,9 +64,27 @@ FRESH: Final = 0  # serve it
 STALE: Final = 1  # expired, within stale_while_revalidate: serve it unless nobody refreshes
 FALLBACK: Final = 2  # expired, within stale_if_error only: compute, serve it if that fails
 ABSENT: Final = 3  # nothing usable
+EARLY: Final = 4  # fresh, but this caller refreshes it early (XFetch); others serve it
+
+#: What :meth:`_Cache._follow` returns when there is no flight, or when to look again.
+_NO_FLIGHT: Final = object()
+_RETRY: Final = object()
 
 #: Store failures are logged at most once per this many seconds per function.
 _LOG_INTERVAL: Final = 60.0
+
+
+def refresh_early(now: float, expires: float, duration: float, beta: float, draw: float) -> bool:
+    """XFetch (Vattani, Chierichetti and Lowenstein, VLDB 2015): refresh a fresh entry now?
+
+    True when ``now - duration * beta * ln(u) >= expires`` with ``u = 1 - draw`` uniform
+    in ``(0, 1]``: the probability, ``exp(-(expires - now) / (duration * beta))``, rises
+    as expiry nears, and faster for a value that takes long to compute, so one caller
+    among many refreshes it shortly before it expires and nobody waits for it.
+    """
+    if duration <= 0.0:
+        return False
+    return now - duration * beta * math.log(1.0 - draw) >= expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +105,8 @@ class CacheStats:
         store_errors: failures of a ``store=`` that the call survived.
         size: entries held now (``None`` when the store cannot tell cheaply).
         bytes: bytes held now, as counted for ``max_bytes`` (``None`` likewise).
+        refreshes: misses that were probabilistic early refreshes of a value still fresh
+            (a store's ``early_refresh_beta``); they are counted in ``misses`` too.
     """
 
     hits: int
@@ -98,6 +119,7 @@ class CacheStats:
     store_errors: int
     size: int | None
     bytes: int | None
+    refreshes: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -118,13 +140,14 @@ class _Counters:
         "hits",
         "joins",
         "misses",
+        "refreshes",
         "stale",
         "store_errors",
     )
 
     def __init__(self) -> None:
         self.hits = self.misses = self.joins = self.stale = self.errors = 0
-        self.evictions = self.expirations = self.store_errors = 0
+        self.evictions = self.expirations = self.store_errors = self.refreshes = 0
 
 
 @final
@@ -134,6 +157,7 @@ class _Policy:
     __slots__ = (
         "cache_none",
         "copy_arrays",
+        "early_refresh_beta",
         "keep",
         "key",
         "max_bytes",
@@ -179,6 +203,8 @@ class _Policy:
                 "store its own bounds (LocalStore(max_bytes=...))"
             )
         self.store = store
+        # XFetch weight: only entries of a store that offers it are refreshed early
+        self.early_refresh_beta = 0.0 if store is None else float(store.early_refresh_beta)
         self.single_flight = bool(single_flight)
         self.cache_none = bool(cache_none)
         self.copy_arrays = bool(copy_arrays)
@@ -202,6 +228,9 @@ class _Policy:
         if entry is None:
             return ABSENT
         if now < entry.expires:
+            beta = self.early_refresh_beta
+            if beta and refresh_early(now, entry.expires, entry.duration, beta, random.random()):
+                return EARLY
             return FRESH
         late = now - entry.expires
         if late < self.stale_while_revalidate:
@@ -209,6 +238,10 @@ class _Policy:
         if late < self.stale_if_error:
             return FALLBACK
         return ABSENT
+
+    @staticmethod
+    def fresh(entry: CacheEntry, now: float) -> bool:
+        return now < entry.expires
 
     def can_fall_back(self, entry: CacheEntry | None, now: float) -> bool:
         """Whether a failed computation may be answered with ``entry`` instead."""
@@ -244,7 +277,9 @@ class _Cache:
         self.policy = policy
         self.builder = KeyBuilder(fn, self.name, policy.key)
         self.counters = _Counters()
-        self.scope = CacheScope(self.name, self.builder.names, self._evicted)
+        self.scope = CacheScope(
+            self.name, self.builder.names, self._evicted, module=function_module(fn)
+        )
         self.store = policy.store
         scope = self.scope
         self.table: LocalTable | None = (
@@ -378,7 +413,14 @@ class _Cache:
 
     def fall_back(self, entry: CacheEntry | None, exc: BaseException) -> bool:
         """After a failed computation: may ``entry`` be served instead? (counts it)."""
-        if not self.policy.can_fall_back(entry, _clock.monotonic()):
+        now = _clock.monotonic()
+        if entry is not None and self.policy.fresh(entry, now):
+            # an early refresh failed while the value is still fresh: serve it as a hit
+            self.counters.hits += 1
+            if events.active:
+                events.emit(CacheAccess(function=self.name, result="hit", error=exc))
+            return True
+        if not self.policy.can_fall_back(entry, now):
             return False
         self.counters.stale += 1
         if events.active:
@@ -397,6 +439,20 @@ class _Cache:
                 entry = table.get(key)
             else:
                 assert handle is not None
+                flight = self.flights.table().get(key)
+                if flight is not None and policy.single_flight:
+                    # follow this process's flight without a round trip to the store
+                    if flight.serving is not None:
+                        serving: CacheEntry = flight.serving
+                        self.note("stale" if flight.serving_stale else "hit")
+                        return self.deliver(serving.value, serving.arrays)
+                    self.note("join")
+                    await flight.waiter().wait()
+                    if flight.state == ABANDONED:
+                        continue
+                    if flight.state == FAILED:
+                        raise flight.failure()
+                    return self.deliver(flight.value, flight.arrays)
                 entry = await self._aget(handle)
             state = policy.state(entry, _clock.monotonic())
             if state == FRESH:
@@ -408,9 +464,9 @@ class _Cache:
             flights = self.flights.table()
             flight = flights.get(key)
             if flight is not None:
-                if state == STALE:  # someone is refreshing it: serve the stale value now
+                if state in (STALE, EARLY):  # someone is refreshing it: serve it
                     assert entry is not None
-                    self.note("stale")
+                    self.note("stale" if state == STALE else "hit")
                     return self.deliver(entry.value, entry.arrays)
                 if policy.single_flight:
                     self.note("join")
@@ -422,9 +478,12 @@ class _Cache:
                     return self.deliver(flight.value, flight.arrays)
             own: Flight | None = None
             if flight is None:
-                own = flights[key] = Flight()
+                if state in (STALE, EARLY):
+                    own = flights[key] = Flight(entry, state == STALE)
+                else:
+                    own = flights[key] = Flight()
             try:
-                value, arrays = await self._acompute(key, handle, args, kwargs)
+                value, arrays = await self._acompute(key, handle, args, kwargs, entry, state)
             except BaseException as exc:
                 if own is not None and flights.get(key) is own:
                     del flights[key]
@@ -453,8 +512,14 @@ class _Cache:
         handle: CacheKey | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        entry: CacheEntry | None,
+        state: int,
     ) -> tuple[Any, bool]:
-        """Run the function (the leader does this) and store the result."""
+        """Run the function (the leader does this) and store the result.
+
+        ``entry`` is what the lookup found, in ``state``: a STALE or EARLY entry is offered
+        to the store's flight, which hands it back when another process is refreshing.
+        """
         if handle is None:
             generation = self.generation
             self.note("miss")
@@ -465,15 +530,22 @@ class _Cache:
                 self.put_local(key, entry, generation)
             return entry.value, entry.arrays
         assert self.store is not None
+        current = entry if state in (STALE, EARLY) else None
         flight = _StoreFlight(self, handle)
-        found = await flight.aenter()
+        # single_flight=False: concurrent misses each compute, across processes too
+        found = await flight.aenter(current) if self.policy.single_flight else None
         try:
-            if found is not None and self.policy.state(found, _clock.monotonic()) == FRESH:
+            if found is not None and found is current:
+                self.note("stale" if state == STALE else "hit")  # refreshed elsewhere
+                value, arrays = found.value, found.arrays
+            elif found is not None and self.policy.fresh(found, _clock.monotonic()):
                 self.note("join")  # another process computed it meanwhile
                 value, arrays = found.value, found.arrays
             else:
                 generation = self.generation
                 self.note("miss")
+                if state == EARLY:
+                    self.counters.refreshes += 1
                 start = _clock.monotonic()
                 result = await self.fn(*args, **kwargs)
                 entry, keep = self.new_entry(result, start, _clock.monotonic())
@@ -517,6 +589,11 @@ class _Cache:
                 entry = table.get(key)
             else:
                 assert handle is not None
+                followed = self._follow(key)
+                if followed is _RETRY:
+                    continue
+                if followed is not _NO_FLIGHT:
+                    return followed
                 entry = self._get(handle)
             state = policy.state(entry, _clock.monotonic())
             waiter = None
@@ -532,8 +609,12 @@ class _Cache:
                     if state == FRESH:
                         pass
                     elif flight is None:
-                        own = self.thread_flights[key] = ThreadFlight()
-                    elif state != STALE and policy.single_flight:
+                        own = self.thread_flights[key] = (
+                            ThreadFlight(entry, state == STALE)
+                            if state in (STALE, EARLY)
+                            else ThreadFlight()
+                        )
+                    elif state != STALE and state != EARLY and policy.single_flight:
                         if flight.owner == threading.get_ident():
                             raise RecursionError(
                                 f"{self.name}() called itself with the arguments it is "
@@ -546,9 +627,9 @@ class _Cache:
                     table.touch(key)
                 self.note("hit")
                 return self.deliver(entry.value, entry.arrays)
-            if own is None and state == STALE:  # someone is refreshing it
+            if own is None and state in (STALE, EARLY):  # someone refreshes it
                 assert entry is not None
-                self.note("stale")
+                self.note("stale" if state == STALE else "hit")
                 return self.deliver(entry.value, entry.arrays)
             if waiter is not None:
                 self.note("join")
@@ -560,7 +641,7 @@ class _Cache:
                     raise flight.failure()
                 return self.deliver(flight.value, flight.arrays)
             try:
-                value, arrays = self._compute(key, handle, args, kwargs)
+                value, arrays = self._compute(key, handle, args, kwargs, entry, state)
             except BaseException as exc:
                 if is_fatal(exc):
                     self._settle(key, own, ABANDONED)  # wake the waiters: one computes
@@ -574,6 +655,34 @@ class _Cache:
                 raise
             self._settle(key, own, DONE, value, arrays)
             return self.deliver(value, arrays)
+
+    def _follow(self, key: Hashable) -> Any:
+        """Follow a flight of this process before asking the store (sync): its result,
+        ``_RETRY`` (its leader was cancelled), or ``_NO_FLIGHT``."""
+        if not self.policy.single_flight:
+            return _NO_FLIGHT
+        with self.lock:
+            flight = self.thread_flights.get(key)
+            if flight is None:
+                return _NO_FLIGHT
+            serving = flight.serving
+            if serving is None:
+                if flight.owner == threading.get_ident():
+                    raise RecursionError(
+                        f"{self.name}() called itself with the arguments it is "
+                        "computing: waiting for itself would never end"
+                    )
+                waiter = flight.waiter()
+        if serving is not None:
+            self.note("stale" if flight.serving_stale else "hit")
+            return self.deliver(serving.value, serving.arrays)
+        self.note("join")
+        waiter.wait()
+        if flight.state == ABANDONED:
+            return _RETRY
+        if flight.state == FAILED:
+            raise flight.failure()
+        return self.deliver(flight.value, flight.arrays)
 
     def _settle(
         self,
@@ -597,6 +706,8 @@ class _Cache:
         handle: CacheKey | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        entry: CacheEntry | None,
+        state: int,
     ) -> tuple[Any, bool]:
         if handle is None:
             generation = self.generation
@@ -608,15 +719,21 @@ class _Cache:
                 self.put_local(key, entry, generation)
             return entry.value, entry.arrays
         assert self.store is not None
+        current = entry if state in (STALE, EARLY) else None
         flight = _StoreFlight(self, handle)
-        found = flight.enter()
+        found = flight.enter(current) if self.policy.single_flight else None
         try:
-            if found is not None and self.policy.state(found, _clock.monotonic()) == FRESH:
+            if found is not None and found is current:
+                self.note("stale" if state == STALE else "hit")
+                value, arrays = found.value, found.arrays
+            elif found is not None and self.policy.fresh(found, _clock.monotonic()):
                 self.note("join")
                 value, arrays = found.value, found.arrays
             else:
                 generation = self.generation
                 self.note("miss")
+                if state == EARLY:
+                    self.counters.refreshes += 1
                 start = _clock.monotonic()
                 result = self.fn(*args, **kwargs)
                 entry, keep = self.new_entry(result, start, _clock.monotonic())
@@ -672,6 +789,7 @@ class _Cache:
             store_errors=counters.store_errors,
             size=size,
             bytes=nbytes,
+            refreshes=counters.refreshes,
         )
 
 
@@ -685,10 +803,10 @@ class _StoreFlight:
         self._handle = handle
         self._manager: Any = None
 
-    def enter(self) -> CacheEntry | None:
+    def enter(self, current: CacheEntry | None) -> CacheEntry | None:
         assert self._cache.store is not None
         manager: AbstractContextManager[CacheEntry | None] = self._cache.store.flight(
-            self._handle
+            self._handle, current
         )
         try:
             found = manager.__enter__()
@@ -708,10 +826,10 @@ class _StoreFlight:
         except Exception as failure:
             self._exit_failed(failure, exc)
 
-    async def aenter(self) -> CacheEntry | None:
+    async def aenter(self, current: CacheEntry | None) -> CacheEntry | None:
         assert self._cache.store is not None
         manager: AbstractAsyncContextManager[CacheEntry | None] = self._cache.store.aflight(
-            self._handle
+            self._handle, current
         )
         try:
             found = await manager.__aenter__()

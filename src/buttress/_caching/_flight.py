@@ -32,9 +32,14 @@ ABANDONED: Final = 3  # the computing caller was cancelled; a waiter takes over
 
 
 class _Outcome:
-    __slots__ = ("_traceback", "arrays", "error", "state", "value")
+    __slots__ = ("_traceback", "arrays", "error", "serving", "serving_stale", "state", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, serving: Any = None, serving_stale: bool = False) -> None:
+        #: An entry (``CacheEntry``) other callers get at once while this flight refreshes
+        #: it (expired within ``stale_while_revalidate``, or due for early refresh), or
+        #: ``None``: they wait for the outcome.
+        self.serving = serving
+        self.serving_stale = serving_stale
         self.state = RUNNING
         self.value: Any = None
         self.arrays = False
@@ -66,8 +71,8 @@ class Flight(_Outcome):
 
     __slots__ = ("_event",)
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, serving: Any = None, serving_stale: bool = False) -> None:
+        super().__init__(serving, serving_stale)
         self._event: anyio.Event | None = None
 
     def waiter(self) -> anyio.Event:
@@ -99,8 +104,8 @@ class ThreadFlight(_Outcome):
 
     __slots__ = ("_event", "owner")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, serving: Any = None, serving_stale: bool = False) -> None:
+        super().__init__(serving, serving_stale)
         self._event: threading.Event | None = None
         #: the computing thread: if it asks for its own key, waiting would never end
         self.owner = threading.get_ident()

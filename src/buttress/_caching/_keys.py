@@ -308,27 +308,38 @@ class CacheScope:
     """One decorated function, as the stores see it.
 
     Attributes:
-        function: the function's qualified name (what a shared store namespaces keys by).
+        function: the function's qualified name (``Model.predict``).
+        module: the module defining it (``""`` when unknown). A script's module is
+            ``"__main__"`` in every process, including those ``multiprocessing`` spawns
+            (which import it as ``__mp_main__``).
+        parameters: the parameter names, in key order.
 
     Compared by identity: two decorated functions that happen to share a qualified name
     are two scopes for an in-process store (a store shared between processes can only go
-    by the name, plus the version its user gives it).
+    by the names, plus the version its user gives it).
     """
 
-    __slots__ = ("_report", "function", "parameters")
+    __slots__ = ("_report", "function", "module", "parameters")
 
     def __init__(
         self,
         function: str,
         parameters: tuple[str, ...] = (),
         report: Callable[[str, int], None] | None = None,
+        module: str = "",
     ) -> None:
         self.function = function
         self.parameters = parameters
         self._report = report
+        self.module = "__main__" if module == "__mp_main__" else module
 
     def __repr__(self) -> str:
         return f"CacheScope({self.function!r})"
+
+    @property
+    def qualified_name(self) -> str:
+        """``module.function``: what a store shared between processes names keys by."""
+        return f"{self.module}.{self.function}" if self.module else self.function
 
     def report_eviction(self, reason: str, count: int = 1) -> None:
         """A store tells the function that ``count`` of its entries left, and why.

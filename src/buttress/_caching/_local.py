@@ -77,6 +77,13 @@ class LocalTable:
         """The entry, whatever its age, without touching recency."""
         return self.data.get(key)
 
+    def live(self, key: Hashable, now: float) -> CacheEntry | None:
+        """The entry, if it is still within the retention it was put with."""
+        entry = self.data.get(key)
+        if entry is None or self._deadlines.get(key, math.inf) <= now:
+            return None
+        return entry
+
     def touch(self, key: Hashable) -> None:
         """Mark ``key`` recently used (best effort: it may have just been evicted)."""
         try:

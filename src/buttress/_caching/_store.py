@@ -90,6 +90,11 @@ class CacheStore(abc.ABC):
     #: A short name for events and logs (``"local"``, ``"redis"``).
     name: str = "store"
 
+    #: Weight of probabilistic early refresh (XFetch) for entries of this store; ``0``
+    #: disables it. The decorator makes the decision (see ``RedisStore``); a store that
+    #: keeps the computation time (``entry.duration``) may offer it.
+    early_refresh_beta: float = 0.0
+
     # --- sync -------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -134,7 +139,9 @@ class CacheStore(abc.ABC):
     # --- optional ---------------------------------------------------------------------
 
     @contextmanager
-    def flight(self, key: CacheKey) -> Iterator[CacheEntry | None]:
+    def flight(
+        self, key: CacheKey, current: CacheEntry | None = None
+    ) -> Iterator[CacheEntry | None]:
         """Coordinate one computation of ``key`` beyond this process (sync form).
 
         The decorator enters this after a miss, in the one thread of this process that
@@ -144,12 +151,19 @@ class CacheStore(abc.ABC):
         shared between processes takes a lock here (``SET NX PX`` with renewal), waits
         for the holder's value when the lock is taken, and releases the lock on exit.
 
+        ``current`` is an entry the caller could still serve: a fresh one due for early
+        refresh, or one expired within ``stale_while_revalidate``. When another process is
+        already computing the key, yield ``current`` itself: the caller serves it at once
+        instead of waiting (that other process does the refresh).
+
         The default coordinates nothing: it yields ``None``.
         """
         yield None
 
     @asynccontextmanager
-    async def aflight(self, key: CacheKey) -> AsyncIterator[CacheEntry | None]:
+    async def aflight(
+        self, key: CacheKey, current: CacheEntry | None = None
+    ) -> AsyncIterator[CacheEntry | None]:
         """Async :meth:`flight`; must wait without blocking the event loop."""
         yield None
 
