@@ -524,9 +524,15 @@ class _Cache:
         """The answer of a call that waited for ``flight`` (counted), or ``None`` when the
         flight was abandoned by its cancelled leader and the call must decide again."""
         state = flight.state
-        if state == DONE:  # first: a stampede's thousands of waiters come this way
-            self.note("join")
-            return self.deliver(flight.value, flight.arrays), None
+        if state == DONE:
+            # note("join") and deliver(), written out: a stampede's thousands of waiters
+            # come this way at once, after the computation, when every call shows
+            self.counters.joins += 1
+            if events.active:
+                events.emit(CacheAccess(function=self.name, result="join"))
+            if flight.arrays and self.policy.copy_arrays:
+                return copy_arrays(flight.value), None
+            return flight.value, None
         if state == FAILED:
             self.note("join")
             return None, flight.failure()
