@@ -342,7 +342,7 @@ def test_mixed_calls_from_threads_each_count_once() -> None:
     plans = [[rng.randrange(20) for _ in range(calls_per_thread)] for _ in range(8)]
     barrier = threading.Barrier(len(plans), timeout=30)
 
-    @cache_result(ttl=0.002, maxsize=8, stale_while_revalidate=0.002, stale_if_error=0.05)
+    @cache_result(ttl=0.005, maxsize=12, stale_while_revalidate=0.005, stale_if_error=0.05)
     def f(x: int) -> int:
         threading.Event().wait(0.0005)  # a short real computation: threads meet in flights
         if x % 7 == 0 or rng.random() < 0.3:  # some keys always fail, some refreshes fail
