@@ -84,11 +84,11 @@ Result = Literal["hit", "miss", "join", "stale"]
 
 #: The steps the engine (:meth:`_Cache.plan`) asks a shell to carry out, each a tuple whose
 #: first item says which, and what the shell sends back.
-_GET: Final = 0  # (_GET, key): read the store -> the entry or None
+_GET: Final = 0  # (_GET, CacheKey): read the store -> the entry or None
 _WAIT: Final = 1  # (_WAIT, event): wait for another caller's computation -> None
 _CALL: Final = 2  # (_CALL,): run the function -> its result
-_ENTER: Final = 3  # (_ENTER, key): enter the store's flight -> (its manager, entry or None)
-_SET: Final = 4  # (_SET, key, entry): write the store -> None
+_ENTER: Final = 3  # (_ENTER, CacheKey): enter the store's flight -> (manager, entry or None)
+_SET: Final = 4  # (_SET, CacheKey, entry): write the store -> None
 _EXIT: Final = 5  # (_EXIT, manager, error or None): leave the store's flight -> None
 _CALL_STEP: Final = (_CALL,)
 
@@ -526,7 +526,8 @@ class _Cache:
         state = flight.state
         if state == DONE:
             # note("join") and deliver(), written out: a stampede's thousands of waiters
-            # come this way at once, after the computation, when every call shows
+            # all pass here at once when the computation ends, and the last one to be
+            # answered waits for every call made here
             self.counters.joins += 1
             if events.active:
                 events.emit(CacheAccess(function=self.name, result="join"))
