@@ -7,10 +7,11 @@ servable, a fallback on error, or dead; is a result worth storing) and :class:`_
 one or take it over, refresh early (XFetch), coordinate with a store's cross-process
 flight, fall back on error, store. It is a generator that yields steps (read the store,
 wait for this flight, run the function, write the store...) and is sent their results.
-The shells at the bottom carry the steps out, blocking a thread or awaiting, and decide
-nothing. A hit on the default in-process table never leaves the wrapper: one key (usually
-the ``args`` tuple itself), one dict lookup, one clock read; in a coroutine function,
-joining a running flight of a key with nothing stored is written out too.
+The shells at the bottom carry the steps out, blocking a thread or awaiting (the async one
+shields leaving a store's flight from cancellation), and decide nothing. A hit on the
+default in-process table never leaves the wrapper: one key (usually the ``args`` tuple
+itself), one dict lookup, one clock read; in a coroutine function, joining a running
+flight of a key with nothing stored is written out too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import (
     final,
     overload,
 )
+
+import anyio
 
 from buttress import _clock, _settings
 from buttress._errors import CacheStoreError, ConfigurationError, UnkeyableArgumentError, is_fatal
@@ -82,6 +85,11 @@ EARLY: Final = 4  # fresh, but this caller refreshes it early (XFetch); others s
 
 #: Store failures are logged at most once per this many seconds per function.
 _LOG_INTERVAL: Final = 60.0
+
+#: How long a coroutine may take to leave a store's flight (release a lock that other
+#: processes wait on) once it is cancelled; past it, the store is counted as failed and a
+#: lock left behind expires by itself (``RedisStore(lock_ttl=...)``).
+_LEAVE_GRACE: Final = 5.0
 
 Result = Literal["hit", "miss", "join", "stale"]
 
@@ -899,6 +907,60 @@ class CachedMethod(Protocol[P, R_co, PH]):
 # --- the shells ---------------------------------------------------------------------------
 
 
+async def _aenter_flight(
+    store: CacheStore, key: CacheKey, current: CacheEntry | None
+) -> tuple[tuple[Any, anyio.CancelScope], CacheEntry | None]:
+    """Enter ``store.aflight(key, current)`` inside a cancel scope that spans the flight.
+
+    Returns what the engine's ``_ENTER`` step expects: something to leave by (the manager
+    and the scope, for :func:`_aleave_flight`) and the entry the flight found.
+    """
+    # The scope is opened before the flight and closed after it, so that scopes a store
+    # opens inside its flight (a task group renewing its lock) stay nested in it.
+    scope = anyio.CancelScope()
+    scope.__enter__()
+    try:
+        manager = store.aflight(key, current)
+        found = await manager.__aenter__()
+    except BaseException as exc:
+        scope.__exit__(type(exc), exc, exc.__traceback__)  # not cancelled: swallows nothing
+        raise
+    return (manager, scope), found
+
+
+async def _aleave_flight(held: tuple[Any, anyio.CancelScope], error: BaseException | None) -> None:
+    """Leave a store's flight entered by :func:`_aenter_flight`, shielded.
+
+    Leaving releases what the flight holds (a lock other processes wait on for up to its
+    lifetime), also when the call was cancelled: within a cancelled scope (trio, anyio)
+    every await raises at once, so the store could not release it. The flight's scope is
+    shielded from the caller's cancellation for at most ``_LEAVE_GRACE`` seconds; past
+    that the leave is cut short and reported as the store's ``TimeoutError``.
+    """
+    manager, scope = held
+    scope.shield = True
+    scope.deadline = anyio.current_time() + _LEAVE_GRACE
+    try:
+        await manager.__aexit__(*_exc_info(error))
+    except BaseException as exc:
+        if scope.__exit__(type(exc), exc, exc.__traceback__):
+            pass  # the grace ran out: our own cancellation, caught
+        elif not (
+            scope.cancel_called and is_fatal(exc) and error is not None and is_fatal(error)
+        ):
+            raise
+        # else the grace ran out too, but anyio on asyncio does not swallow the scope's
+        # own cancellation once the task was cancelled inside it (it cannot tell it from
+        # a native Task.cancel()): dropped, since the call raises its own cancellation
+    else:
+        scope.__exit__(None, None, None)
+        if not scope.cancel_called:
+            return
+    raise TimeoutError(
+            f"leaving the cache store's flight took longer than {_LEAVE_GRACE:g}s"
+        )
+
+
 def _sync_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[..., Any]:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         cache = _Cache(policy, fn)
@@ -1016,7 +1078,8 @@ def _async_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...
             """Carry out the engine's steps for one call, waiting without blocking the loop.
 
             Cancelled during a step, the cancellation goes to the engine like any error
-            (it settles what it holds) and comes back out of here unchanged.
+            (it settles what it holds) and comes back out of here unchanged; leaving a
+            store's flight is shielded from it (:func:`_aleave_flight`).
             """
             steps = plan(key, entry, flights(), Flight)
             reply: Any = None
@@ -1039,10 +1102,9 @@ def _async_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...
                     elif op == _SET:
                         await store.aset(step[1], step[2], keep)
                     elif op == _ENTER:
-                        manager = store.aflight(step[1], step[2])
-                        reply = (manager, await manager.__aenter__())
+                        reply = await _aenter_flight(store, step[1], step[2])
                     else:
-                        await step[1].__aexit__(*_exc_info(step[2]))
+                        await _aleave_flight(step[1], step[2])
                 except BaseException as exc:
                     failure = exc
             if error is None:
