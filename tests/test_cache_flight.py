@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import traceback
 from typing import Any
 
@@ -12,6 +11,7 @@ import anyio
 import pytest
 import trio
 
+from _cache_support import wait_until_blocked
 from buttress import CacheAccess, LocalStore, cache_result, events
 
 
@@ -252,9 +252,7 @@ def test_threads_calling_a_plain_function_coalesce() -> None:
     threads = [threading.Thread(target=lambda: results.append(load("w"))) for _ in range(16)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 30
-    while load.cache.stats().joins < 15 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until_blocked(threads, 16)  # the leader on the gate, the others on its flight
     gate.set()
     for thread in threads:
         thread.join(30)
@@ -288,9 +286,7 @@ def test_threads_share_an_error_and_do_not_cache_it() -> None:
     threads = [threading.Thread(target=call) for _ in range(8)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 30
-    while load.cache.stats().joins < 7 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until_blocked(threads, 8)  # the leader on the gate, the others on its flight
     gate.set()
     for thread in threads:
         thread.join(30)
@@ -324,9 +320,7 @@ def test_an_interrupted_leader_thread_hands_over_to_a_waiter() -> None:
     threads = [threading.Thread(target=call) for _ in range(4)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 30
-    while load.cache.stats().joins < 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until_blocked(threads, 4)  # the leader on the gate, the others on its flight
     gate.set()
     for thread in threads:
         thread.join(30)

@@ -1,10 +1,17 @@
 """@cache_result: a TTL cache with single-flight, for ``def`` and ``async def``.
 
-The decisions live in plain code: :class:`_Policy` (is an entry fresh, stale but servable,
-a fallback on error, or dead; is a result worth storing) and :class:`_Cache` (one decorated
-function's keys, storage, counters and flights). The shells at the bottom only look up,
-wait and lock. A hit on the default in-process table never leaves the wrapper: one key
-(usually the ``args`` tuple itself), one dict lookup, one clock read.
+The decisions live in plain code, once: :class:`_Policy` (is an entry fresh, stale but
+servable, a fallback on error, or dead; is a result worth storing) and :class:`_Cache`
+(one decorated function's keys, storage, counters and flights), whose engine
+:meth:`_Cache.plan` decides everything past a fresh hit: serve stale, join a flight, lead
+one or take it over, refresh early (XFetch), coordinate with a store's cross-process
+flight, fall back on error, store. It is a generator that yields steps (read the store,
+wait for this flight, run the function, write the store...) and is sent their results.
+The shells at the bottom carry the steps out, blocking a thread or awaiting (the async one
+shields leaving a store's flight from cancellation), and decide nothing. A hit on the
+default in-process table never leaves the wrapper: one key (usually the ``args`` tuple
+itself), one dict lookup, one clock read; in a coroutine function, joining a running
+flight of a key with nothing stored is written out too.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Generator, Hashable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -27,24 +34,34 @@ from typing import (
     ParamSpec,
     Protocol,
     TypeVar,
+    cast,
     final,
     overload,
 )
+
+import anyio
 
 from buttress import _clock, _settings
 from buttress._errors import CacheStoreError, ConfigurationError, UnkeyableArgumentError, is_fatal
 from buttress._events import CacheAccess, CacheEviction, CacheStoreFailed, events
 from buttress._wrapping import function_module, function_name, wrap
 
-from ._flight import ABANDONED, DONE, FAILED, AsyncFlights, Flight, ThreadFlight
+from ._flight import (
+    ABANDONED,
+    DONE,
+    FAILED,
+    FELL_BACK,
+    AsyncFlights,
+    BaseFlight,
+    Flight,
+    ThreadFlight,
+)
 from ._keys import BindError, CacheKey, CacheScope, KeyBuilder
 from ._local import LocalTable
 from ._store import CacheEntry, CacheStore
 from ._values import copy_arrays, freeze
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager, AbstractContextManager
-
     from typing_extensions import Self
 
 __all__ = ["CacheHandle", "CacheStats", "CachedFunction", "CachedMethod", "cache_result"]
@@ -66,12 +83,33 @@ FALLBACK: Final = 2  # expired, within stale_if_error only: compute, serve it if
 ABSENT: Final = 3  # nothing usable
 EARLY: Final = 4  # fresh, but this caller refreshes it early (XFetch); others serve it
 
-#: What :meth:`_Cache._follow` returns when there is no flight, or when to look again.
-_NO_FLIGHT: Final = object()
-_RETRY: Final = object()
-
 #: Store failures are logged at most once per this many seconds per function.
 _LOG_INTERVAL: Final = 60.0
+
+#: How long a coroutine may take to leave a store's flight (release a lock that other
+#: processes wait on) once it is cancelled; past it, the store is counted as failed and a
+#: lock left behind expires by itself (``RedisStore(lock_ttl=...)``).
+_LEAVE_GRACE: Final = 5.0
+
+Result = Literal["hit", "miss", "join", "stale"]
+
+#: The steps the engine (:meth:`_Cache.plan`) asks a shell to carry out, each a tuple whose
+#: first item says which, and what the shell sends back.
+_GET: Final = 0  # (_GET, CacheKey): read the store -> the entry or None
+_WAIT: Final = 1  # (_WAIT, event): wait for another caller's computation -> None
+_CALL: Final = 2  # (_CALL,): run the function -> its result
+_ENTER: Final = 3  # (_ENTER, CacheKey, current entry or None): enter the store's flight
+#                    -> (manager, entry or None)
+_SET: Final = 4  # (_SET, CacheKey, entry): write the store -> None
+_EXIT: Final = 5  # (_EXIT, manager, error or None): leave the store's flight -> None
+_CALL_STEP: Final = (_CALL,)
+
+Step = tuple[Any, ...]
+#: How a call ends: ``(value, None)`` returns the value, ``(None, error)`` raises the error.
+Answer = tuple[Any, BaseException | None]
+#: One call's plan: yields steps, returns its answer.
+Plan = Generator[Step, Any, Answer]
+F = TypeVar("F", bound=BaseFlight)
 
 
 def refresh_early(now: float, expires: float, duration: float, beta: float, draw: float) -> bool:
@@ -91,22 +129,55 @@ def refresh_early(now: float, expires: float, duration: float, beta: float, draw
 class CacheStats:
     """A snapshot of one cached function's counters (``fn.cache.stats()``).
 
+    Every call that reads the cache counts exactly once, in ``hits``, ``misses``, ``joins``
+    or ``stale``, and is reported as one ``CacheAccess`` event whose ``result`` names that
+    same counter; so ``hits + misses + joins + stale`` is the number of such calls. A call
+    is counted when its outcome is known: a waiter when its wait ends, a leader when its
+    computation does. Calls that end before the cache is read are not counted: arguments
+    that do not fit the signature (passed on to the function as they are), an argument
+    that cannot be keyed, a store refusing the read (``CacheStoreError``) or a cancellation
+    during it; nor are ``fn.cache.bypass()`` calls.
+
     Attributes:
-        hits: calls answered from the cache.
-        misses: calls that ran the function (the single-flight leaders).
-        joins: calls that waited for another caller's computation instead.
-        stale: calls answered with an expired value on purpose
-            (``stale_while_revalidate``, or ``stale_if_error`` after a failed refresh).
-        errors: computations that raised (never cached; also those masked by
-            ``stale_if_error``).
+        hits: calls answered from a fresh entry: also while another caller refreshes it
+            early, or when another process does (a store's flight hands it back), and a
+            call whose own early refresh failed while the entry was still fresh (its
+            ``CacheAccess`` event carries that error).
+        misses: calls that ran the function themselves: a single-flight leader (also a
+            waiter that takes over from a cancelled leader, and a caller refreshing a
+            fresh entry early) or, with ``single_flight=False``, any caller that found
+            nothing fresh. Counted however the run ends (a value, an error the call
+            raises, a cancellation), except a failed run answered by an entry, which
+            counts in ``stale`` (or ``hits``, the entry still fresh).
+        joins: calls that waited for another caller's computation in this process and
+            got its value or its error (or were cancelled while waiting), and leaders
+            whose store reported, on entering its flight, that another process had just
+            computed the value.
+        stale: calls answered with an expired value on purpose: within
+            ``stale_while_revalidate`` while another caller (in this process or, through
+            a store's flight, in another) refreshes it, or within ``stale_if_error``
+            because the computation the call ran or waited for raised (its
+            ``CacheAccess`` event carries that error).
+        errors: computations that raised, once per computation however many callers
+            shared it (never cached; also those answered by ``stale_if_error``; not
+            cancellations).
         evictions: entries dropped to respect ``maxsize`` or ``max_bytes`` (a result
             larger than ``max_bytes`` on its own counts as evicted at once).
         expirations: entries dropped because they were past their ttl and stale windows.
         store_errors: failures of a ``store=`` that the call survived.
         size: entries held now (``None`` when the store cannot tell cheaply).
         bytes: bytes held now, as counted for ``max_bytes`` (``None`` likewise).
-        refreshes: misses that were probabilistic early refreshes of a value still fresh
-            (a store's ``early_refresh_beta``); they are counted in ``misses`` too.
+        refreshes: early refreshes (XFetch, for a store with ``early_refresh_beta``):
+            computations started while the entry was still fresh. Like ``errors`` they
+            count computations, not calls: the call that ran one is already counted once
+            above, in ``misses`` (or in ``hits`` if the refresh failed and the fresh entry
+            answered it), so ``refreshes`` is never added to the calls. The caller that
+            draws a refresh while another process is already refreshing computes nothing
+            and is not counted here.
+
+    The counters are plain integers bumped without a lock: exact within an event loop, and
+    between threads on CPython with the GIL; a free-threaded interpreter may lose a few
+    increments under heavy contention (the events are exact everywhere).
     """
 
     hits: int
@@ -130,9 +201,9 @@ class CacheStats:
 
 
 class _Counters:
-    # Plain attributes bumped without a lock: exact within one event loop; under heavy
-    # thread contention a few increments may be lost, which a counter can afford and a
-    # lock on the hit path cannot.
+    # Plain attributes bumped without a lock, which the hit path cannot afford. CPython
+    # with the GIL (3.10+) switches threads at calls and backward jumps, not inside
+    # ``counters.hits += 1`` on a slot; a free-threaded build may lose a few increments.
     __slots__ = (
         "errors",
         "evictions",
@@ -323,18 +394,23 @@ class _Cache:
 
     # --- reporting ----------------------------------------------------------------------
 
-    def note(self, result: Literal["hit", "miss", "join", "stale"]) -> None:
+    def note(self, result: Result, error: BaseException | None = None) -> None:
+        """Count one call's result and report it (``error``: why a stale value was served).
+
+        Called exactly once per call that read the cache; the shells count their own
+        fresh hits the same way, inline.
+        """
         counters = self.counters
-        if result == "hit":
-            counters.hits += 1
+        if result == "join":  # the commonest here: hits are mostly counted by the shells
+            counters.joins += 1
         elif result == "miss":
             counters.misses += 1
-        elif result == "join":
-            counters.joins += 1
+        elif result == "hit":
+            counters.hits += 1
         else:
             counters.stale += 1
         if events.active:
-            events.emit(CacheAccess(function=self.name, result=result))
+            events.emit(CacheAccess(function=self.name, result=result, error=error))
 
     def _evicted(self, reason: str, count: int) -> None:
         if reason == "expired":
@@ -374,6 +450,7 @@ class _Cache:
     # --- values -------------------------------------------------------------------------
 
     def deliver(self, value: Any, arrays: bool) -> Any:
+        """What one caller receives: ``value``, or a private copy of its arrays."""
         if arrays and self.policy.copy_arrays:
             return copy_arrays(value)
         return value
@@ -411,283 +488,230 @@ class _Cache:
             self.generation += 1
             self.table.clear()
 
-    def fall_back(self, entry: CacheEntry | None, exc: BaseException) -> bool:
-        """After a failed computation: may ``entry`` be served instead? (counts it)."""
-        now = _clock.monotonic()
-        if entry is not None and self.policy.fresh(entry, now):
-            # an early refresh failed while the value is still fresh: serve it as a hit
-            self.counters.hits += 1
-            if events.active:
-                events.emit(CacheAccess(function=self.name, result="hit", error=exc))
-            return True
-        if not self.policy.can_fall_back(entry, now):
-            return False
-        self.counters.stale += 1
-        if events.active:
-            events.emit(CacheAccess(function=self.name, result="stale", error=exc))
-        return True
+    # --- the engine: every decision past a fresh hit on the local table ------------------
 
-    # --- the async slow path ------------------------------------------------------------
+    def plan(
+        self,
+        key: Hashable,
+        entry: CacheEntry | None,
+        flights: dict[Hashable, F],
+        new_flight: Callable[[CacheEntry | None], F],
+    ) -> Plan:
+        """Decide how one call is answered, as steps for a shell to carry out.
 
-    async def aresolve(self, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Everything but a fresh hit on the local table: stores, stale, flights, misses."""
+        Yields steps (``_GET``, ``_WAIT``, ``_CALL``, ``_ENTER``, ``_SET``, ``_EXIT``; see
+        their definitions) and is sent each step's result, or thrown the exception the step
+        raised. Returns ``(value, None)`` or ``(None, error)``, which the shell returns or
+        raises. Errors leave as values, never raised from here: the function's own
+        ``StopIteration`` would become a ``RuntimeError`` on its way out of a generator.
+
+        ``entry`` is what the shell found in the local table (with a store, ``None``: the
+        store is read here). ``flights`` are the computations this caller may join (the
+        table the threads share, or the running event loop's); ``new_flight(found)`` makes
+        one of the same kind.
+
+        Every way through ends in exactly one :meth:`note` (what each result means is
+        told in :class:`CacheStats`), except a store refusing the read.
+        """
         policy = self.policy
         table = self.table
         handle = None if table is not None else CacheKey(self.scope, key)
         while True:
-            if table is not None:
-                entry = table.get(key)
-            else:
-                assert handle is not None
-                flight = self.flights.table().get(key)
-                if flight is not None and policy.single_flight:
-                    # follow this process's flight without a round trip to the store
-                    if flight.serving is not None:
-                        serving: CacheEntry = flight.serving
-                        self.note("stale" if flight.serving_stale else "hit")
-                        return self.deliver(serving.value, serving.arrays)
-                    self.note("join")
-                    await flight.waiter().wait()
-                    if flight.state == ABANDONED:
-                        continue
-                    if flight.state == FAILED:
-                        raise flight.failure()
-                    return self.deliver(flight.value, flight.arrays)
-                entry = await self._aget(handle)
-            state = policy.state(entry, _clock.monotonic())
+            followed: F | None = None
+            if handle is not None:
+                if policy.single_flight:
+                    followed = flights.get(key)
+                if followed is not None:
+                    # A computation of this key runs in this process: judge what its leader
+                    # found instead of asking the store (a stampede costs it one read).
+                    entry = followed.found
+                else:
+                    try:
+                        entry = yield (_GET, handle)
+                    except BaseException as exc:
+                        if not self.survives("get", exc):
+                            return None, exc  # the cache could not be read: no result to note
+                        entry = None
+            state = ABSENT if entry is None else policy.state(entry, _clock.monotonic())
+            flight = own = waiter = None
+            moved = False
+            if state != FRESH:
+                # Threads share their flights: finding one, opening one and registering as
+                # its waiter happen under the lock that settling a flight takes too.
+                with self.lock:
+                    flight = flights.get(key)
+                    if followed is not None and flight is not followed:
+                        moved = True  # the flight followed ended meanwhile: look again
+                    else:
+                        if flight is None and table is not None:
+                            entry = table.get(key)  # its leader may have stored it and left
+                            state = policy.state(entry, _clock.monotonic())
+                        if state == FRESH:
+                            pass
+                        elif flight is None:
+                            own = flights[key] = new_flight(entry)
+                        elif (
+                            state != STALE
+                            and state != EARLY
+                            and policy.single_flight
+                            and not flight.mine()
+                        ):
+                            waiter = flight.waiter()
+            if moved:
+                continue
             if state == FRESH:
                 assert entry is not None
                 if table is not None:
                     table.touch(key)
                 self.note("hit")
-                return self.deliver(entry.value, entry.arrays)
-            flights = self.flights.table()
-            flight = flights.get(key)
-            if flight is not None:
-                if state in (STALE, EARLY):  # someone is refreshing it: serve it
+                return self.deliver(entry.value, entry.arrays), None
+            if flight is not None:  # another caller is computing this key
+                if state in (STALE, EARLY):  # serve what we have while it refreshes
                     assert entry is not None
                     self.note("stale" if state == STALE else "hit")
-                    return self.deliver(entry.value, entry.arrays)
+                    return self.deliver(entry.value, entry.arrays), None
                 if policy.single_flight:
-                    self.note("join")
-                    await flight.waiter().wait()
-                    if flight.state == ABANDONED:
-                        continue  # its leader was cancelled: look again, maybe lead
-                    if flight.state == FAILED:
-                        raise flight.failure()
-                    return self.deliver(flight.value, flight.arrays)
-            own: Flight | None = None
-            if flight is None:
-                if state in (STALE, EARLY):
-                    own = flights[key] = Flight(entry, state == STALE)
-                else:
-                    own = flights[key] = Flight()
-            try:
-                value, arrays = await self._acompute(key, handle, args, kwargs, entry, state)
-            except BaseException as exc:
-                if own is not None and flights.get(key) is own:
-                    del flights[key]
-                if is_fatal(exc):
-                    if own is not None:
-                        own.settle(ABANDONED)  # wake the waiters: one of them computes
-                    raise
-                self.counters.errors += 1
-                if self.fall_back(entry, exc):
-                    assert entry is not None
-                    if own is not None:
-                        own.settle(DONE, entry.value, entry.arrays)
-                    return self.deliver(entry.value, entry.arrays)
-                if own is not None:
-                    own.settle(FAILED, error=exc)
-                raise
-            if own is not None:
-                if flights.get(key) is own:
-                    del flights[key]
-                own.settle(DONE, value, arrays)
-            return self.deliver(value, arrays)
+                    if waiter is None:
+                        self.note("join")
+                        return None, RecursionError(
+                            f"{self.name}() called itself with the arguments it is "
+                            "computing: waiting for itself would never end"
+                        )
+                    try:
+                        yield (_WAIT, waiter)
+                    except BaseException as exc:
+                        return self.left(exc)
+                    answer = self.joined(flight)
+                    if answer is not None:
+                        return answer
+                    if table is not None:  # its leader was cancelled: decide again
+                        entry = table.get(key)
+                    continue
+            # lead the flight just opened or, with single_flight=False, compute alongside
+            return (yield from self._compute(key, handle, entry, state, flights, own))
 
-    async def _acompute(
+    def joined(self, flight: BaseFlight) -> Answer | None:
+        """The answer of a call that waited for ``flight`` (counted), or ``None`` when the
+        flight was abandoned by its cancelled leader and the call must decide again."""
+        state = flight.state
+        if state == DONE:
+            # note("join") and deliver(), written out: a stampede's thousands of waiters
+            # all pass here at once when the computation ends, and the last one to be
+            # answered waits for every call made here
+            self.counters.joins += 1
+            if events.active:
+                events.emit(CacheAccess(function=self.name, result="join"))
+            if flight.arrays and self.policy.copy_arrays:
+                return copy_arrays(flight.value), None
+            return flight.value, None
+        if state == FAILED:
+            self.note("join")
+            return None, flight.failure()
+        if state == FELL_BACK:
+            self.note("stale", flight.error)
+            return self.deliver(flight.value, flight.arrays), None
+        return None  # ABANDONED
+
+    def left(self, cancelled: BaseException) -> Answer:
+        """The answer of a call cancelled while waiting for a flight: it counts as the join
+        it was, and the flight goes on for the others."""
+        self.note("join")
+        return None, cancelled
+
+    def _compute(
         self,
         key: Hashable,
         handle: CacheKey | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
         entry: CacheEntry | None,
         state: int,
-    ) -> tuple[Any, bool]:
-        """Run the function (the leader does this) and store the result.
+        flights: dict[Hashable, F],
+        own: F | None,
+    ) -> Plan:
+        """Run the function and store its result; settle ``own`` flight if leading one.
 
-        ``entry`` is what the lookup found, in ``state``: a STALE or EARLY entry is offered
-        to the store's flight, which hands it back when another process is refreshing.
+        ``entry`` is what the lookup found, in ``state``: a failure may be answered with it,
+        and a store's flight is offered it if it is servable (STALE or EARLY), to hand it
+        back when another process is already refreshing it.
         """
-        if handle is None:
-            generation = self.generation
-            self.note("miss")
-            start = _clock.monotonic()
-            value = await self.fn(*args, **kwargs)
-            entry, keep = self.new_entry(value, start, _clock.monotonic())
-            if keep:
-                self.put_local(key, entry, generation)
-            return entry.value, entry.arrays
-        assert self.store is not None
-        current = entry if state in (STALE, EARLY) else None
-        flight = _StoreFlight(self, handle)
-        # single_flight=False: concurrent misses each compute, across processes too
-        found = await flight.aenter(current) if self.policy.single_flight else None
-        try:
-            if found is not None and found is current:
-                self.note("stale" if state == STALE else "hit")  # refreshed elsewhere
-                value, arrays = found.value, found.arrays
-            elif found is not None and self.policy.fresh(found, _clock.monotonic()):
-                self.note("join")  # another process computed it meanwhile
-                value, arrays = found.value, found.arrays
-            else:
-                generation = self.generation
-                self.note("miss")
-                if state == EARLY:
-                    self.counters.refreshes += 1
-                start = _clock.monotonic()
-                result = await self.fn(*args, **kwargs)
-                entry, keep = self.new_entry(result, start, _clock.monotonic())
-                if keep and generation == self.generation:
-                    await self._aset(handle, entry)
-                value, arrays = entry.value, entry.arrays
-        except BaseException as exc:
-            await flight.aexit(exc)
-            raise
-        await flight.aexit(None)
-        return value, arrays
-
-    async def _aget(self, handle: CacheKey) -> CacheEntry | None:
-        assert self.store is not None
-        try:
-            return await self.store.aget(handle)
-        except (CacheStoreError, UnkeyableArgumentError):
-            raise
-        except Exception as exc:
-            self.store_failed("get", exc)
-            return None
-
-    async def _aset(self, handle: CacheKey, entry: CacheEntry) -> None:
-        assert self.store is not None
-        try:
-            await self.store.aset(handle, entry, self.policy.keep)
-        except (CacheStoreError, UnkeyableArgumentError):
-            raise
-        except Exception as exc:
-            self.store_failed("set", exc)
-
-    # --- the sync slow path -------------------------------------------------------------
-
-    def resolve(self, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The sync twin of :meth:`aresolve`: threads coalesce on a ``threading.Event``."""
         policy = self.policy
-        table = self.table
-        handle = None if table is not None else CacheKey(self.scope, key)
-        while True:
-            if table is not None:
-                entry = table.get(key)
-            else:
-                assert handle is not None
-                followed = self._follow(key)
-                if followed is _RETRY:
-                    continue
-                if followed is not _NO_FLIGHT:
-                    return followed
-                entry = self._get(handle)
-            state = policy.state(entry, _clock.monotonic())
-            waiter = None
-            flight: ThreadFlight | None = None
-            own: ThreadFlight | None = None
-            if state != FRESH:
-                with self.lock:
-                    flight = self.thread_flights.get(key)
-                    if flight is None and table is not None:
-                        # a leader may have stored its result and left since our lookup
-                        entry = table.get(key)
-                        state = policy.state(entry, _clock.monotonic())
-                    if state == FRESH:
-                        pass
-                    elif flight is None:
-                        own = self.thread_flights[key] = (
-                            ThreadFlight(entry, state == STALE)
-                            if state in (STALE, EARLY)
-                            else ThreadFlight()
-                        )
-                    elif state != STALE and state != EARLY and policy.single_flight:
-                        if flight.owner == threading.get_ident():
-                            raise RecursionError(
-                                f"{self.name}() called itself with the arguments it is "
-                                "computing: waiting for itself would never end"
-                            )
-                        waiter = flight.waiter()
-            if state == FRESH:
-                assert entry is not None
-                if table is not None:
-                    table.touch(key)
-                self.note("hit")
-                return self.deliver(entry.value, entry.arrays)
-            if own is None and state in (STALE, EARLY):  # someone refreshes it
-                assert entry is not None
-                self.note("stale" if state == STALE else "hit")
-                return self.deliver(entry.value, entry.arrays)
-            if waiter is not None:
-                self.note("join")
-                waiter.wait()
-                assert flight is not None
-                if flight.state == ABANDONED:
-                    continue
-                if flight.state == FAILED:
-                    raise flight.failure()
-                return self.deliver(flight.value, flight.arrays)
+        result: Result = "miss"
+        try:
+            manager = found = None
+            current = entry if state in (STALE, EARLY) else None
+            # single_flight=False: concurrent misses each compute, across processes too
+            if handle is not None and policy.single_flight:
+                try:
+                    manager, found = yield (_ENTER, handle, current)
+                except BaseException as exc:
+                    if not self.survives("flight", exc):
+                        raise
             try:
-                value, arrays = self._compute(key, handle, args, kwargs, entry, state)
+                if found is not None and (
+                    found is current or policy.fresh(found, _clock.monotonic())
+                ):
+                    # another process is refreshing it (the store handed ours back), or
+                    # has just computed it
+                    fresh = found
+                    result = ("stale" if state == STALE else "hit") if found is current else "join"
+                else:
+                    if state == EARLY:
+                        self.counters.refreshes += 1
+                    generation = self.generation
+                    start = _clock.monotonic()
+                    value = yield _CALL_STEP
+                    fresh, keep = self.new_entry(value, start, _clock.monotonic())
+                    if keep and handle is None:
+                        self.put_local(key, fresh, generation)
+                    elif keep and generation == self.generation:
+                        try:
+                            yield (_SET, handle, fresh)
+                        except BaseException as exc:
+                            if not self.survives("set", exc):
+                                raise
             except BaseException as exc:
-                if is_fatal(exc):
-                    self._settle(key, own, ABANDONED)  # wake the waiters: one computes
-                    raise
-                self.counters.errors += 1
-                if self.fall_back(entry, exc):
-                    assert entry is not None
-                    self._settle(key, own, DONE, entry.value, entry.arrays)
-                    return self.deliver(entry.value, entry.arrays)
-                self._settle(key, own, FAILED, error=exc)
+                if manager is not None:
+                    yield from self._leave(manager, exc)
                 raise
-            self._settle(key, own, DONE, value, arrays)
-            return self.deliver(value, arrays)
+            if manager is not None:
+                yield from self._leave(manager, None)
+        except BaseException as exc:
+            if is_fatal(exc):  # cancelled: wake the waiters, one of them computes instead
+                self._settle(key, flights, own, ABANDONED)
+                self.note(result)
+                return None, exc
+            self.counters.errors += 1
+            now = _clock.monotonic()
+            if entry is not None and policy.fresh(entry, now):
+                # an early refresh failed while the entry is still fresh: it answers the call
+                # as it would have without the refresh (a waiter, if any, joins it)
+                self._settle(key, flights, own, DONE, entry.value, entry.arrays)
+                self.note("hit", exc)
+                return self.deliver(entry.value, entry.arrays), None
+            if policy.can_fall_back(entry, now):
+                assert entry is not None
+                self._settle(key, flights, own, FELL_BACK, entry.value, entry.arrays, exc)
+                self.note("stale", exc)
+                return self.deliver(entry.value, entry.arrays), None
+            self._settle(key, flights, own, FAILED, error=exc)
+            self.note(result)
+            return None, exc
+        self._settle(key, flights, own, DONE, fresh.value, fresh.arrays)
+        self.note(result)
+        return self.deliver(fresh.value, fresh.arrays), None
 
-    def _follow(self, key: Hashable) -> Any:
-        """Follow a flight of this process before asking the store (sync): its result,
-        ``_RETRY`` (its leader was cancelled), or ``_NO_FLIGHT``."""
-        if not self.policy.single_flight:
-            return _NO_FLIGHT
-        with self.lock:
-            flight = self.thread_flights.get(key)
-            if flight is None:
-                return _NO_FLIGHT
-            serving = flight.serving
-            if serving is None:
-                if flight.owner == threading.get_ident():
-                    raise RecursionError(
-                        f"{self.name}() called itself with the arguments it is "
-                        "computing: waiting for itself would never end"
-                    )
-                waiter = flight.waiter()
-        if serving is not None:
-            self.note("stale" if flight.serving_stale else "hit")
-            return self.deliver(serving.value, serving.arrays)
-        self.note("join")
-        waiter.wait()
-        if flight.state == ABANDONED:
-            return _RETRY
-        if flight.state == FAILED:
-            raise flight.failure()
-        return self.deliver(flight.value, flight.arrays)
+    def _leave(self, manager: object, error: BaseException | None) -> Generator[Step, Any, None]:
+        """Leave the store's flight; a failure to leave is survived unless it must not be."""
+        try:
+            yield (_EXIT, manager, error)
+        except BaseException as exc:
+            if exc is not error and not self.survives("flight", exc):
+                raise
 
     def _settle(
         self,
         key: Hashable,
-        own: ThreadFlight | None,
+        flights: dict[Hashable, F],
+        own: F | None,
         state: int,
         value: Any = None,
         arrays: bool = False,
@@ -696,74 +720,20 @@ class _Cache:
         if own is None:
             return
         with self.lock:
-            if self.thread_flights.get(key) is own:
-                del self.thread_flights[key]
+            if flights.get(key) is own:
+                del flights[key]
             own.settle(state, value, arrays, error)
 
-    def _compute(
-        self,
-        key: Hashable,
-        handle: CacheKey | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        entry: CacheEntry | None,
-        state: int,
-    ) -> tuple[Any, bool]:
-        if handle is None:
-            generation = self.generation
-            self.note("miss")
-            start = _clock.monotonic()
-            value = self.fn(*args, **kwargs)
-            entry, keep = self.new_entry(value, start, _clock.monotonic())
-            if keep:
-                self.put_local(key, entry, generation)
-            return entry.value, entry.arrays
-        assert self.store is not None
-        current = entry if state in (STALE, EARLY) else None
-        flight = _StoreFlight(self, handle)
-        found = flight.enter(current) if self.policy.single_flight else None
-        try:
-            if found is not None and found is current:
-                self.note("stale" if state == STALE else "hit")
-                value, arrays = found.value, found.arrays
-            elif found is not None and self.policy.fresh(found, _clock.monotonic()):
-                self.note("join")
-                value, arrays = found.value, found.arrays
-            else:
-                generation = self.generation
-                self.note("miss")
-                if state == EARLY:
-                    self.counters.refreshes += 1
-                start = _clock.monotonic()
-                result = self.fn(*args, **kwargs)
-                entry, keep = self.new_entry(result, start, _clock.monotonic())
-                if keep and generation == self.generation:
-                    self._set(handle, entry)
-                value, arrays = entry.value, entry.arrays
-        except BaseException as exc:
-            flight.exit(exc)
-            raise
-        flight.exit(None)
-        return value, arrays
-
-    def _get(self, handle: CacheKey) -> CacheEntry | None:
-        assert self.store is not None
-        try:
-            return self.store.get(handle)
-        except (CacheStoreError, UnkeyableArgumentError):
-            raise
-        except Exception as exc:
-            self.store_failed("get", exc)
-            return None
-
-    def _set(self, handle: CacheKey, entry: CacheEntry) -> None:
-        assert self.store is not None
-        try:
-            self.store.set(handle, entry, self.policy.keep)
-        except (CacheStoreError, UnkeyableArgumentError):
-            raise
-        except Exception as exc:
-            self.store_failed("set", exc)
+    def survives(self, operation: str, exc: BaseException) -> bool:
+        """Whether the call goes on without the store after ``exc`` (counted and reported
+        if so). A store fails closed by raising ``CacheStoreError``; an argument it cannot
+        key and cancellation reach the caller too."""
+        if not isinstance(exc, Exception) or isinstance(
+            exc, (CacheStoreError, UnkeyableArgumentError)
+        ):
+            return False
+        self.store_failed(operation, exc)
+        return True
 
     # --- the handle's operations ----------------------------------------------------------
 
@@ -791,70 +761,6 @@ class _Cache:
             bytes=nbytes,
             refreshes=counters.refreshes,
         )
-
-
-class _StoreFlight:
-    """Enter and leave a store's cross-process flight, surviving the store's failures."""
-
-    __slots__ = ("_cache", "_handle", "_manager")
-
-    def __init__(self, cache: _Cache, handle: CacheKey) -> None:
-        self._cache = cache
-        self._handle = handle
-        self._manager: Any = None
-
-    def enter(self, current: CacheEntry | None) -> CacheEntry | None:
-        assert self._cache.store is not None
-        manager: AbstractContextManager[CacheEntry | None] = self._cache.store.flight(
-            self._handle, current
-        )
-        try:
-            found = manager.__enter__()
-        except (CacheStoreError, UnkeyableArgumentError):
-            raise
-        except Exception as exc:
-            self._cache.store_failed("flight", exc)
-            return None
-        self._manager = manager
-        return found
-
-    def exit(self, exc: BaseException | None) -> None:
-        if self._manager is None:
-            return
-        try:
-            self._manager.__exit__(*_exc_info(exc))
-        except Exception as failure:
-            self._exit_failed(failure, exc)
-
-    async def aenter(self, current: CacheEntry | None) -> CacheEntry | None:
-        assert self._cache.store is not None
-        manager: AbstractAsyncContextManager[CacheEntry | None] = self._cache.store.aflight(
-            self._handle, current
-        )
-        try:
-            found = await manager.__aenter__()
-        except (CacheStoreError, UnkeyableArgumentError):
-            raise
-        except Exception as exc:
-            self._cache.store_failed("flight", exc)
-            return None
-        self._manager = manager
-        return found
-
-    async def aexit(self, exc: BaseException | None) -> None:
-        if self._manager is None:
-            return
-        try:
-            await self._manager.__aexit__(*_exc_info(exc))
-        except Exception as failure:
-            self._exit_failed(failure, exc)
-
-    def _exit_failed(self, failure: Exception, exc: BaseException | None) -> None:
-        if failure is exc:
-            return  # the body's own error passed through: the caller re-raises it
-        if isinstance(failure, (CacheStoreError, UnkeyableArgumentError)):
-            raise failure
-        self._cache.store_failed("flight", failure)
 
 
 def _exc_info(
@@ -1001,17 +907,111 @@ class CachedMethod(Protocol[P, R_co, PH]):
 # --- the shells ---------------------------------------------------------------------------
 
 
+async def _aenter_flight(
+    store: CacheStore, key: CacheKey, current: CacheEntry | None
+) -> tuple[tuple[Any, anyio.CancelScope], CacheEntry | None]:
+    """Enter ``store.aflight(key, current)`` inside a cancel scope that spans the flight.
+
+    Returns what the engine's ``_ENTER`` step expects: something to leave by (the manager
+    and the scope, for :func:`_aleave_flight`) and the entry the flight found.
+    """
+    # The scope is opened before the flight and closed after it, so that scopes a store
+    # opens inside its flight (a task group renewing its lock) stay nested in it.
+    scope = anyio.CancelScope()
+    scope.__enter__()
+    try:
+        manager = store.aflight(key, current)
+        found = await manager.__aenter__()
+    except BaseException as exc:
+        scope.__exit__(type(exc), exc, exc.__traceback__)  # not cancelled: swallows nothing
+        raise
+    return (manager, scope), found
+
+
+async def _aleave_flight(held: tuple[Any, anyio.CancelScope], error: BaseException | None) -> None:
+    """Leave a store's flight entered by :func:`_aenter_flight`, shielded.
+
+    Leaving releases what the flight holds (a lock other processes wait on for up to its
+    lifetime), also when the call was cancelled: within a cancelled scope (trio, anyio)
+    every await raises at once, so the store could not release it. The flight's scope is
+    shielded from the caller's cancellation for at most ``_LEAVE_GRACE`` seconds; past
+    that the leave is cut short and reported as the store's ``TimeoutError``.
+    """
+    manager, scope = held
+    scope.shield = True
+    scope.deadline = anyio.current_time() + _LEAVE_GRACE
+    try:
+        await manager.__aexit__(*_exc_info(error))
+    except BaseException as exc:
+        if scope.__exit__(type(exc), exc, exc.__traceback__):
+            pass  # the grace ran out: our own cancellation, caught
+        elif not (
+            scope.cancel_called and is_fatal(exc) and error is not None and is_fatal(error)
+        ):
+            raise
+        # else the grace ran out too, but anyio on asyncio does not swallow the scope's
+        # own cancellation once the task was cancelled inside it (it cannot tell it from
+        # a native Task.cancel()): dropped, since the call raises its own cancellation
+    else:
+        scope.__exit__(None, None, None)
+        if not scope.cancel_called:
+            return
+    raise TimeoutError(
+            f"leaving the cache store's flight took longer than {_LEAVE_GRACE:g}s"
+        )
+
+
 def _sync_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[..., Any]:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         cache = _Cache(policy, fn)
         handle._bind(cache)
         builder = cache.builder
         arity, tail, bind = builder.arity, builder.tail, builder.build
-        resolve = cache.resolve
+        plan, flights = cache.plan, cache.thread_flights
+        store = cast("CacheStore", cache.store)  # the engine asks for it only when there is one
+        keep = policy.keep
         counters = cache.counters
         name = cache.name
         copying = policy.copy_arrays
         table = cache.table
+
+        def resolve(
+            key: Hashable, entry: CacheEntry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            """Carry out the engine's steps for one call, blocking this thread."""
+            steps = plan(key, entry, flights, ThreadFlight)
+            reply: Any = None
+            failure: BaseException | None = None
+            while True:
+                try:
+                    step = steps.send(reply) if failure is None else steps.throw(failure)
+                except StopIteration as end:
+                    value, error = end.value
+                    break
+                reply = failure = None
+                try:
+                    op = step[0]
+                    if op == _CALL:
+                        reply = fn(*args, **kwargs)
+                    elif op == _WAIT:
+                        step[1].wait()
+                    elif op == _GET:
+                        reply = store.get(step[1])
+                    elif op == _SET:
+                        store.set(step[1], step[2], keep)
+                    elif op == _ENTER:
+                        manager = store.flight(step[1], step[2])
+                        reply = (manager, manager.__enter__())
+                    else:
+                        step[1].__exit__(*_exc_info(step[2]))
+                except BaseException as exc:
+                    failure = exc
+            if error is None:
+                return value
+            try:
+                raise error
+            finally:
+                error = None  # no cycle through this frame's locals
 
         if table is None:
 
@@ -1020,7 +1020,7 @@ def _sync_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...,
                     key = cache.key(args, kwargs)
                 except BindError:
                     return fn(*args, **kwargs)  # let the function say what is wrong
-                return resolve(key, args, kwargs)
+                return resolve(key, None, args, kwargs)
 
             return cache_wrapper_store
 
@@ -1051,7 +1051,7 @@ def _sync_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...,
                 if copying and entry.arrays:
                     return copy_arrays(entry.value)
                 return entry.value
-            return resolve(key, args, kwargs)
+            return resolve(key, entry, args, kwargs)
 
         return cache_wrapper
 
@@ -1064,11 +1064,55 @@ def _async_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...
         handle._bind(cache)
         builder = cache.builder
         arity, tail, bind = builder.arity, builder.tail, builder.build
-        resolve = cache.aresolve
+        plan, flights = cache.plan, cache.flights.table
+        store = cast("CacheStore", cache.store)  # the engine asks for it only when there is one
+        keep = policy.keep
         counters = cache.counters
         name = cache.name
         copying = policy.copy_arrays
         table = cache.table
+
+        async def resolve(
+            key: Hashable, entry: CacheEntry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            """Carry out the engine's steps for one call, waiting without blocking the loop.
+
+            Cancelled during a step, the cancellation goes to the engine like any error
+            (it settles what it holds) and comes back out of here unchanged; leaving a
+            store's flight is shielded from it (:func:`_aleave_flight`).
+            """
+            steps = plan(key, entry, flights(), Flight)
+            reply: Any = None
+            failure: BaseException | None = None
+            while True:
+                try:
+                    step = steps.send(reply) if failure is None else steps.throw(failure)
+                except StopIteration as end:
+                    value, error = end.value
+                    break
+                reply = failure = None
+                try:
+                    op = step[0]
+                    if op == _CALL:
+                        reply = await fn(*args, **kwargs)
+                    elif op == _WAIT:
+                        await step[1].wait()
+                    elif op == _GET:
+                        reply = await store.aget(step[1])
+                    elif op == _SET:
+                        await store.aset(step[1], step[2], keep)
+                    elif op == _ENTER:
+                        reply = await _aenter_flight(store, step[1], step[2])
+                    else:
+                        await _aleave_flight(step[1], step[2])
+                except BaseException as exc:
+                    failure = exc
+            if error is None:
+                return value
+            try:
+                raise error
+            finally:
+                error = None  # no cycle through this frame's locals
 
         if table is None:
 
@@ -1077,19 +1121,18 @@ def _async_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...
                     key = cache.key(args, kwargs)
                 except BindError:
                     return await fn(*args, **kwargs)
-                return await resolve(key, args, kwargs)
+                return await resolve(key, None, args, kwargs)
 
             return cache_wrapper_store
 
         lookup = table.data.get
         touch = table.data.move_to_end
-        flights = cache.flights.table
         joining = policy.single_flight
+        joined, left = cache.joined, cache.left
 
         async def cache_wrapper(*args: Any, **kwargs: Any) -> Any:
             # The hit path, written out: building the key and finding a fresh entry cost
-            # about as much as the await itself. Joining a flight on a cold key is written
-            # out too, so that a stampede's thousands of waiters each cost little.
+            # about as much as the await itself.
             if kwargs or len(args) != arity:
                 try:
                     key: Hashable = bind(args, kwargs)
@@ -1114,20 +1157,25 @@ def _async_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[...
                     return copy_arrays(entry.value)
                 return entry.value
             if entry is None and joining:
+                # A stampede's path, written out like the hit: for a key with nothing stored
+                # and a flight running in this loop, plan() would decide to join (a flight of
+                # this loop is never this caller's own), and each of thousands of waiters
+                # would pay for a generator. What the wait brought is the engine's to say.
                 flight = flights().get(key)
                 if flight is not None:
-                    counters.joins += 1
-                    if events.active:
-                        events.emit(CacheAccess(function=name, result="join"))
-                    await flight.waiter().wait()
-                    if flight.state == DONE:
-                        if copying and flight.arrays:
-                            return copy_arrays(flight.value)
-                        return flight.value
-                    if flight.state == FAILED:
-                        raise flight.failure()
-                    # abandoned by its cancelled leader: the full path decides who leads
-            return await resolve(key, args, kwargs)
+                    answer: Answer | None
+                    try:
+                        await flight.waiter().wait()
+                    except BaseException as exc:
+                        answer = left(exc)
+                    else:
+                        answer = joined(flight)
+                    if answer is not None:
+                        if answer[1] is None:
+                            return answer[0]
+                        raise answer[1]
+                    entry = lookup(key)  # abandoned by its cancelled leader: decide again
+            return await resolve(key, entry, args, kwargs)
 
         return cache_wrapper
 

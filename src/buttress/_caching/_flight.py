@@ -1,14 +1,15 @@
 """Single-flight: while one caller computes a key, the others wait for its outcome.
 
 A flight is one computation of one key. Its outcome is a value, an error (given to every
-waiter, never cached) or *abandoned*: the computing caller was cancelled, and the waiters
-wake up to let one of them compute instead. Nothing is created before it is needed: the
-event a flight's waiters sleep on is made by the first waiter, inside the running loop.
+waiter, never cached), an expired value standing in for an error (``stale_if_error``) or
+*abandoned*: the computing caller was cancelled, and the waiters wake up to let one of them
+compute instead. Nothing is created before it is needed: the event a flight's waiters sleep
+on is made by the first waiter, inside the running loop.
 
 Coroutine functions keep one flight table per event loop (an ``anyio`` ``RunVar``), so the
 same decorated function works under ``asyncio.run`` twice, in threads that each run their
 own loop, and on trio. Plain functions share one table between threads, guarded by the
-function's ``threading.Lock``.
+function's lock.
 """
 
 from __future__ import annotations
@@ -18,41 +19,83 @@ import threading
 import weakref
 from collections.abc import Hashable
 from types import TracebackType
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 from anyio.lowlevel import RunVar
 
-__all__ = ["ABANDONED", "DONE", "FAILED", "RUNNING", "AsyncFlights", "Flight", "ThreadFlight"]
+if TYPE_CHECKING:
+    from ._store import CacheEntry
+
+__all__ = [
+    "ABANDONED",
+    "DONE",
+    "FAILED",
+    "FELL_BACK",
+    "RUNNING",
+    "AsyncFlights",
+    "BaseFlight",
+    "Flight",
+    "ThreadFlight",
+]
 
 RUNNING: Final = 0
 DONE: Final = 1  # ``value`` holds the (frozen) result
 FAILED: Final = 2  # ``error`` holds the exception every waiter raises
 ABANDONED: Final = 3  # the computing caller was cancelled; a waiter takes over
+FELL_BACK: Final = 4  # the computation raised ``error``; ``value`` is the expired value
+#                       served in its place (``stale_if_error``)
 
 
-class _Outcome:
-    __slots__ = ("_traceback", "arrays", "error", "serving", "serving_stale", "state", "value")
+class BaseFlight:
+    """One computation of one key, and how it ended.
 
-    def __init__(self, serving: Any = None, serving_stale: bool = False) -> None:
-        #: An entry (``CacheEntry``) other callers get at once while this flight refreshes
-        #: it (expired within ``stale_while_revalidate``, or due for early refresh), or
-        #: ``None``: they wait for the outcome.
-        self.serving = serving
-        self.serving_stale = serving_stale
+    :meth:`settle` records the outcome and wakes the waiters; subclasses say what a waiter
+    sleeps on (:meth:`waiter`) and whether the current caller is the one computing
+    (:meth:`mine`).
+    """
+
+    __slots__ = ("_event", "_traceback", "arrays", "error", "found", "state", "value")
+
+    def __init__(self, found: CacheEntry | None = None) -> None:
+        #: What the computing caller found before it started (an entry of any age, or
+        #: ``None``). Callers of this process that come while it computes judge this entry
+        #: instead of asking a shared store again: served while fresh or within
+        #: ``stale_while_revalidate``, waited for otherwise.
+        self.found = found
         self.state = RUNNING
         self.value: Any = None
         self.arrays = False
         self.error: BaseException | None = None
         self._traceback: TracebackType | None = None
+        # an anyio.Event or a threading.Event, as the subclass makes it
+        self._event: Any = None
 
-    def _settle(self, state: int, value: Any, arrays: bool, error: BaseException | None) -> None:
+    def waiter(self) -> Any:
+        """What a waiter sleeps on (``anyio.Event`` or ``threading.Event``); its
+        ``wait()`` returns once the flight settles."""
+        raise NotImplementedError
+
+    def mine(self) -> bool:
+        """Whether the caller asking is the one computing (waiting would never end)."""
+        return False
+
+    def settle(
+        self,
+        state: int,
+        value: Any = None,
+        arrays: bool = False,
+        error: BaseException | None = None,
+    ) -> None:
+        """Record the outcome and wake every waiter."""
         self.state = state
         self.value = value
         self.arrays = arrays
         self.error = error
         if error is not None:
             self._traceback = error.__traceback__
+        if self._event is not None:
+            self._event.set()
 
     def failure(self) -> BaseException:
         """The error to raise in a waiter, carrying the computation's own traceback.
@@ -66,72 +109,48 @@ class _Outcome:
 
 
 @final
-class Flight(_Outcome):
+class Flight(BaseFlight):
     """One computation in one event loop."""
 
-    __slots__ = ("_event",)
-
-    def __init__(self, serving: Any = None, serving_stale: bool = False) -> None:
-        super().__init__(serving, serving_stale)
-        self._event: anyio.Event | None = None
+    __slots__ = ()
 
     def waiter(self) -> anyio.Event:
         """The event that is set when the flight settles (made by the first waiter, in
         its loop). Cancelling a waiter touches nothing shared."""
         if self._event is None:
             self._event = anyio.Event()
-        return self._event
-
-    def settle(
-        self,
-        state: int,
-        value: Any = None,
-        arrays: bool = False,
-        error: BaseException | None = None,
-    ) -> None:
-        self._settle(state, value, arrays, error)
-        if self._event is not None:
-            self._event.set()
+        return self._event  # type: ignore[no-any-return]
 
 
 @final
-class ThreadFlight(_Outcome):
+class ThreadFlight(BaseFlight):
     """One computation by one thread; the others block on a ``threading.Event``.
 
     Both :meth:`waiter` and :meth:`settle` are called with the owner's lock held, so a
     waiter that registers after the outcome is known cannot miss it.
     """
 
-    __slots__ = ("_event", "owner")
+    __slots__ = ("owner",)
 
-    def __init__(self, serving: Any = None, serving_stale: bool = False) -> None:
-        super().__init__(serving, serving_stale)
-        self._event: threading.Event | None = None
+    def __init__(self, found: CacheEntry | None = None) -> None:
+        super().__init__(found)
         #: the computing thread: if it asks for its own key, waiting would never end
         self.owner = threading.get_ident()
 
     def waiter(self) -> threading.Event:
         if self._event is None:
             self._event = threading.Event()
-        return self._event
+        return self._event  # type: ignore[no-any-return]
 
-    def settle(
-        self,
-        state: int,
-        value: Any = None,
-        arrays: bool = False,
-        error: BaseException | None = None,
-    ) -> None:
-        self._settle(state, value, arrays, error)
-        if self._event is not None:
-            self._event.set()
+    def mine(self) -> bool:
+        return self.owner == threading.get_ident()
 
 
 @final
 class AsyncFlights:
     """The flights of one decorated coroutine function, one table per running event loop."""
 
-    __slots__ = ("_by_loop", "_lock", "_var")
+    __slots__ = ("_by_loop", "_last", "_lock", "_var")
 
     def __init__(self, function: str) -> None:
         # A RunVar is no loop-bound primitive: it only names per-loop storage, which anyio
@@ -142,6 +161,13 @@ class AsyncFlights:
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, Flight]]
         self._by_loop = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        # The last asyncio loop and its table: a stampede's waiters all ask from one loop,
+        # and calling a weak reference is cheaper than a WeakKeyDictionary lookup (which
+        # makes one each time). Replaced as a whole tuple, so threads running other loops
+        # only ever read a consistent pair; it holds the last table (empty once its flights
+        # are over) until another loop asks.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], dict[Hashable, Flight]] | None
+        self._last = None
 
     def table(self) -> dict[Hashable, Flight]:
         """This loop's table (made on first use). Only this loop's thread touches it."""
@@ -152,10 +178,14 @@ class AsyncFlights:
         # Inside an asyncio task, asyncio runs this code; otherwise (trio, also as a guest
         # of an asyncio loop) anyio's RunVar finds the loop that does.
         if loop is not None and asyncio.current_task(loop) is not None:
+            last = self._last
+            if last is not None and last[0]() is loop:
+                return last[1]
             table = self._by_loop.get(loop)
             if table is None:
                 with self._lock:  # loops in other threads may add theirs meanwhile
                     table = self._by_loop.setdefault(loop, {})
+            self._last = (weakref.ref(loop), table)
             return table
         table = self._var.get(None)
         if table is None:
