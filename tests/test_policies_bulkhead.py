@@ -271,7 +271,10 @@ def test_sync_functions_queue_fairly_on_threads() -> None:
         peak.enter()
         entries.append(i)
         release.wait(30)
-        time.sleep(0.001)
+        # Hold the slot long enough that a woken waiter's own scheduling delay (on a
+        # loaded machine) cannot let a later waiter enter first: entry order is then
+        # grant order, which is what this test checks.
+        time.sleep(0.05)
         peak.leave()
 
     threads = []
