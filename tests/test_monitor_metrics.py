@@ -508,3 +508,20 @@ def test_records_are_not_needed_for_metrics(registry: CollectorRegistry) -> None
     assert isinstance(records, Records)
     assert len(records) == 0
     assert value(scrape(registry), "buttress_calls_total", function="silent", outcome="ok") == 7
+
+
+def test_a_breaker_that_never_changed_state_shows_closed(registry: CollectorRegistry) -> None:
+    from buttress import circuit_breaker
+
+    @circuit_breaker(name="metrics-test-quiet-breaker")
+    def lookup() -> int:
+        return 1
+
+    assert lookup() == 1  # no transition, so no CircuitStateChanged event
+    samples = scrape(registry)
+    state = "buttress_circuit_state"
+    assert value(samples, state, breaker="metrics-test-quiet-breaker", state="closed") == 1
+    assert value(samples, state, breaker="metrics-test-quiet-breaker", state="open") == 0
+    lookup.breaker.force_open()
+    samples = scrape(registry)
+    assert value(samples, state, breaker="metrics-test-quiet-breaker", state="open") == 1

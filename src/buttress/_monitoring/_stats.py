@@ -476,9 +476,18 @@ class EventCounters:
             return {family: dict(values) for family, values in self._values.items()}
 
     def circuits(self) -> dict[str, str]:
-        """The last known state of every breaker that reported a change."""
+        """The current state of every breaker alive, and the last reported of any other.
+
+        Breakers are read directly, so one that never changed state shows as closed
+        rather than not at all.
+        """
+        from buttress._policies._breaker import live_breakers  # _policies imports us
+
         with self._lock:
-            return dict(self._circuits)
+            states = dict(self._circuits)
+        for breaker in live_breakers():
+            states[breaker.name] = breaker.state
+        return states
 
     def reset(self) -> None:
         """Forget every count (for tests); the subscription is left as it is."""

@@ -134,6 +134,8 @@ class CircuitBreaker:
     def __init__(self, name: str, settings: _Settings) -> None:
         self.name = name
         self.settings = settings
+        with _live_lock:
+            _live.add(self)
         self.exceptions = settings.exceptions
         self.exclude = settings.exclude
         self._failure_ratio = settings.failure_ratio
@@ -415,6 +417,18 @@ class CircuitBreaker:
             retry_at=retry_at,
             function=function,
         )
+
+
+# --- every breaker alive, for metrics --------------------------------------------------
+
+_live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def live_breakers() -> list[CircuitBreaker]:
+    """Every breaker still in use, so metrics can show a state no event has reported yet."""
+    with _live_lock:
+        return list(_live)
 
 
 # --- sharing by name -------------------------------------------------------------------
