@@ -28,6 +28,7 @@ import logging
 import math
 import random
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -67,9 +68,14 @@ async def score(user_id: int) -> float:
     return sum(values) / len(values)
 
 
+#: How long the outage lasts: longer than the breaker's window, so that however fast or
+#: slow this machine runs the calls, one whole window sees nothing but failures.
+OUTAGE_SECONDS = 0.4
+
+
 async def workload(calls: int, *, with_outage: bool = True) -> None:
     """``calls`` scorings, 16 at a time; a third of them for a few returning users, and
-    the feature store down during the middle tenth of the run."""
+    the feature store down for ``OUTAGE_SECONDS`` once 40% of them have started."""
     global outage
     users = [
         int(rng.paretovariate(1.0)) if rng.random() < 0.3 else rng.randrange(10, 100_000)
@@ -77,13 +83,17 @@ async def workload(calls: int, *, with_outage: bool = True) -> None:
     ]
     limit = asyncio.Semaphore(16)
     started = 0
+    outage_ends: float | None = None
 
     async def one(user: int) -> None:
         global outage
-        nonlocal started
+        nonlocal started, outage_ends
         async with limit:
             started += 1
-            outage = with_outage and 0.4 <= started / calls < 0.5
+            now = time.monotonic()
+            if with_outage and outage_ends is None and started >= 0.4 * calls:
+                outage_ends = now + OUTAGE_SECONDS
+            outage = outage_ends is not None and now < outage_ends
             try:
                 await score(user)
             except ConnectionError:
