@@ -174,7 +174,9 @@ async def serve(host: str, port: int, upstream: str | None) -> None:
     try:
         bound = runner.addresses[0][1]
         print(f"gateway on http://{host}:{bound} (upstream {upstream})", flush=True)
-        await asyncio.Event().wait()  # until Ctrl-C
+        from toy_embedding_service import until_interrupted  # next to this file
+
+        await until_interrupted()
     finally:
         await runner.cleanup()
 
@@ -193,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(serve(args.host, args.port, args.upstream))
     except KeyboardInterrupt:
-        print("stopped", flush=True)
+        pass
+    print("stopped", flush=True)
     return 0
 
 

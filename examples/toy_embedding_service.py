@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import hashlib
 import random
+import signal
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -92,6 +93,25 @@ async def toy_service(port: int = 0, **options: float) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+async def until_interrupted() -> None:
+    """Wait for Ctrl-C (SIGINT) inside the event loop, so the servers close cleanly.
+
+    Before Python 3.11, ``asyncio.run`` let a SIGINT raise ``KeyboardInterrupt`` wherever
+    the loop happened to be, which can leave aiohttp's cleanup hanging; handling the
+    signal in the loop makes every version stop the same way.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    except (NotImplementedError, RuntimeError):  # Windows: KeyboardInterrupt as usual
+        await asyncio.Event().wait()
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
@@ -112,12 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
         ) as url:
             print(f"toy embedding service on {url}", flush=True)
-            await asyncio.Event().wait()
+            await until_interrupted()
 
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:
-        print("stopped", flush=True)
+        pass
+    print("stopped", flush=True)
     return 0
 
 
