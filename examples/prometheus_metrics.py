@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import random
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -200,6 +202,12 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"scraped {url}: {len(text.splitlines())} lines", flush=True)
         print(summary(parse(text)), flush=True)
         if args.serve:
+            # Ctrl-C cancels this task, as asyncio.run does from Python 3.11 on (before,
+            # a KeyboardInterrupt raised wherever the loop was could hang the cleanup).
+            with contextlib.suppress(NotImplementedError):  # Windows: KeyboardInterrupt
+                main_task = asyncio.current_task()
+                assert main_task is not None
+                asyncio.get_running_loop().add_signal_handler(signal.SIGINT, main_task.cancel)
             print(f"serving {url} for Prometheus; Ctrl-C to stop", flush=True)
             while True:  # keep the numbers moving for a live scraper
                 await workload(max(1, args.calls // 10), with_outage=False)
@@ -219,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("buttress.monitor").setLevel(logging.CRITICAL)
     try:
         asyncio.run(main_async(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("stopped", flush=True)
     return 0
 
