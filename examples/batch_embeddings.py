@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -271,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         texts = synthetic_texts(args.count)
 
     async def run() -> int:
+        # Ctrl-C cancels this task, as asyncio.run does from Python 3.11 on (before, a
+        # KeyboardInterrupt raised wherever the loop was could be lost or hang cleanup).
+        with contextlib.suppress(NotImplementedError):  # Windows: KeyboardInterrupt
+            main_task = asyncio.current_task()
+            assert main_task is not None
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, main_task.cancel)
         if args.upstream is not None:
             return await embed_all(args, texts, args.upstream)
         from toy_embedding_service import toy_service  # next to this file
@@ -280,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print(
             "\ninterrupted: the finished batches are saved; run the same command again to "
             "resume",
