@@ -72,14 +72,32 @@ def _array_from_ndarray_hint(annotation: Any) -> ArraySpec:
     return _PLAIN_ARRAY
 
 
+def _expand_alias(spec: Any) -> Any:
+    """What a PEP 695 type alias stands for: numpy >= 2.5 on Python 3.12+ defines
+    ``npt.NDArray`` with a ``type`` statement, so ``npt.NDArray[np.int64]`` is the alias
+    subscripted, not ``np.ndarray[...]``."""
+    origin = get_origin(spec)
+    value = getattr(origin, "__value__", None)
+    if value is not None and getattr(origin, "__type_params__", None):
+        try:
+            return value[get_args(spec)]
+        except TypeError:  # pragma: no cover - an alias that cannot be substituted
+            return spec
+    if type(spec).__name__ == "TypeAliasType":
+        return spec.__value__
+    return spec
+
+
 def _direct_marker(spec: Any) -> ArraySpec | Keys | None:
     """The ArraySpec or Keys checked directly (not through pydantic) for ``spec``."""
     if isinstance(spec, _MARKERS):
         return spec
+    spec = _expand_alias(spec)
     if spec is np.ndarray or get_origin(spec) is np.ndarray:
         return _array_from_ndarray_hint(spec)
     if get_origin(spec) is Annotated:
         base, metadata = spec.__origin__, spec.__metadata__
+        base = _expand_alias(base)
         if len(metadata) == 1 and isinstance(metadata[0], _MARKERS):
             marker = metadata[0]
             if isinstance(marker, ArraySpec) and (

@@ -14,6 +14,8 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
+from typing_extensions import TypeAliasType
+
 from buttress._errors import (
     ConfigurationError,
     DataValidationError,
@@ -377,8 +379,11 @@ def _output_shells(
 
 #: What a type checker accepts as an output spec: classes and generic aliases
 #: (``list[int]``), ``X | Y`` unions, typing's special forms (``Annotated[...]``,
-#: ``Literal[...]``, ``Optional[...]``), and the spec objects.
-OutputSpec = type[Any] | ArraySpec | Keys | types.UnionType | typing._SpecialForm
+#: ``Literal[...]``, ``Optional[...]``), PEP 695 aliases (numpy >= 2.5 defines
+#: ``npt.NDArray`` so on Python 3.12+), and the spec objects.
+OutputSpec = (
+    type[Any] | ArraySpec | Keys | types.UnionType | typing._SpecialForm | TypeAliasType
+)
 
 
 @overload
