@@ -360,10 +360,12 @@ def test_early_refresh_recomputes_a_fresh_value_before_it_expires(
 
 
 def test_early_refresh_is_rare_far_from_expiry(stores: Factory, buttress_clock: FakeClock) -> None:
-    compute, _ = _slow_counter(buttress_clock, 0.01)
+    # A computation of 1 s: far from expiry the chance is exp(-3600); with a millisecond
+    # left (the wall-clock stamp in Redis is kept to the millisecond) it is exp(-0.001).
+    compute, _ = _slow_counter(buttress_clock, 1.0)
     fn = cache_result(ttl=3600, store=stores(early_refresh_beta=1.0))(compute)
     for _ in range(50):
-        assert fn(1) == 1  # exp(-3600 / 0.01): never
+        assert fn(1) == 1  # exp(-3600): never
     assert fn.cache.stats().refreshes == 0
     buttress_clock.advance(3600 - 1e-6)  # a microsecond left of an hour: ~certain now
     assert fn(1) == 2
