@@ -6,19 +6,17 @@ server on 127.0.0.1.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import anyio.to_thread
 import httpx
 import prometheus_client
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from _monitor_support import Records, capture, fresh_monitoring, parse, value
+from _servers import UvicornThread
 from buttress import flush_monitoring, metrics, monitor
 from buttress.integrations.fastapi import (
     RequestContextMiddleware,
@@ -125,37 +123,6 @@ def test_helpers_enable_the_default_registry() -> None:
     assert metrics.current_registry() is None
     metrics_app()
     assert metrics.current_registry() is prometheus_client.REGISTRY
-
-
-class UvicornThread:
-    """A real uvicorn server on a free port of 127.0.0.1, in a thread of its own."""
-
-    def __init__(self, app: object) -> None:
-        config = uvicorn.Config(
-            app,  # type: ignore[arg-type]
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            ws="none",
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test")
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-        assert not self.thread.is_alive()
 
 
 def test_real_uvicorn_server(registry: CollectorRegistry, records: Records) -> None:
