@@ -540,8 +540,9 @@ class RedisStore(CacheStore):
         try:
             import redis
             import redis.asyncio
+            import redis.asyncio.retry
+            import redis.retry
             from redis.backoff import NoBackoff
-            from redis.retry import Retry
         except ModuleNotFoundError as exc:  # pragma: no cover - redis is in the test extra
             raise ModuleNotFoundError(
                 "RedisStore needs redis-py: pip install 'buttress[redis]'", name="redis"
@@ -599,15 +600,21 @@ class RedisStore(CacheStore):
         self._url = url
         self._user_client = client
         self.max_connections = _settings.positive_int(max_connections, "max_connections")
-        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
         # one retry, at once, on a broken connection only: a pooled connection that died
         # with a restarted server is replaced without failing the call; a timeout is not
-        # retried, so an operation costs at most about ``timeout``
+        # retried, so an operation costs at most about ``timeout``. Each client kind gets
+        # its own Retry class: redis-py 8.2 warns when the asyncio client is handed the
+        # sync one.
         self._client_options: dict[str, Any] = {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
-            "retry": retry,
         }
+        self._sync_retry = redis.retry.Retry(
+            NoBackoff(), 1, supported_errors=(redis.ConnectionError,)
+        )
+        self._async_retry = redis.asyncio.retry.Retry(
+            NoBackoff(), 1, supported_errors=(redis.ConnectionError,)
+        )
         self._sync: _SyncOps | None = None
         if client is not None and isinstance(client, redis.Redis):
             self._sync = _SyncOps(client)
@@ -740,6 +747,7 @@ class RedisStore(CacheStore):
                     self._url,
                     max_connections=self.max_connections,
                     timeout=self.timeout,
+                    retry=self._sync_retry,
                     **self._client_options,
                 )
                 self._sync = _SyncOps(self._redis.Redis.from_pool(pool))
@@ -766,6 +774,7 @@ class RedisStore(CacheStore):
                         self._url,
                         max_connections=self.max_connections,
                         timeout=self.timeout,
+                        retry=self._async_retry,
                         **self._client_options,
                     )
                     ops = _AsyncOps(self._redis.asyncio.Redis.from_pool(pool))
