@@ -84,7 +84,6 @@ from ._policies import CircuitBreaker as CircuitBreaker
 from ._policies import HedgedFunction as HedgedFunction
 from ._policies import Hedger as Hedger
 from ._policies import HedgeStats as HedgeStats
-from ._policies import Policy as Policy
 from ._policies import RateLimitedFunction as RateLimitedFunction
 from ._policies import RateLimiter as RateLimiter
 from ._policies import RateLimiterStats as RateLimiterStats
@@ -94,9 +93,10 @@ from ._policies import bulkhead as bulkhead
 from ._policies import circuit_breaker as circuit_breaker
 from ._policies import fallback as fallback
 from ._policies import hedge as hedge
-from ._policies import policy as policy
 from ._policies import rate_limit as rate_limit
 from ._policies import timeout as timeout
+from ._policy import Policy as Policy
+from ._policy import policy as policy
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
 from ._validation import ArraySpec as ArraySpec

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from buttress import _clock, _settings
+from buttress import _clock, _registry, _settings
 from buttress._errors import CircuitOpenError, ConfigurationError, RejectedError, is_fatal
 from buttress._events import CircuitRejected, CircuitStateChanged, events
 from buttress._wrapping import function_name, wrap
@@ -134,8 +134,7 @@ class CircuitBreaker:
     def __init__(self, name: str, settings: _Settings) -> None:
         self.name = name
         self.settings = settings
-        with _live_lock:
-            _live.add(self)
+        _registry.breakers.add(self)  # the metrics read every live breaker's state
         self.exceptions = settings.exceptions
         self.exclude = settings.exclude
         self._failure_ratio = settings.failure_ratio
@@ -419,31 +418,19 @@ class CircuitBreaker:
         )
 
 
-# --- every breaker alive, for metrics --------------------------------------------------
-
-_live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
-_live_lock = threading.Lock()
-
-
-def live_breakers() -> list[CircuitBreaker]:
-    """Every breaker still in use, so metrics can show a state no event has reported yet."""
-    with _live_lock:
-        return list(_live)
-
-
 # --- sharing by name -------------------------------------------------------------------
 
-_registry: weakref.WeakValueDictionary[str, CircuitBreaker] = weakref.WeakValueDictionary()
-_registry_lock = threading.Lock()
+_by_name: weakref.WeakValueDictionary[str, CircuitBreaker] = weakref.WeakValueDictionary()
+_by_name_lock = threading.Lock()
 
 
 def _shared(name: str, settings: _Settings) -> CircuitBreaker:
     """The breaker called ``name``, created on first use; settings must match."""
-    with _registry_lock:
-        breaker = _registry.get(name)
+    with _by_name_lock:
+        breaker = _by_name.get(name)
         if breaker is None:
             breaker = CircuitBreaker(name, settings)
-            _registry[name] = breaker
+            _by_name[name] = breaker
         elif breaker.settings != settings:
             raise ConfigurationError(
                 f"name={name!r}: a circuit breaker with this name already exists with "

@@ -19,18 +19,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, final
 
-from buttress._caching import cache_result
-from buttress._errors import ConfigurationError
-from buttress._memory_guard import memory_guard
-from buttress._monitoring import monitor
-from buttress._retry import retry
-from buttress._validation import validate_input, validate_output
-
-from ._breaker import circuit_breaker
-from ._bulkhead import bulkhead
-from ._fallback import fallback
-from ._rate_limit import rate_limit
-from ._timeout import timeout
+from ._caching import cache_result
+from ._errors import ConfigurationError
+from ._memory_guard import memory_guard
+from ._monitoring import monitor
+from ._policies import bulkhead, circuit_breaker, fallback, rate_limit, timeout
+from ._retry import retry
+from ._validation import validate_input, validate_output
 
 __all__ = ["Policy", "policy"]
 
