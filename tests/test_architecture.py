@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "buttress._events": CORE,
     "buttress._wrapping": CORE,
     "buttress._registry": CORE,
+    "buttress._declare": CORE,
     "buttress._signature": CORE,
     # features: one decorator (or one family) each
     "buttress._retry": FEATURES,
@@ -187,25 +188,30 @@ def third_party_of(module: str) -> set[str]:
 
 def graph() -> list[Import]:
     """Every import between modules of the package, with the packages they imply."""
-    edges: list[Import] = []
+    edges: dict[Import, None] = {}  # ordered and without repeats
     for module in MODULES:
         for found in imports_of(module):
             if found.target not in MODULES:
                 continue
-            edges.append(found)
+            edges[found] = None
             parts = found.target.split(".")
             for size in range(2, len(parts)):
                 package = ".".join(parts[:size])
                 if module != package and not module.startswith(package + "."):
-                    edges.append(
-                        Import(module, package, found.line, found.late, implicit=True)
-                    )
-    return edges
+                    edges[Import(module, package, found.line, found.late, implicit=True)] = None
+    return list(edges)
 
 
 def _owner(module: str, table: dict[str, object]) -> str | None:
+    """The entry of ``table`` that is ``module`` or the closest package holding it.
+
+    The root package's entry is for ``buttress/__init__.py`` alone: a new module never
+    falls into a layer by default.
+    """
+    if module in table:
+        return module
     parts = module.split(".")
-    for size in range(len(parts), 0, -1):
+    for size in range(len(parts) - 1, 1, -1):
         name = ".".join(parts[:size])
         if name in table:
             return name

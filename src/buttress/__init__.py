@@ -66,6 +66,7 @@ from ._memory_probe import MemoryProbe as MemoryProbe
 from ._memory_probe import MemorySnapshot as MemorySnapshot
 from ._monitoring import CallStats as CallStats
 from ._monitoring import JsonFormatter as JsonFormatter
+from ._monitoring import MonitoredFunction as MonitoredFunction
 from ._monitoring import MonitorHandle as MonitorHandle
 from ._monitoring import MonitoringStats as MonitoringStats
 from ._monitoring import configure_monitoring as configure_monitoring
@@ -96,6 +97,8 @@ from ._policies import hedge as hedge
 from ._policies import rate_limit as rate_limit
 from ._policies import timeout as timeout
 from ._policy import Policy as Policy
+from ._policy import PolicyFunction as PolicyFunction
+from ._policy import PolicyMethod as PolicyMethod
 from ._policy import policy as policy
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
@@ -160,9 +163,12 @@ __all__ = [
     "MemoryProbe",
     "MemorySnapshot",
     "MonitorHandle",
+    "MonitoredFunction",
     "MonitoringStats",
     "OutputValidationError",
     "Policy",
+    "PolicyFunction",
+    "PolicyMethod",
     "RateLimitExceeded",
     "RateLimited",
     "RateLimitedFunction",

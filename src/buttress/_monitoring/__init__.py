@@ -14,6 +14,7 @@ feature (it reads live breakers through :mod:`buttress._registry`).
 
 from __future__ import annotations
 
+from ._decorator import MonitoredFunction as MonitoredFunction
 from ._decorator import MonitorHandle as MonitorHandle
 from ._decorator import monitor as monitor
 from ._emitter import MonitoringStats as MonitoringStats
@@ -29,6 +30,7 @@ __all__ = [
     "CallStats",
     "JsonFormatter",
     "MonitorHandle",
+    "MonitoredFunction",
     "MonitoringStats",
     "configure_monitoring",
     "flush_monitoring",

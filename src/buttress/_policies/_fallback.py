@@ -9,7 +9,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from buttress import _settings
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._events import FallbackUsed, events
-from buttress._wrapping import function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["fallback"]
 
@@ -49,7 +49,7 @@ class _Answer:
         return self.value if factory is None else factory(exc)  # type: ignore[arg-type]
 
 
-def _sync_shell(answer: _Answer) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _sync_shell(answer: _Answer) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
 
@@ -80,7 +80,7 @@ def _close(awaitable: object) -> None:
         close()
 
 
-def _async_shell(answer: _Answer) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(answer: _Answer) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
 
