@@ -325,6 +325,19 @@ def test_late_imports_are_only_of_modules_that_need_an_optional_dependency() -> 
     assert not dodges, "\n".join(dodges)
 
 
+def test_the_architecture_description_names_every_layer_entry_and_dependency() -> None:
+    import buttress
+
+    described = buttress.__doc__ or ""
+    for module in LAYERS:
+        if module == "buttress" or (module not in MODULES):
+            continue
+        short = module.rpartition(".")[2]
+        assert f"``{short}" in described, f"{module} is not placed in buttress/__init__.py"
+    for source, target in FEATURE_DEPENDENCIES:
+        assert f"- {source} -> {target}:" in described, (source, target)
+
+
 # --- the checker itself ------------------------------------------------------------------
 
 
