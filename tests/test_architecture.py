@@ -27,10 +27,11 @@ The last test imports every module first, alone, in a fresh interpreter (see
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,7 +187,8 @@ def third_party_of(module: str) -> set[str]:
     return names - {"buttress"}
 
 
-def graph() -> list[Import]:
+@functools.cache
+def graph() -> tuple[Import, ...]:
     """Every import between modules of the package, with the packages they imply."""
     edges: dict[Import, None] = {}  # ordered and without repeats
     for module in MODULES:
@@ -199,7 +201,7 @@ def graph() -> list[Import]:
                 package = ".".join(parts[:size])
                 if module != package and not module.startswith(package + "."):
                     edges[Import(module, package, found.line, found.late, implicit=True)] = None
-    return list(edges)
+    return tuple(edges)
 
 
 def _owner(module: str, table: dict[str, object]) -> str | None:
@@ -229,7 +231,7 @@ def feature_of(module: str) -> str | None:
     return None if owner is None else FEATURE_OF[owner]
 
 
-def cycles(edges: list[Import]) -> list[list[str]]:
+def cycles(edges: Sequence[Import]) -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan)."""
     successors: dict[str, set[str]] = {module: set() for module in MODULES}
     for edge in edges:
