@@ -9,7 +9,8 @@ module holds the map every module must be placed in, and checks the graph agains
   :data:`FEATURE_DEPENDENCIES`;
 - the graph has no cycle;
 - a module imported inside a function is one that needs an optional dependency (redis,
-  prometheus-client...), never one imported late to dodge a cycle.
+  prometheus-client...), never one imported late to dodge a cycle;
+- the description names every entry of the map and every dependency between features.
 
 Every import statement counts, wherever it is: at the top, inside a function, or under
 ``if TYPE_CHECKING:``. Importing ``a.b.c`` also imports the packages ``a.b`` and ``a``
@@ -17,8 +18,9 @@ Every import statement counts, wherever it is: at the top, inside a function, or
 ``buttress`` is left out of them, since everything is imported through it.
 
 Why not import-linter: its layers contract covers the first two checks, but neither the
-cycles between modules of one layer nor the rule on late imports; a graph of about sixty
-modules read with :mod:`ast` does all of it in a few milliseconds, with no dependency.
+cycles between modules of one layer nor the rule on late imports; the graph of some sixty
+modules, read with :mod:`ast`, does all of it in a fraction of a second, with no
+dependency.
 
 The last test imports every module first, alone, in a fresh interpreter (see
 ``tests/_import_alone.py``), so that a cycle the import order happens to hide fails too.
