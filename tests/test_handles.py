@@ -183,9 +183,23 @@ def test_an_unknown_setting_is_a_type_error_naming_the_decorator(
         decorator(max_retry=3)
 
 
-def test_a_bare_use_given_settings_too_is_refused() -> None:
-    with pytest.raises(TypeError, match="either the function to decorate or settings"):
-        buttress.retry(plain, max_retries=2)
+def test_the_function_and_keywords_together_still_decorate() -> None:
+    # Untyped, but it worked before the settings were declared once, so it still does.
+    calls: list[int] = []
+
+    def flaky(x: int) -> int:
+        calls.append(x)
+        raise ValueError(x)
+
+    wrapped = buttress.retry(flaky, max_retries=2, base_delay=0, jitter=None)
+    with pytest.raises(ValueError, match="7"):
+        wrapped(7)
+    assert calls == [7, 7, 7]
+    named = buttress.monitor(plain, log_level="DEBUG")
+    assert named(1) == 1
+    assert named.monitor.name == plain.__qualname__
+    with pytest.raises(TypeError, match=r"takes the function to decorate and keywords only"):
+        buttress.retry(plain, 3)
 
 
 def test_settings_are_checked_when_the_decorator_is_called() -> None:

@@ -71,7 +71,8 @@ def declare(
     """The decorator named and documented by ``build``, taking ``settings``' parameters.
 
     Called with settings, it returns ``build(settings(...))``; used bare, it applies
-    ``build(settings())`` to the target at once. ``settings`` is called once per use of
+    ``build(settings())`` to the target at once (and ``build(settings(**keywords))`` when
+    keywords come with the target). ``settings`` is called once per use of
     the decorator, when the decorator is applied, so its errors (a
     :class:`~buttress.ConfigurationError` naming the setting) surface at decoration.
 
@@ -85,7 +86,7 @@ def declare(
 
     Raises:
         TypeError: (from the decorator) for settings the declaration has no parameter
-            for, or a bare use given settings too.
+            for, or positional settings given with the target.
     """
     name = build.__name__
     signature = inspect.signature(settings)
@@ -99,17 +100,19 @@ def declare(
         parameters = shown + parameters
 
     def decorator(*args: Any, **kwargs: Any) -> Any:
+        target = None
         if args and is_target(args[0]):
-            if len(args) > 1 or kwargs:
-                raise TypeError(
-                    f"{name}() takes either the function to decorate or settings, not both"
-                )
-            return build(settings())(args[0])
+            # Bare use; ``retry(fn, max_retries=2)`` works too, as it always has (untyped).
+            target, *rest = args
+            args = tuple(rest)
+            if args:
+                raise TypeError(f"{name}() takes the function to decorate and keywords only")
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:  # the message Python gives, naming the decorator
             raise TypeError(f"{name}(): {exc}") from None
-        return build(settings(*args, **kwargs))
+        decorate = build(settings(*args, **kwargs))
+        return decorate if target is None else decorate(target)
 
     decorator.__name__ = name
     decorator.__qualname__ = build.__qualname__
