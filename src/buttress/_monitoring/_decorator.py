@@ -25,6 +25,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 from buttress import _clock, _settings
 from buttress._declare import Decorate, declare
 from buttress._errors import ConfigurationError, is_fatal
+from buttress._streams import Outcome, Session, async_stream_shell, sync_stream_shell
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 from ._emitter import exporter
@@ -280,11 +281,16 @@ class Site:
         kwargs: dict[str, Any],
         result: Any,
         exc: BaseException | None,
+        stream: tuple[int, float | None, Outcome] | None = None,
     ) -> None:
-        """Record one finished call: totals always, a queued log record when wanted."""
+        """Record one finished call: totals always, a queued log record when wanted.
+
+        For a stream, ``stream`` holds its items, its time to first item (``None``
+        without one) and how it ended; one abandoned by its caller counts as cancelled.
+        """
         duration = _clock.monotonic() - start
         if exc is None:
-            outcome = OK
+            outcome = CANCELLED if stream is not None and stream[2] == "abandoned" else OK
         elif is_fatal(exc):
             outcome = CANCELLED
         else:
@@ -305,9 +311,11 @@ class Site:
         stats.outcomes[outcome] += 1
         stats.buckets[slot] += 1
         stats.total += duration
+        if stream is not None:
+            self._count_stream(stream[0], stream[1])
         lock.release()
         tracked = None
-        if outcome == OK and self.track_output is not None:
+        if outcome == OK and self.track_output is not None and stream is None:
             tracked = self._track(result)
         scanned = args[1:] if self.skip_first else args  # never scan self/cls
         for value in scanned:
@@ -347,11 +355,21 @@ class Site:
                 else None,
                 self._inputs(args, kwargs) if level and self.log_inputs else None,
                 self._summary("return", result)
-                if level and self.log_outputs and outcome == OK
+                if level and self.log_outputs and outcome == OK and stream is None
                 else None,
                 tracked,
+                stream,
             )
         )
+
+    def _count_stream(self, items: int, first: float | None) -> None:
+        """Add a stream's items and time to first item to the totals (lock held)."""
+        stats = self.stats
+        stats.items += items
+        buckets = stats.first_buckets
+        if first is not None and buckets is not None:
+            buckets[bisect_left(DURATION_BUCKETS, max(first, 0.0))] += 1
+            stats.first_total += first
 
     # -- pieces ------------------------------------------------------------------------
 
@@ -499,6 +517,75 @@ def _async_shell(site: Site) -> WrapperFactory:
     return build
 
 
+class _StreamRecord(Session):
+    """One run of a monitored stream: timed from its first ``__anext__`` to its end.
+
+    One record per stream, whatever its number of items: its duration, outcome, items
+    and time to first item.
+    """
+
+    __slots__ = ("args", "first", "items", "kwargs", "site", "start")
+
+    watches_items = True
+
+    def __init__(self, site: Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.site = site
+        self.args = args
+        self.kwargs = kwargs
+        self.items = 0
+        self.first: float | None = None
+        stats = site.stats
+        stats.lock.acquire()
+        stats.in_flight += 1
+        stats.lock.release()
+        self.start = _clock.monotonic()
+
+    def item(self, item: Any) -> None:
+        if not self.items:
+            self.first = _clock.monotonic() - self.start
+        self.items += 1
+
+    def end(self, outcome: Outcome, error: BaseException | None) -> None:
+        self.site.finish(
+            self.start, self.args, self.kwargs, None, error, (self.items, self.first, outcome)
+        )
+
+
+class _TrackedStreamRecord(_StreamRecord):
+    """A monitored stream with ``track_output``: each item is a tracked output."""
+
+    __slots__ = ()
+
+    def item(self, item: Any) -> None:
+        super().item(item)
+        self.site._track(item)
+
+
+def _stream_kind(site: Site) -> type[_StreamRecord]:
+    site.stats.track_streams()
+    return _StreamRecord if site.track_output is None else _TrackedStreamRecord
+
+
+def _sync_stream_shell(site: Site) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        kind = _stream_kind(site)
+        return sync_stream_shell(lambda args, kwargs: kind(site, args, kwargs))(fn)
+
+    return build
+
+
+def _async_stream_shell(site: Site) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        kind = _stream_kind(site)
+
+        async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _StreamRecord:
+            return kind(site, args, kwargs)
+
+        return async_stream_shell(open_run)(fn)
+
+    return build
+
+
 class MonitoredFunction(Protocol[P, T_co]):
     """A function decorated with ``@monitor``: callable as before, plus ``.monitor``."""
 
@@ -590,12 +677,19 @@ def monitor(settings: _Settings) -> Decorate:
     Raises:
         ConfigurationError: at decoration, for a setting that cannot work (including a
             ``redact`` entry naming no parameter).
-        TypeError: at decoration, for a generator function.
 
     The wrapped function's exceptions are re-raised unchanged; cancellation is recorded
     as ``cancelled`` and re-raised. The wrapper carries ``.monitor``, a
     :class:`MonitorHandle` (``fn.monitor.stats()``); type checkers see it on the
     :class:`MonitoredFunction` that ``@monitor`` returns.
+
+    A stream (a generator or async-generator function) is one call, timed from its
+    first ``__anext__`` to its end, with one record: ``outcome`` as for a call (a stream
+    the caller abandoned, by ``aclose()`` or ``break``, is ``"cancelled"``), and a
+    ``stream`` field ``{"items", "first_item", "ended"}`` (items delivered, seconds to
+    the first, and ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"abandoned"``).
+    The metrics add ``buttress_stream_items_total{function}`` and the histogram
+    ``buttress_stream_first_item_seconds{function}``; ``track_output`` tracks each item.
     """
 
     def decorate(target: Any) -> Any:
@@ -608,6 +702,8 @@ def monitor(settings: _Settings) -> Decorate:
             "monitor",
             sync=_sync_shell(site),
             async_=_async_shell(site),
+            stream=_sync_stream_shell(site),
+            astream=_async_stream_shell(site),
             attributes={"monitor": MonitorHandle(site)},
         )
 

@@ -84,6 +84,8 @@ class CallStats:
         cancelled: calls that were cancelled (or interrupted by an exit).
         in_flight: calls running now.
         total_seconds: the sum of the finished calls' durations.
+        items: items the function's streams delivered (0 for a function that is not a
+            stream); each stream is one call.
     """
 
     calls: int
@@ -92,6 +94,7 @@ class CallStats:
     cancelled: int
     in_flight: int
     total_seconds: float
+    items: int = 0
 
 
 class FunctionStats:
@@ -103,7 +106,10 @@ class FunctionStats:
 
     __slots__ = (
         "buckets",
+        "first_buckets",
+        "first_total",
         "in_flight",
+        "items",
         "labels",
         "lock",
         "name",
@@ -128,6 +134,16 @@ class FunctionStats:
         self.output_buckets: list[int] = []
         self.output_sum = 0.0
         self.output_count = 0
+        self.items = 0
+        # Time to first item of the streams, in DURATION_BUCKETS; None: no stream yet.
+        self.first_buckets: list[int] | None = None
+        self.first_total = 0.0
+
+    def track_streams(self) -> None:
+        """Start the streams' time-to-first-item histogram (once)."""
+        with self.lock:
+            if self.first_buckets is None:
+                self.first_buckets = [0] * (len(DURATION_BUCKETS) + 1)
 
     def track_output(self, bounds: tuple[float, ...]) -> None:
         """Start a ``track_output`` histogram with ``bounds`` (the first setting wins)."""
@@ -146,6 +162,7 @@ class FunctionStats:
                 cancelled=cancelled,
                 in_flight=self.in_flight,
                 total_seconds=self.total,
+                items=self.items,
             )
 
     def snapshot(self) -> FunctionSnapshot:
@@ -161,6 +178,9 @@ class FunctionStats:
                 output_buckets=tuple(self.output_buckets),
                 output_sum=self.output_sum,
                 output_count=self.output_count,
+                items=self.items,
+                first_buckets=None if self.first_buckets is None else tuple(self.first_buckets),
+                first_total=self.first_total,
             )
 
     def reset(self) -> None:
@@ -169,6 +189,10 @@ class FunctionStats:
             self.outcomes = [0, 0, 0]
             self.buckets = [0] * len(self.buckets)
             self.total = 0.0
+            self.items = 0
+            if self.first_buckets is not None:
+                self.first_buckets = [0] * len(self.first_buckets)
+            self.first_total = 0.0
             self.output_buckets = [0] * len(self.output_buckets)
             self.output_sum = 0.0
             self.output_count = 0
@@ -188,6 +212,9 @@ class FunctionSnapshot:
     output_buckets: tuple[int, ...]
     output_sum: float
     output_count: int
+    items: int = 0
+    first_buckets: tuple[int, ...] | None = None
+    first_total: float = 0.0
 
 
 _functions: dict[tuple[str, Labels], FunctionStats] = {}

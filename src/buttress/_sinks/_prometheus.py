@@ -38,6 +38,11 @@ _DURATION = (
 )
 _IN_FLIGHT = ("buttress_in_flight", "Calls of monitored functions running now.")
 _OUTPUT = ("buttress_output", "Values of track_output, the tracked outputs of a function.")
+_ITEMS = ("buttress_stream_items", "Items delivered by monitored streams.")
+_FIRST_ITEM = (
+    "buttress_stream_first_item_seconds",
+    "Time from a monitored stream's start to its first item, in seconds.",
+)
 _DROPPED = (
     "buttress_monitor_dropped",
     "Log records (and per-call samples) dropped because the exporter queue was full.",
@@ -75,6 +80,8 @@ class ButtressCollector(Collector):
         yield HistogramMetricFamily(*_DURATION, labels=["function"])
         yield GaugeMetricFamily(*_IN_FLIGHT, labels=["function"])
         yield HistogramMetricFamily(*_OUTPUT, labels=["function"])
+        yield CounterMetricFamily(*_ITEMS, labels=["function"])
+        yield HistogramMetricFamily(*_FIRST_ITEM, labels=["function"])
         yield CounterMetricFamily(*_DROPPED)
         yield GaugeMetricFamily(*_CIRCUIT, labels=["breaker", "state"])
         for family in FAMILIES:
@@ -87,6 +94,8 @@ class ButtressCollector(Collector):
         duration = Metric(*_DURATION, "histogram")
         in_flight = Metric(*_IN_FLIGHT, "gauge")
         output = Metric(*_OUTPUT, "histogram")
+        items = Metric(*_ITEMS, "counter")
+        first_item = Metric(*_FIRST_ITEM, "histogram")
         for item in snapshot():
             labels = {"function": item.name, **dict(item.labels)}
             for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
@@ -97,10 +106,17 @@ class ButtressCollector(Collector):
                 _histogram(
                     output, labels, item.output_bounds, item.output_buckets, item.output_sum
                 )
+            if item.first_buckets is not None:  # a stream: its items and first items
+                items.add_sample("buttress_stream_items_total", labels, item.items)
+                _histogram(
+                    first_item, labels, DURATION_BUCKETS, item.first_buckets, item.first_total
+                )
         yield calls
         yield duration
         yield in_flight
         yield output
+        yield items
+        yield first_item
 
         yield CounterMetricFamily(*_DROPPED, value=exporter.dropped)
         circuit = GaugeMetricFamily(*_CIRCUIT, labels=["breaker", "state"])
