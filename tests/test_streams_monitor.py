@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -65,7 +66,7 @@ async def test_failed_cancelled_and_abandoned_streams(buttress_clock: FakeClock)
     @monitor("chunks")
     async def chunks(n: int, fail: bool = False) -> AsyncIterator[int]:
         for index in range(n):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             yield index
         if fail:
             raise ConnectionError("reset")

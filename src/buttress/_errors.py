@@ -145,13 +145,6 @@ class RedisStoreError(CacheStoreError):
         self.operation = operation
         self.address = address
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_redis_store_error, (str(self), self.operation, self.address))
-
-
-def _rebuild_redis_store_error(message: str, operation: str, address: str) -> RedisStoreError:
-    return RedisStoreError(message, operation=operation, address=address)
-
 
 class RefusedValueError(ButtressError, ValueError):
     """A value read from a cache store was refused: it was never decoded into objects.
@@ -170,13 +163,6 @@ class RefusedValueError(ButtressError, ValueError):
         super().__init__(message)
         self.key = key
         self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_refused, (str(self), self.key, self.reason))
-
-
-def _rebuild_refused(message: str, key: str, reason: str) -> RefusedValueError:
-    return RefusedValueError(message, key=key, reason=reason)
 
 
 class UnencodableResultError(ButtressError, TypeError):
@@ -198,18 +184,6 @@ class UnencodableResultError(ButtressError, TypeError):
         self.function = function
         self.type_name = type_name
         self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_unencodable,
-            (str(self), self.function, self.type_name, self.path),
-        )
-
-
-def _rebuild_unencodable(
-    message: str, function: str, type_name: str, path: str
-) -> UnencodableResultError:
-    return UnencodableResultError(message, function=function, type_name=type_name, path=path)
 
 
 # --- validation ----------------------------------------------------------------------
@@ -280,10 +254,6 @@ class DataValidationError(ButtressError, ValueError):
             lines.append(f"{function}(): ... and {len(self.errors) - _MAX_LISTED} more problems")
         super().__init__("\n".join(lines))
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-built state would be lost by the default BaseException pickling.
-        return (type(self), (self.function, self.errors))
-
 
 class InputValidationError(DataValidationError):
     """Arguments failed ``@validate_input``: the function was not called."""
@@ -346,7 +316,8 @@ class MemoryPressureError(RejectedError, MemoryError):
         self.function = function
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only facts survive pickling (multiprocessing, task queues).
+        # Through the constructor: MemoryError has a __new__ of its own, which the
+        # generic reduction (ButtressError's) cannot call for a subclass.
         return (_rebuild_memory_pressure, (str(self), dict(self.__dict__)))
 
 
