@@ -107,7 +107,7 @@ def facts(error: BaseException) -> dict[str, Any]:
 @pytest.mark.parametrize("kind", list(INSTANCES), ids=lambda kind: kind.__name__)
 def test_a_round_trip_keeps_the_type_message_facts_and_notes(kind: type[BaseException]) -> None:
     error = INSTANCES[kind]
-    error.add_note("buttress.retry: f() failed 3 time(s)")
+    error.__notes__ = ["buttress.retry: f() failed 3 time(s)"]  # as add_note() does (3.11+)
     try:
         copy = pickle.loads(pickle.dumps(error))
     finally:
@@ -116,9 +116,7 @@ def test_a_round_trip_keeps_the_type_message_facts_and_notes(kind: type[BaseExce
     assert str(copy) == str(error)
     assert copy.args == error.args
     assert facts(copy) == facts(error)
-    assert getattr(copy, "__notes__", None) == ["buttress.retry: f() failed 3 time(s)"] or (
-        kind in (DataValidationError, InputValidationError, OutputValidationError)
-    )
+    assert copy.__notes__ == ["buttress.retry: f() failed 3 time(s)"]
 
 
 def _fail_with(kind_name: str) -> None:
