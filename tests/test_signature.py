@@ -476,6 +476,17 @@ def test_the_receiver_is_found_by_name_or_by_classmethod() -> None:
     assert signature_of(functools.partial(method, object())).receiver is None
     assert signature_of(mixed).receiver is None
 
+    class Shape:  # "cls" here is an ordinary parameter: the receiver is bound already
+        def __init__(self, cls: str) -> None:
+            self.cls = cls
+
+        def __call__(self, cls: str) -> str:
+            return cls
+
+    assert signature_of(Shape).names == ("cls",)
+    assert signature_of(Shape).receiver is None
+    assert signature_of(Shape("a")).receiver is None
+
 
 def test_the_cache_keys_on_the_receiver_by_identity() -> None:
     a, b = Model("v1"), Model("v1")

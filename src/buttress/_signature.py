@@ -50,6 +50,7 @@ monitor inputs    left out       left out             numbered (``args[0]``)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import weakref
@@ -169,7 +170,9 @@ class CallSignature:
             p.name for p in self.parameters if p.kind is inspect.Parameter.POSITIONAL_ONLY
         )
         self._required = tuple(i for i, d in enumerate(defaults) if d is MISSING)
-        if self.positional:
+        # Only a function's own first parameter can be a receiver: the signatures of a
+        # class, a bound method or a callable object have theirs bound already.
+        if self.positional and isinstance(target, (types.FunctionType, functools.partial)):
             self._first = names[0]
 
     def __repr__(self) -> str:

@@ -213,10 +213,8 @@ class Site:
     )
 
     def __init__(
-        self, settings: _Settings, fn: Callable[..., Any], signature: CallSignature | None = None
+        self, settings: _Settings, fn: Callable[..., Any], signature: CallSignature
     ) -> None:
-        if signature is None:
-            signature = signature_of(fn)
         self.name = settings.name or function_name(fn)
         self.labels = settings.labels
         self.level = settings.level

@@ -4,8 +4,10 @@
 its position, its keyword name and its check. The closure it returns walks the slots:
 no ``inspect.Signature.bind`` per call, no dict of every argument, nothing allocated when
 every value passes unchanged. Arguments the caller left out keep their defaults, which
-are not validated; binding mistakes (a missing argument, one too many) are left for the
-function itself to report, as it would without the decorator.
+are not validated; a call that does not fit the signature (a missing argument, one too
+many) is not validated but left for the function itself to report, as it would without
+the decorator: the fit is asked only when a check fails, so the passing path pays nothing
+for it.
 """
 
 from __future__ import annotations
@@ -277,10 +279,8 @@ def compile_input(
         )
     parameters = signature.parameters
     if specs is None:
-        receiver = signature.receiver
-        hints = hints_of(target, namespace, skip=receiver)
+        hints = hints_of(target, namespace, skip=signature.receiver)
         chosen = {p.name: hints[p.name] for p in parameters if p.name in hints}
-        chosen.pop(receiver, None)  # type: ignore[arg-type]
     else:
         unknown = [name for name in specs if name not in {p.name for p in parameters}]
         if unknown:
