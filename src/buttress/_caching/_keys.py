@@ -529,23 +529,30 @@ class KeyBuilder:
                 except _Unkeyable as exc:
                     raise self._error(position, exc) from None
         if signature.var_positional is not None:
-            first = signature.positional
-            items: list[Any] = [VARARGS]
-            for position, value in enumerate(extra, first):
-                try:
-                    items.append(canonical(value))
-                except _Unkeyable as exc:
-                    raise self._error(position, exc) from None
-            parts.append(tuple(items))
+            parts.append((VARARGS, *self._positional(extra, signature.positional)))
         if signature.var_keyword is not None:
-            pairs = []
-            for name, value in extra_keywords.items():
-                try:
-                    pairs.append((name, canonical(value)))
-                except _Unkeyable as exc:
-                    raise self._error(name, exc) from None
-            parts.append((VARKW, frozenset(pairs)))
+            parts.append((VARKW, frozenset(self._keywords(extra_keywords))))
         return tuple(parts)
+
+    def _positional(self, values: tuple[Any, ...], first: int) -> list[Hashable]:
+        """The canonical forms of positional arguments, the first at position ``first``."""
+        result = []
+        for position, value in enumerate(values, first):
+            try:
+                result.append(canonical(value))
+            except _Unkeyable as exc:
+                raise self._error(position, exc) from None
+        return result
+
+    def _keywords(self, values: Mapping[str, Any]) -> list[tuple[str, Hashable]]:
+        """``(keyword, canonical form)`` pairs of keyword arguments."""
+        result = []
+        for name, value in values.items():
+            try:
+                result.append((name, canonical(value)))
+            except _Unkeyable as exc:
+                raise self._error(name, exc) from None
+        return result
 
     def _error(self, where: int | str, exc: _Unkeyable) -> UnkeyableArgumentError:
         """The error for the argument at a position or keyword, named as displayed."""
@@ -557,19 +564,7 @@ class KeyBuilder:
         return _unkeyable_error(self._function, name, exc)
 
     def _unbound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-        positional = []
-        for position, value in enumerate(args):
-            try:
-                positional.append(canonical(value))
-            except _Unkeyable as exc:
-                raise self._error(position, exc) from None
-        keywords = []
-        for name, value in kwargs.items():
-            try:
-                keywords.append((name, canonical(value)))
-            except _Unkeyable as exc:
-                raise self._error(name, exc) from None
-        return (UNBOUND, tuple(positional), frozenset(keywords))
+        return (UNBOUND, tuple(self._positional(args, 0)), frozenset(self._keywords(kwargs)))
 
 
 def _canonical_default(default: Any) -> Any:
