@@ -25,6 +25,7 @@ from _cache_support import calls_of as counted
 from _monitor_support import Records, capture, fresh_monitoring
 from buttress import (
     ArraySpec,
+    ConfigurationError,
     InputValidationError,
     UnkeyableArgumentError,
     ValidationFailed,
@@ -35,6 +36,7 @@ from buttress import (
     monitor,
     retry,
     validate_input,
+    validate_output,
 )
 from buttress._caching._keys import KeyBuilder
 from buttress._signature import MISSING, _read, signature_of
@@ -608,6 +610,15 @@ def test_validation_does_not_read_the_receivers_annotation() -> None:
         @classmethod
         def build(klass: type[Ranker], k: int) -> int:
             return k
+
+    # validate_output too: a missing return annotation shows at decoration, not at the
+    # first call (as it would if the unresolvable "Scorer" had to wait for the class)
+    with pytest.raises(ConfigurationError, match="no return annotation"):
+
+        class Scorer:
+            @validate_output
+            def score(self: Scorer):  # type: ignore[no-untyped-def]
+                return 1
 
     assert Ranker().rank("3") == 3  # type: ignore[arg-type]
     assert Ranker().again("4") == 4  # type: ignore[arg-type]
