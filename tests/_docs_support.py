@@ -13,7 +13,12 @@ reader would paste them into one file:
 - any other block (```` ```bash ````, ```` ```text ````...) must be marked that way;
 - ``<!-- fixtures: NAME ... -->`` asks for fixtures of ``tests/test_docs.py`` (servers),
   which set environment variables such as ``EMBEDDING_URL`` or ``REDIS_URL`` that the
-  blocks read, with a default a reader can use.
+  blocks read, with a default a reader can use;
+- hidden blocks find ``docs_cleanup``, a :class:`contextlib.ExitStack` closed when the
+  page ends however it ends (``docs_cleanup.enter_context(UvicornThread(app))``).
+
+What a page changes in the process is undone after it: logging handlers and levels,
+buttress' metrics (disabled again if the page enabled them).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import doctest
 import io
+import logging
 import re
 import sys
 import types
@@ -135,7 +141,11 @@ def run(path: Path) -> tuple[int, int]:
     document.namespace = module.__dict__
     sys.modules[name] = module
     ran = skipped = 0
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(_logging_restored())
+        cleanup.callback(_metrics_restored(), None)
+        cleanup.callback(sys.modules.pop, name, None)
+        document.namespace["docs_cleanup"] = cleanup.enter_context(contextlib.ExitStack())
         for example in document:
             if isinstance(example.region.evaluator, Skipper):
                 example.evaluate()
@@ -150,6 +160,35 @@ def run(path: Path) -> tuple[int, int]:
                     f"{label}, line {example.line}: {error}"
                 ) from error
             ran += 1
-    finally:
-        del sys.modules[name]
     return ran, skipped
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """Put every logger's handlers, level and propagation back as they were."""
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    saved = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    try:
+        yield
+    finally:
+        for logger, handlers, level, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+def _metrics_restored() -> object:
+    """A callback that disables buttress' metrics if the page enabled them."""
+    from buttress import metrics
+
+    before = metrics.current_registry()
+
+    def restore(_: object) -> None:
+        if before is None and metrics.current_registry() is not None:
+            metrics.disable()
+
+    return restore
