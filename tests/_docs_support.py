@@ -14,7 +14,7 @@ reader would paste them into one file:
 - ``<!-- fixtures: NAME ... -->`` asks for fixtures of ``tests/test_docs.py`` (servers),
   which set environment variables such as ``EMBEDDING_URL`` or ``REDIS_URL`` that the
   blocks read, with a default a reader can use;
-- hidden blocks find ``docs_cleanup``, a :class:`contextlib.ExitStack` closed when the
+- hidden blocks find the page's fixtures by name, and ``docs_cleanup``, a :class:`contextlib.ExitStack` closed when the
   page ends however it ends (``docs_cleanup.enter_context(UvicornThread(app))``).
 
 What a page changes in the process is undone after it: logging handlers and levels,
@@ -128,8 +128,11 @@ def skip_reasons(document: Document) -> Iterator[tuple[int, str, str | None]]:
             yield example.line, action, reason
 
 
-def run(path: Path) -> tuple[int, int]:
-    """Run every block of the page; return (blocks run, blocks marked not runnable)."""
+def run(path: Path, fixtures: dict[str, object] | None = None) -> tuple[int, int]:
+    """Run every block of the page; return (blocks run, blocks marked not runnable).
+
+    ``fixtures`` (the page's, by name) are in the namespace too, for hidden checks.
+    """
     document = parse(path)
     for line, action, reason in skip_reasons(document):
         if action in ("next", "start") and not (reason and reason.strip(" '\"")):
@@ -145,6 +148,7 @@ def run(path: Path) -> tuple[int, int]:
         cleanup.enter_context(_logging_restored())
         cleanup.callback(_metrics_restored(), None)
         cleanup.callback(sys.modules.pop, name, None)
+        document.namespace.update(fixtures or {})
         document.namespace["docs_cleanup"] = cleanup.enter_context(contextlib.ExitStack())
         for example in document:
             if isinstance(example.region.evaluator, Skipper):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import re
 import subprocess
@@ -76,6 +77,44 @@ def redis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return redis_url
 
 
+class Pushgateway(http.server.ThreadingHTTPServer):
+    """Accepts Prometheus pushes as a Pushgateway does; keeps (method, path, body)."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, str]] = []
+        gateway = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _push(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length).decode()
+                gateway.received.append((self.command, self.path, body))
+                self.send_response(200)
+                self.end_headers()
+
+            do_PUT = do_POST = _push
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.fixture
+def pushgateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pushgateway]:
+    """A stand-in Pushgateway on a free port; ``PUSHGATEWAY`` is its address."""
+    server = Pushgateway()
+    thread = threading.Thread(target=server.serve_forever, name="docs-pushgateway")
+    thread.start()
+    monkeypatch.setenv("PUSHGATEWAY", f"127.0.0.1:{server.server_address[1]}")
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(30)
+        server.server_close()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory, for pages whose blocks write files."""
@@ -92,9 +131,8 @@ def page_id(path: Path) -> str:
 
 @pytest.mark.parametrize("path", pages(), ids=page_id)
 def test_code_blocks(path: Path, request: pytest.FixtureRequest) -> None:
-    for name in fixtures_of(parse(path)):
-        request.getfixturevalue(name)
-    run(path)
+    fixtures = {name: request.getfixturevalue(name) for name in fixtures_of(parse(path))}
+    run(path, fixtures)
 
 
 # --- the build ----------------------------------------------------------------------
