@@ -14,8 +14,9 @@ reader would paste them into one file:
 - ``<!-- fixtures: NAME ... -->`` asks for fixtures of ``tests/test_docs.py`` (servers),
   which set environment variables such as ``EMBEDDING_URL`` or ``REDIS_URL`` that the
   blocks read, with a default a reader can use;
-- hidden blocks find the page's fixtures by name, and ``docs_cleanup``, a :class:`contextlib.ExitStack` closed when the
-  page ends however it ends (``docs_cleanup.enter_context(UvicornThread(app))``).
+- hidden blocks find the page's fixtures by name, and ``docs_cleanup``, an ``ExitStack``
+  closed when the page ends however it ends
+  (``docs_cleanup.enter_context(UvicornThread(app))``).
 
 What a page changes in the process is undone after it: logging handlers and levels,
 buttress' metrics (disabled again if the page enabled them).

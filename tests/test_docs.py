@@ -272,3 +272,64 @@ def test_the_runner_counts_what_it_ran_and_what_is_marked(tmp_path: Path) -> Non
         '```python\nprint(x + 1)\n#> 2\n```\n```python\n>>> x\n1\n```\n',
     )
     assert run(page) == (4, 1)
+
+
+# --- the pages' reference tables follow the code ------------------------------------
+
+PARAMETER_TABLES = [
+    ("decorators/retry.md", "## Parameters", "retry"),
+    ("decorators/cache.md", "## Parameters", "cache_result"),
+    ("decorators/redis.md", "## Parameters", "RedisStore"),
+    ("decorators/memory-guard.md", "## Parameters", "memory_guard"),
+    ("decorators/monitoring.md", "## Parameters", "monitor"),
+    ("decorators/policies.md", "## @circuit_breaker", "circuit_breaker"),
+    ("decorators/policies.md", "## @bulkhead", "bulkhead"),
+    ("decorators/policies.md", "## @rate_limit", "rate_limit"),
+    ("decorators/policies.md", "## @fallback", "fallback"),
+    ("decorators/policy.md", "# policy()", "policy"),
+]
+
+
+def table_names(page: str, heading: str) -> list[str]:
+    """The first column of the first parameter table after ``heading``."""
+    lines = (DOCS / page).read_text().splitlines()
+    lines = lines[next(n for n, line in enumerate(lines) if line.startswith(heading)) :]
+    start = next(
+        n for n, line in enumerate(lines) if re.match(r"\| (parameter|keyword) \|", line)
+    )
+    names = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        names.append(line.split("|")[1].strip().strip("`"))
+    return names
+
+
+@pytest.mark.parametrize(("page", "heading", "name"), PARAMETER_TABLES)
+def test_parameter_tables_list_every_parameter(page: str, heading: str, name: str) -> None:
+    import inspect
+
+    import buttress
+
+    signature = inspect.signature(getattr(buttress, name))
+    expected = [
+        parameter.name
+        for parameter in signature.parameters.values()
+        if parameter.name not in ("fn", "self") and parameter.kind is not parameter.VAR_KEYWORD
+    ]
+    assert sorted(table_names(page, heading)) == sorted(expected)
+
+
+def test_the_events_page_lists_every_event() -> None:
+    import buttress
+
+    text = (DOCS / "reference" / "events.md").read_text()
+    kinds = [
+        name
+        for name in buttress.__all__
+        if isinstance(getattr(buttress, name), type)
+        and issubclass(getattr(buttress, name), buttress.Event)
+        and name != "Event"
+    ]
+    assert kinds
+    assert [kind for kind in kinds if f"| `{kind}` |" not in text] == []

@@ -42,7 +42,10 @@ HEADLINE: tuple[tuple[str, ...], ...] = (
         "monitor/monitor, per-call overhead, async function",
         "**buttress.monitor, metrics + 1% of calls logged (queued)**",
     ),
-    ("`@circuit_breaker`, success, async", "policies/circuit breaker, success path, async function"),
+    (
+        "`@circuit_breaker`, success, async",
+        "policies/circuit breaker, success path, async function",
+    ),
     (
         "`@rate_limit`, not waiting, async",
         "policies/rate limit, never waiting (rate far above the call rate), async function",
@@ -93,9 +96,7 @@ def parse_results(text: str) -> dict[str, Table]:
         elif line.startswith("### "):
             current = Table(f"{section}/{line[4:].strip()}", [])
             tables[current.title] = current
-        elif current is None:
-            continue
-        elif line.startswith("|---"):
+        elif current is None or line.startswith("|---"):
             continue
         elif line.startswith("| "):
             cells = [cell.strip() for cell in line.strip().strip("|").split("|")]

@@ -1,6 +1,6 @@
 """policy(): one decorator that stacks the others in the canonical order.
 
-The order (outermost first) is DESIGN.md's::
+The order (outermost first), explained in docs/decorators/policy.md::
 
     monitor > validate_input > fallback > timeout > cache_result > retry
             > circuit_breaker > bulkhead > rate_limit > memory_guard > attempt_timeout
