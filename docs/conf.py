@@ -29,6 +29,9 @@ exclude_patterns = ["_build"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3  # [text](page.md#a-section-title) links, checked by the build
 
+# The same anchors as GitHub, whatever myst's version (an import path: Sphinx pickles it).
+myst_heading_slug_func = "buttress_refs.github_slug"
+
 nitpicky = True  # every reference must resolve; with -W a broken one fails the build
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"

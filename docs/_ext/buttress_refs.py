@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 from typing import Any
 
 from docutils import nodes
@@ -32,7 +33,17 @@ EXTERNAL_MODULES = (
 EXTERNAL_NAMES = frozenset({
     "APIRouter", "ASGIApp", "CollectorRegistry", "DogStatsdSink", "FastAPI", "Middleware",
     "P", "R", "T",
+    "ellipsis",  # how Sphinx 7 spells types.EllipsisType
 })
+
+
+def github_slug(title: str) -> str:
+    """A heading's anchor as GitHub makes it (``## @rate_limit`` is ``#rate_limit``).
+
+    The docs' links then work on GitHub too, and do not change with myst-parser's
+    version (its own slugs changed between versions).
+    """
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
 
 
 @functools.cache
