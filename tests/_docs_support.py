@@ -19,7 +19,8 @@ reader would paste them into one file:
   (``docs_cleanup.enter_context(UvicornThread(app))``).
 
 What a page changes in the process is undone after it: logging handlers and levels,
-buttress' metrics (disabled again if the page enabled them).
+buttress' metrics (disabled again if the page enabled them), @monitor's exporter thread
+(stopped again if the page started it).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def run(path: Path, fixtures: dict[str, object] | None = None) -> tuple[int, int
     with contextlib.ExitStack() as cleanup:
         cleanup.enter_context(_logging_restored())
         cleanup.callback(_metrics_restored(), None)
+        cleanup.callback(_exporter_restored(), None)
         cleanup.callback(sys.modules.pop, name, None)
         document.namespace.update(fixtures or {})
         document.namespace["docs_cleanup"] = cleanup.enter_context(contextlib.ExitStack())
@@ -184,6 +186,21 @@ def _logging_restored() -> Iterator[None]:
             logger.handlers[:] = handlers
             logger.setLevel(level)
             logger.propagate = propagate
+
+
+def _exporter_restored() -> object:
+    """A callback that stops @monitor's exporter thread if the page started it (as the
+    demo does), so that tests after the page find the process as it was."""
+    from buttress import monitoring_stats
+    from buttress._monitoring._emitter import exporter
+
+    was_running = monitoring_stats().running
+
+    def restore(_: object) -> None:
+        if not was_running and monitoring_stats().running:
+            exporter.stop(10.0)
+
+    return restore
 
 
 def _metrics_restored() -> object:
