@@ -333,3 +333,20 @@ def test_the_events_page_lists_every_event() -> None:
     ]
     assert kinds
     assert [kind for kind in kinds if f"| `{kind}` |" not in text] == []
+
+
+def test_the_architecture_page_places_every_module_and_dependency() -> None:
+    """Like test_architecture's check of the package docstring, for the docs page."""
+    from test_architecture import FEATURE_DEPENDENCIES, LAYERS, MODULES
+
+    text = (DOCS / "architecture.md").read_text()
+    missing = [
+        module
+        for module in LAYERS
+        if module != "buttress"
+        and module in MODULES
+        and f"`{module.rpartition('.')[2]}" not in text
+    ]
+    assert not missing, f"docs/architecture.md does not place {missing}"
+    for source, target in FEATURE_DEPENDENCIES:
+        assert f"- {source} -> {target}:" in text, (source, target)

@@ -10,6 +10,10 @@ documented fails it. Type hints make three kinds of reference that cannot resolv
   text. A name that does not exist at all still fails the build;
 - other projects' names (``datetime.timedelta``, ``numpy.ndarray``): the build has no
   network to fetch their inventories, so they are shown as text.
+
+Signatures built from string annotations (the declared decorators) name types as their
+module does, unqualified (``timedelta``, ``OnError``): a bare name that a buttress module
+defines or imports is resolved the same way, public or not.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import re
+import sys
 from typing import Any
 
 from docutils import nodes
@@ -80,6 +85,15 @@ def _exists(target: str) -> bool:
     return False
 
 
+def _known_bare_name(name: str) -> bool:
+    """Whether a loaded buttress module defines or imports ``name``."""
+    return any(
+        hasattr(module, name)
+        for module_name, module in list(sys.modules.items())
+        if module_name == "buttress" or module_name.startswith("buttress.")
+    )
+
+
 def _missing_reference(app: Any, env: Any, node: Any, contnode: nodes.Node) -> Any:
     if node.get("refdomain") != "py":
         return None
@@ -95,6 +109,16 @@ def _missing_reference(app: Any, env: Any, node: Any, contnode: nodes.Node) -> A
         )
     if target in EXTERNAL_NAMES or target.split(".", 1)[0] in EXTERNAL_MODULES:
         return contnode
+    if "." not in target:
+        if target in public:
+            domain = env.get_domain("py")
+            return domain.resolve_xref(
+                env, node["refdoc"], app.builder, node["reftype"], public[target], node,
+                contnode,
+            )
+        bare = re.match(r"\w+", target)  # a string annotation cut at its comma: Mapping[str
+        if bare is not None and _known_bare_name(bare.group()):
+            return contnode
     if target.startswith("buttress.") and _exists(target):
         private = any(part.startswith("_") for part in target.split(".")[1:])
         if private:
