@@ -35,6 +35,7 @@ from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fat
 from ._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled, events
 from ._policies._budget import RetryBudget
 from ._settings import ExceptionTypes
+from ._signature import MISSING, CallSignature, signature_of
 from ._streams import Restart, Session, async_stream_shell, sync_stream_shell
 from ._wrapping import WrapperFactory, function_name, wrap
 
@@ -458,7 +459,7 @@ class _StreamRun(Session):
         self,
         retrier: _Retrier,
         name: str,
-        signature: inspect.Signature | None,
+        signature: CallSignature | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
@@ -507,23 +508,31 @@ class _StreamRun(Session):
 
     def _resumed(self, error: BaseException, attempt: int) -> tuple[Any, Any]:
         """The next run's arguments from ``resume``, or ``(None, None)``."""
-        assert self.retrier.resume is not None
-        assert self.signature is not None
-        bound = self.signature.bind(*self.args, **self.kwargs)
-        bound.apply_defaults()
-        changes = self.retrier.resume(
-            StreamResume(self.name, attempt, self.items, error, dict(bound.arguments))
-        )
+        resume, signature = self.retrier.resume, self.signature
+        assert resume is not None
+        assert signature is not None
+        # The call fitted (it delivered items), so it binds; defaults are filled in.
+        values, extra, extra_keywords = signature.bind(self.args, self.kwargs)
+        names = signature.names
+        arguments = {
+            name: default if value is MISSING else value
+            for name, value, default in zip(names, values, signature.defaults, strict=True)
+        }
+        changes = resume(StreamResume(self.name, attempt, self.items, error, dict(arguments)))
         if changes is None:
             return None, None
-        unknown = set(changes) - set(bound.arguments)
+        unknown = set(changes) - set(arguments)
         if unknown:
             raise TypeError(
                 f"@retry(resume=...) for {self.name}() returned {sorted(unknown)}, which "
                 "names no parameter of the function"
             )
-        bound.arguments.update(changes)
-        return bound.args, bound.kwargs
+        arguments.update(changes)
+        positional = signature.positional
+        args = (*(arguments[name] for name in names[:positional]), *extra)
+        kwargs = {name: arguments[name] for name in names[positional:]}
+        kwargs.update(extra_keywords)
+        return args, kwargs
 
 
 class _TimedStreamRun(_StreamRun):
@@ -570,7 +579,7 @@ def _stream_sessions(
                 "stream: it has no result to check (check the items in the stream)"
             )
         name = function_name(fn)
-        signature = inspect.signature(fn) if retrier.resume is not None else None
+        signature = signature_of(fn) if retrier.resume is not None else None
         return lambda args, kwargs: kind(retrier, name, signature, args, kwargs)
 
     return sessions
