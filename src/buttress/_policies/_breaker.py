@@ -234,10 +234,7 @@ class CircuitBreaker:
     # --- the block --------------------------------------------------------------------
 
     def __enter__(self) -> CircuitBreaker:
-        name = caller_name()
-        ticket = self.acquire(name)
-        self._blocks.push((ticket, _clock.monotonic() if self.times_calls else 0.0, name))
-        return self
+        return self._enter()
 
     def __exit__(
         self,
@@ -245,17 +242,10 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ticket, started, name = self._blocks.pop()
-        if exc is None:
-            self.record(ticket, started, name)
-        else:
-            self.on_error(ticket, exc, started, name)
+        self._exit(exc)
 
     async def __aenter__(self) -> CircuitBreaker:
-        name = caller_name()
-        ticket = self.acquire(name)
-        self._blocks.push((ticket, _clock.monotonic() if self.times_calls else 0.0, name))
-        return self
+        return self._enter()
 
     async def __aexit__(
         self,
@@ -263,7 +253,19 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ticket, started, name = self._blocks.pop()
+        self._exit(exc)
+
+    # The with statement runs two frames above these (through __enter__ or __aenter__).
+
+    def _enter(self) -> CircuitBreaker:
+        name = caller_name(2)
+        ticket = self.acquire(name)
+        entry = (ticket, _clock.monotonic() if self.times_calls else 0.0, name)
+        self._blocks.push(entry, depth=2)
+        return self
+
+    def _exit(self, exc: BaseException | None) -> None:
+        ticket, started, name = self._blocks.pop(depth=2)
         if exc is None:
             self.record(ticket, started, name)
         else:
