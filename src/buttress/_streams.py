@@ -224,6 +224,11 @@ def async_stream_shell(open_session: Callable[..., Any]) -> WrapperFactory:
                         if limited and (limit := session.limit()) is not None:
                             if limit <= 0:
                                 raise session.expired()
+                            # The one place a step is bounded. Every bounded step pays for
+                            # a scope, even one whose item is ready: starting the step by
+                            # hand and entering the scope only if it suspends would nest
+                            # the scope inside any the generator entered meanwhile, which
+                            # trio (and anyio) refuse.
                             with anyio.move_on_after(limit) as scope:
                                 item = await step(value)
                             if scope.cancelled_caught:
