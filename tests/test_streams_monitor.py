@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from _monitor_support import capture, fresh_monitoring, parse, value
+from _stream_support import drain
 from buttress import JsonFormatter, flush_monitoring, metrics, monitor
 from buttress.testing import FakeClock
 
@@ -152,3 +153,20 @@ async def test_track_output_tracks_each_item(registry: CollectorRegistry) -> Non
     samples = scrape(registry)
     assert value(samples, "buttress_output_count", function="scores") == 3
     assert value(samples, "buttress_output_sum", function="scores") == pytest.approx(1.65)
+
+
+@pytest.mark.anyio
+async def test_a_stream_is_slow_when_its_first_item_is(buttress_clock: FakeClock) -> None:
+    @monitor("slow_start", slow_threshold=1.0)
+    async def tokens(first: float) -> AsyncIterator[int]:
+        buttress_clock.advance(first)
+        yield 0
+        buttress_clock.advance(10)  # a long stream after a quick start is not slow
+        yield 1
+
+    with capture() as records:
+        assert await drain(tokens(0.1)) == [0, 1]
+        assert await drain(tokens(2.0)) == [0, 1]
+        flush_monitoring()
+    quick, slow = records.of("slow_start")
+    assert (quick.slow, slow.slow) == (False, True)  # type: ignore[attr-defined]

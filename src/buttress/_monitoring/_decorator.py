@@ -325,7 +325,9 @@ class Site:
                 self._scan(scanned, kwargs)
 
         threshold = self.slow_threshold
-        slow = threshold is not None and duration >= threshold
+        # A stream is slow when its first item is (a long stream is not slow in itself).
+        waited = duration if stream is None or stream[1] is None else stream[1]
+        slow = threshold is not None and waited >= threshold
         if outcome == ERROR:
             level = max(self.level, logging.ERROR)
         elif slow:
@@ -687,7 +689,9 @@ def monitor(settings: _Settings) -> Decorate:
     ``stream`` field ``{"items", "first_item", "ended"}`` (items delivered, seconds to
     the first, and ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"abandoned"``).
     The metrics add ``buttress_stream_items_total{function}`` and the histogram
-    ``buttress_stream_first_item_seconds{function}``; ``track_output`` tracks each item.
+    ``buttress_stream_first_item_seconds{function}``; ``track_output`` tracks each item;
+    ``slow_threshold`` applies to the time to first item (to the whole stream when it
+    delivered none).
     """
 
     def decorate(target: Any) -> Any:
