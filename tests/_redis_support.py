@@ -57,6 +57,11 @@ def no_stray_threads() -> Iterator[None]:
         time.sleep(0.01)
 
 
+def named(fn: Any) -> str:
+    """``module.qualname`` of ``fn``: the ``name=`` that makes a closure share its keys."""
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
 def raw_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5)
 

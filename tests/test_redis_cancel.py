@@ -12,7 +12,7 @@ import redis
 import redis.asyncio
 
 from _cache_support import accesses, by_kind, counted
-from _redis_support import no_stray_threads, raw_client  # noqa: F401  (a fixture)
+from _redis_support import named, no_stray_threads, raw_client  # noqa: F401  (a fixture)
 from buttress import CacheKey, CacheScope, RedisStore, cache_result
 
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_stray_threads")]
@@ -44,7 +44,7 @@ async def _cancel_while_computing(
 
     hang.__qualname__ = embed.__qualname__
     hang.__module__ = embed.__module__
-    leader = cache_result(ttl=60, store=store)(hang)
+    leader = cache_result(ttl=60, store=store, name=named(embed))(hang)
     scope = anyio.CancelScope()
 
     async def lead() -> None:
@@ -130,7 +130,7 @@ async def test_a_cancelled_leader_lets_a_waiting_replica_take_over_at_once(
 
     hang.__qualname__ = embed.__qualname__
     hang.__module__ = embed.__module__
-    a = cache_result(ttl=60, store=first)(hang)
+    a = cache_result(ttl=60, store=first, name=named(embed))(hang)
     b = cache_result(ttl=60, store=second)(embed)
     results: list[int] = []
     scope = anyio.CancelScope()
