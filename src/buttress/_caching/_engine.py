@@ -99,21 +99,18 @@ class Engine:
                             return None, exc  # the cache could not be read: no result to note
                         entry = held = None
                     if held is not None:
-                        # nothing stored, and the store made this caller the one that
-                        # computes it across processes (in the same round trip)
+                        # Nothing stored, and the store made this caller the one that
+                        # computes it across processes (in the same round trip). Callers of
+                        # this process join its flight; one that came while the store was
+                        # read has a flight of its own, waiting for this value through the
+                        # store: this caller computes all the same.
                         with self.lock:
                             led = None if key in flights else new_flight(None)
                             if led is not None:
                                 flights[key] = led
-                        if led is not None:
-                            return (
-                                yield from self._compute(
-                                    key, stored, None, ABSENT, flights, led, held
-                                )
-                            )
-                        # another caller of this process got there first: let go, join it
-                        yield from self._release(held, None)
-                        held = None
+                        return (
+                            yield from self._compute(key, stored, None, ABSENT, flights, led, held)
+                        )
             state = ABSENT if entry is None else policy.state(entry, _clock.monotonic())
             flight = own = waiter = None
             moved = False

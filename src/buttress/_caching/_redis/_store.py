@@ -103,12 +103,16 @@ _LOCAL_SCOPE: Final = CacheScope("<RedisStore local layer>")
 
 
 def _unsupported(exc: BaseException) -> bool:
-    """Whether ``exc`` says the server does not know a command (BLMOVE before 6.2)."""
+    """Whether ``exc`` says the server does not run a command: it does not know it
+    (BLMOVE before Redis 6.2), or an ACL forbids it (as some managed services do)."""
     if isinstance(exc, RedisStoreError) and exc.__cause__ is not None:
         exc = exc.__cause__
     import redis
 
-    return isinstance(exc, redis.ResponseError) and "unknown command" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, redis.ResponseError) and (
+        "unknown command" in text or "no permissions" in text or "noperm" in text
+    )
 
 
 @final
