@@ -90,7 +90,8 @@ class Wait(Step):
     blocks on the holder's wake-up); ``None``: nothing but time. ``timeout`` is the
     longest wait in seconds (``None``: until ``on`` says).
 
-    Reply: ``None``.
+    Reply: ``None``; waiting on the Redis flight's holder, the entry, read the moment the
+    wait ended (in the same round trip), or ``None``.
     """
 
     __slots__ = ("on", "timeout")

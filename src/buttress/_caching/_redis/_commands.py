@@ -25,7 +25,6 @@ from buttress._redis import Call, Script
 
 __all__ = [
     "ACQUIRE",
-    "BLMOVE",
     "CLEAR",
     "DELETE",
     "GET",
@@ -36,6 +35,7 @@ __all__ = [
     "RENEW_ALL",
     "SET",
     "STORE",
+    "WAIT_THEN_GET",
 ]
 
 #: Keys deleted per UNLINK when a function's entries are cleared.
@@ -138,17 +138,26 @@ class _Set:
 
 
 @final
-class _BlockingMove:
-    """``BLMOVE list list RIGHT LEFT timeout``: wait up to ``timeout`` seconds for an item
-    in ``list``, and put it back, so that every waiter sees it."""
+class _WaitThenGet:
+    """``BLMOVE done done RIGHT LEFT timeout`` then ``GET entry``, pipelined: wait up to
+    ``timeout`` seconds for an item in ``done`` (put back, so that every waiter sees it),
+    and read the entry the moment the wait ends: the server runs the GET right after the
+    BLMOVE returns, so waking and reading cost one round trip. Returns the entry's bytes.
+    """
 
     __slots__ = ()
 
-    def run(self, client: Any, name: str, timeout: float) -> Any:
-        return client.blmove(name, name, timeout, "RIGHT", "LEFT")
+    def run(self, client: Any, done: str, name: str, timeout: float) -> Any:
+        pipe = client.pipeline(transaction=False)
+        pipe.blmove(done, done, timeout, "RIGHT", "LEFT")
+        pipe.get(name)
+        return pipe.execute()[1]
 
-    async def arun(self, client: Any, name: str, timeout: float) -> Any:
-        return await client.blmove(name, name, timeout, "RIGHT", "LEFT")
+    async def arun(self, client: Any, done: str, name: str, timeout: float) -> Any:
+        pipe = client.pipeline(transaction=False)
+        pipe.blmove(done, done, timeout, "RIGHT", "LEFT")
+        pipe.get(name)
+        return (await pipe.execute())[1]
 
 
 @final
@@ -206,7 +215,7 @@ class _Pipelined:
 
 
 SET: Final = _Set()
-BLMOVE: Final = _BlockingMove()
+WAIT_THEN_GET: Final = _WaitThenGet()
 CLEAR: Final = _Clear()
 #: RENEW for many locks at once.
 RENEW_ALL: Final = _Pipelined(RENEW)

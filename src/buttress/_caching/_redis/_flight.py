@@ -13,7 +13,8 @@ the steps out, one blocking (:func:`run`), one awaiting (:func:`arun`).
 
 Waiting does not poll: a waiter flags that it waits, and blocks on ``<entry>:done`` with
 ``BLMOVE`` until the holder pushes its token there (when it stores the value or lets go),
-or until the lock would expire, whichever comes first; then it reads again. Each block
+or until the lock would expire, whichever comes first; a ``GET`` pipelined behind the
+``BLMOVE`` reads the entry the moment it returns. Each block
 lasts at most half the client's socket timeout, so that it never looks like a hung
 server. Polling with backoff (2 ms doubling to 50 ms) is the fallback: for a server
 without ``BLMOVE`` (before Redis 6.2), and for waiters beyond half the connection pool
@@ -59,7 +60,9 @@ def plan(store: RedisStore, key: CacheKey, current: CacheEntry | None) -> Flight
     """The cross-process flight's decisions: returns ``(entry to serve, lock held)``.
 
     ``Lead`` is answered ``(taken, entry, seconds the holder's lock has left)``: the entry
-    read in the same round trip, and when the lock was taken, 0. Holding the lock, serve a
+    read in the same round trip, and when the lock was taken, 0. A ``Wait`` on the
+    ``HOLDER`` is answered with the entry, read the moment the wait ended (in the same
+    round trip). Holding the lock, serve a
     value stored just before, or compute. When another process holds it: serve
     ``current`` if there is one (that process refreshes it) or a fresh value already
     there, else wait for the holder and look again, until a fresh value appears (serve
@@ -86,11 +89,11 @@ def plan(store: RedisStore, key: CacheKey, current: CacheEntry | None) -> Flight
             waited = True
         limit = store.wait_limit()
         if limit is not None:  # until the holder wakes us, or its lock would expire
-            yield Wait(HOLDER, max(_SHORTEST_BLOCK, min(limit, left)))
+            found = yield Wait(HOLDER, max(_SHORTEST_BLOCK, min(limit, left)))
         else:
             yield Wait(timeout=delay * (0.75 + random.random() / 2))
             delay = min(delay * 2, _MAX_POLL)
-        found, _ = yield Read(key)
+            found, _ = yield Read(key)
         if found is not None and found.expires > _clock.monotonic():
             return found, False
         taken, found, left = yield lead
@@ -102,20 +105,21 @@ def _newer(found: CacheEntry, current: CacheEntry | None) -> bool:
     return current is None or found.stored_at > current.stored_at + _SAME_STAMP
 
 
-def run(steps: FlightPlan, store: RedisStore, name: str, token: str) -> tuple[Any, bool]:
+def run(
+    steps: FlightPlan, store: RedisStore, key: CacheKey, name: str, token: str
+) -> tuple[Any, bool]:
     """Carry out a flight's steps on the sync client, blocking this thread."""
     reply: Any = None
     try:
         while True:
             step = steps.send(reply)
             if isinstance(step, Wait):
+                assert step.timeout is not None
                 if step.on is HOLDER:
-                    assert step.timeout is not None
-                    store.block(name, step.timeout)
+                    reply = store.block(key, name, step.timeout)
                 else:
-                    assert step.timeout is not None
                     time.sleep(step.timeout)  # real time: the lock's expiry in Redis is real
-                reply = None
+                    reply = None
             elif isinstance(step, Read):
                 reply = store.read_for_flight(step.key, name), None
             else:
@@ -125,20 +129,21 @@ def run(steps: FlightPlan, store: RedisStore, name: str, token: str) -> tuple[An
         return done.value  # type: ignore[no-any-return]
 
 
-async def arun(steps: FlightPlan, store: RedisStore, name: str, token: str) -> tuple[Any, bool]:
+async def arun(
+    steps: FlightPlan, store: RedisStore, key: CacheKey, name: str, token: str
+) -> tuple[Any, bool]:
     """Carry out a flight's steps from a coroutine (asyncio client, or worker threads)."""
     reply: Any = None
     try:
         while True:
             step = steps.send(reply)
             if isinstance(step, Wait):
+                assert step.timeout is not None
                 if step.on is HOLDER:
-                    assert step.timeout is not None
-                    await store.ablock(name, step.timeout)
+                    reply = await store.ablock(key, name, step.timeout)
                 else:
-                    assert step.timeout is not None
                     await anyio.sleep(step.timeout)  # real time: the lock's expiry is real
-                reply = None
+                    reply = None
             elif isinstance(step, Read):
                 reply = await store.aread_for_flight(step.key, name), None
             else:

@@ -54,7 +54,6 @@ from buttress._redis import RETRY_AFTER, RedisConnection, running_asyncio_loop
 from . import _flight
 from ._commands import (
     ACQUIRE,
-    BLMOVE,
     CLEAR,
     DELETE,
     GET,
@@ -65,6 +64,7 @@ from ._commands import (
     RENEW_ALL,
     SET,
     STORE,
+    WAIT_THEN_GET,
 )
 from ._keeper import LockKeeper
 from ._stats import Counters, RedisStoreStats
@@ -559,7 +559,7 @@ class RedisStore(CacheStore):
         """Take the key's lock across processes, or wait for its holder's value."""
         name = self.key_name(key)
         token = secrets.token_hex(16)
-        found, held = _flight.run(_flight.plan(self, key, current), self, name, token)
+        found, held = _flight.run(_flight.plan(self, key, current), self, key, name, token)
         if not held:
             yield found
             return
@@ -573,7 +573,9 @@ class RedisStore(CacheStore):
         """Async :meth:`flight`."""
         name = self.key_name(key)
         token = secrets.token_hex(16)
-        found, held = await _flight.arun(_flight.plan(self, key, current), self, name, token)
+        found, held = await _flight.arun(
+            _flight.plan(self, key, current), self, key, name, token
+        )
         if not held:
             yield found
             return
@@ -636,32 +638,40 @@ class RedisStore(CacheStore):
         limit = self.connection.blocking_limit
         return self.lock_ttl if limit is None else limit
 
-    def block(self, name: str, seconds: float) -> None:
-        """``Wait`` for the holder's wake-up, at most ``seconds``."""
+    def block(self, key: CacheKey, name: str, seconds: float) -> CacheEntry | None:
+        """``Wait`` for the holder's wake-up, at most ``seconds``; the entry, read as the
+        wait ends (in the same round trip)."""
         with self._lock:
             self._blocking += 1
         try:
-            self.connection.call("flight", BLMOVE, name + ":done", seconds)
+            blob = self.connection.call("flight", WAIT_THEN_GET, name + ":done", name, seconds)
         except BaseException as exc:
             if not _unsupported(exc):
                 raise
-            self._wakeups = False  # an old server: poll from now on
+            self._wakeups = False  # the server does not let us block: poll from now on
+            return None
         finally:
             with self._lock:
                 self._blocking -= 1
+        return self.read_quietly(key, name, blob)
 
-    async def ablock(self, name: str, seconds: float) -> None:
+    async def ablock(self, key: CacheKey, name: str, seconds: float) -> CacheEntry | None:
+        """Async :meth:`block`."""
         with self._lock:
             self._blocking += 1
         try:
-            await self.connection.acall("flight", BLMOVE, name + ":done", seconds)
+            blob = await self.connection.acall(
+                "flight", WAIT_THEN_GET, name + ":done", name, seconds
+            )
         except BaseException as exc:
             if not _unsupported(exc):
                 raise
             self._wakeups = False
+            return None
         finally:
             with self._lock:
                 self._blocking -= 1
+        return self.read_quietly(key, name, blob)
 
     # --- holding a lock -----------------------------------------------------------------
 
