@@ -484,3 +484,34 @@ async def test_a_shared_error_keeps_a_short_traceback() -> None:
     frames = traceback.extract_tb(errors[-1].__traceback__)
     assert len(frames) < 20  # not one frame per waiter that raised it
     assert frames[-1].name == "f"
+
+
+@pytest.mark.anyio
+async def test_two_functions_of_one_name_never_share_a_flight() -> None:
+    # Closures of one factory share a qualified name; each has its own flights (on trio
+    # too, where the flights of a loop live in an anyio RunVar).
+    def make(tag: str) -> tuple[Any, anyio.Event]:
+        gate = anyio.Event()
+
+        @cache_result
+        async def compute(x: int) -> str:
+            await gate.wait()
+            return tag
+
+        return compute, gate
+
+    (a, gate_a), (b, gate_b) = make("a"), make("b")
+    results: dict[str, str] = {}
+
+    async def call(name: str, fn: Any) -> None:
+        results[name] = await fn(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "a", a)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(call, "b", b)
+        await anyio.wait_all_tasks_blocked()
+        gate_a.set()
+        gate_b.set()
+    assert results == {"a": "a", "b": "b"}
+    assert (a.cache.stats().misses, b.cache.stats().misses) == (1, 1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import threading
 import weakref
 from collections.abc import Hashable
@@ -159,6 +160,9 @@ class ThreadFlight(BaseFlight):
         return self.owner == threading.get_ident()
 
 
+_TABLES: Final = itertools.count(1)
+
+
 @final
 class AsyncFlights:
     """The flights of one decorated coroutine function, one table per running event loop."""
@@ -167,8 +171,12 @@ class AsyncFlights:
 
     def __init__(self, function: str) -> None:
         # A RunVar is no loop-bound primitive: it only names per-loop storage, which anyio
-        # creates in each loop on first use and drops with the loop.
-        self._var: RunVar[dict[Hashable, Flight]] = RunVar(f"buttress.cache_result:{function}")
+        # creates in each loop on first use and drops with the loop. Its name is unique:
+        # older anyio (4.4 for one) keys that storage by name, and two functions of one
+        # qualified name (closures of one factory) must never share their flights.
+        self._var: RunVar[dict[Hashable, Flight]] = RunVar(
+            f"buttress.cache_result:{function}#{next(_TABLES)}"
+        )
         # The same for asyncio, keyed on the loop itself: a stampede's thousands of waiters
         # each look their table up, and this costs a fifth of the RunVar lookup.
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, Flight]]
