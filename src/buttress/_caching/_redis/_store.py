@@ -19,6 +19,7 @@ slot on a Redis Cluster. The store's parts:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import pickle
 import secrets
@@ -268,6 +269,10 @@ class RedisStore(CacheStore):
         self._blocking = 0
         self._max_blocking = max(1, self.max_connections // 2)
         self._releases: set[asyncio.Task[None]] = set()
+        # lock tokens: a random prefix for this store and a counter, unique everywhere
+        # without a call to the OS's random source on every read
+        self._token_prefix = secrets.token_hex(12)
+        self._tokens_made = itertools.count()
 
     def __repr__(self) -> str:
         return (
@@ -433,7 +438,7 @@ class RedisStore(CacheStore):
         if entry is not None:
             return entry, None
         name = self.key_name(key)
-        token = secrets.token_hex(16)
+        token = self._token()
         connection = self.connection
         connection.check("get")
         try:
@@ -495,7 +500,7 @@ class RedisStore(CacheStore):
         if entry is not None:
             return entry, None
         name = self.key_name(key)
-        token = secrets.token_hex(16)
+        token = self._token()
         connection = self.connection
         connection.check("get")
         try:
@@ -535,6 +540,9 @@ class RedisStore(CacheStore):
 
     # --- script arguments ---------------------------------------------------------------
 
+    def _token(self) -> str:
+        return f"{self._token_prefix}-{next(self._tokens_made)}"
+
     @staticmethod
     def _lookup_keys(name: str) -> tuple[str, str, str]:
         return name, name + ":lock", name + ":done"
@@ -558,7 +566,7 @@ class RedisStore(CacheStore):
     ) -> Iterator[CacheEntry | None]:
         """Take the key's lock across processes, or wait for its holder's value."""
         name = self.key_name(key)
-        token = secrets.token_hex(16)
+        token = self._token()
         found, held = _flight.run(_flight.plan(self, key, current), self, key, name, token)
         if not held:
             yield found
@@ -572,7 +580,7 @@ class RedisStore(CacheStore):
     ) -> AsyncIterator[CacheEntry | None]:
         """Async :meth:`flight`."""
         name = self.key_name(key)
-        token = secrets.token_hex(16)
+        token = self._token()
         found, held = await _flight.arun(
             _flight.plan(self, key, current), self, key, name, token
         )
