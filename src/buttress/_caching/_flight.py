@@ -160,7 +160,8 @@ class ThreadFlight(BaseFlight):
         return self.owner == threading.get_ident()
 
 
-_TABLES: Final = itertools.count(1)
+#: Numbers the per-function flight tables (see AsyncFlights).
+_TABLES: Final = itertools.count()
 
 
 @final
@@ -171,11 +172,11 @@ class AsyncFlights:
 
     def __init__(self, function: str) -> None:
         # A RunVar is no loop-bound primitive: it only names per-loop storage, which anyio
-        # creates in each loop on first use and drops with the loop. Its name is unique:
-        # older anyio (4.4 for one) keys that storage by name, and two functions of one
-        # qualified name (closures of one factory) must never share their flights.
+        # creates in each loop on first use and drops with the loop. anyio before 4.10
+        # keys that storage on the name alone, so the name is unique to this table: two
+        # functions of one qualified name (closures of one factory) never share flights.
         self._var: RunVar[dict[Hashable, Flight]] = RunVar(
-            f"buttress.cache_result:{function}#{next(_TABLES)}"
+            f"buttress.cache_result:{function}:{next(_TABLES)}"
         )
         # The same for asyncio, keyed on the loop itself: a stampede's thousands of waiters
         # each look their table up, and this costs a fifth of the RunVar lookup.

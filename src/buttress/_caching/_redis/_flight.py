@@ -26,20 +26,20 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
 from buttress import _clock
 from buttress._caching._steps import Lead, Read, Step, Wait
 
+from ._stats import Counters
+
 if TYPE_CHECKING:
     from buttress._caching._keys import CacheKey
     from buttress._caching._store import CacheEntry
 
-    from ._store import RedisStore
-
-__all__ = ["HOLDER", "FlightPlan", "arun", "plan", "run"]
+__all__ = ["HOLDER", "FlightPlan", "FlightStore", "arun", "plan", "run"]
 
 #: A waiter's first poll, its growth and its ceiling (real seconds), when it polls.
 _FIRST_POLL: Final = 0.002
@@ -56,7 +56,31 @@ HOLDER: Final = "holder"
 FlightPlan = Generator[Step, Any, tuple["CacheEntry | None", bool]]
 
 
-def plan(store: RedisStore, key: CacheKey, current: CacheEntry | None) -> FlightPlan:
+class FlightStore(Protocol):
+    """What the flight needs of its store (``RedisStore``): its counters, and the Redis
+    operations its steps are carried out with."""
+
+    @property
+    def counters(self) -> Counters: ...
+
+    def wait_limit(self) -> float | None: ...
+
+    def acquire(self, key: CacheKey, name: str, token: str) -> tuple[bool, Any, float]: ...
+
+    async def aacquire(
+        self, key: CacheKey, name: str, token: str
+    ) -> tuple[bool, Any, float]: ...
+
+    def block(self, key: CacheKey, name: str, seconds: float) -> CacheEntry | None: ...
+
+    async def ablock(self, key: CacheKey, name: str, seconds: float) -> CacheEntry | None: ...
+
+    def read_for_flight(self, key: CacheKey, name: str) -> CacheEntry | None: ...
+
+    async def aread_for_flight(self, key: CacheKey, name: str) -> CacheEntry | None: ...
+
+
+def plan(store: FlightStore, key: CacheKey, current: CacheEntry | None) -> FlightPlan:
     """The cross-process flight's decisions: returns ``(entry to serve, lock held)``.
 
     ``Lead`` is answered ``(taken, entry, seconds the holder's lock has left)``: the entry
@@ -106,7 +130,7 @@ def _newer(found: CacheEntry, current: CacheEntry | None) -> bool:
 
 
 def run(
-    steps: FlightPlan, store: RedisStore, key: CacheKey, name: str, token: str
+    steps: FlightPlan, store: FlightStore, key: CacheKey, name: str, token: str
 ) -> tuple[Any, bool]:
     """Carry out a flight's steps on the sync client, blocking this thread."""
     reply: Any = None
@@ -130,7 +154,7 @@ def run(
 
 
 async def arun(
-    steps: FlightPlan, store: RedisStore, key: CacheKey, name: str, token: str
+    steps: FlightPlan, store: FlightStore, key: CacheKey, name: str, token: str
 ) -> tuple[Any, bool]:
     """Carry out a flight's steps from a coroutine (asyncio client, or worker threads)."""
     reply: Any = None

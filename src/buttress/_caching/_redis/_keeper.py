@@ -19,12 +19,29 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, Protocol, final
 
-if TYPE_CHECKING:
-    from ._store import RedisStore
+__all__ = ["KeptStore", "LockKeeper"]
 
-__all__ = ["LockKeeper"]
+
+class KeptStore(Protocol):
+    """What the keeper needs of its store (``RedisStore``)."""
+
+    @property
+    def lock_ttl(self) -> float: ...
+
+    @property
+    def first_lock_ttl(self) -> float: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    def renew_all(self, locks: list[tuple[str, str]]) -> list[bool] | None:
+        """Extend ``(lock, token)`` pairs; whether each was still ours, ``None`` if Redis
+        failed."""
+
+    def release_all(self, locks: list[tuple[str, str]]) -> bool:
+        """Release ``(entry name, token)`` pairs still ours; whether Redis answered."""
 
 _KEEPERS: Final = itertools.count(1)
 
@@ -45,7 +62,7 @@ class LockKeeper:
 
     __slots__ = ("_closed", "_condition", "_held", "_pending", "_store", "_thread")
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: KeptStore) -> None:
         self._store = store
         # lock -> (token, entry name, when to renew it next)
         self._held: dict[str, tuple[str, str, float]] = {}
