@@ -45,20 +45,23 @@ GET: Final = Call("get")
 DELETE: Final = Call("delete")
 
 #: Read the entry; when there is none, take the lock in the same round trip.
-#: KEYS: entry, lock, done. ARGV: token, the lock's first lifetime (ms).
-#: Returns {0, value}, {1} (the lock is ours: nothing is stored) or {2} (another holds it).
+#: KEYS: entry. ARGV: token, the lock's first lifetime (ms).
+#: Returns the value, 1 (the lock is ours: nothing is stored) or 2 (another holds it).
+#: The hit path of every read, so it is lean: one key and a bulk reply. The lock and the
+#: wake-up list are named from the entry's key (same hash tag, so same slot on a cluster,
+#: where a script may touch its keys' slot); the other scripts declare every key.
 LOOKUP: Final = Script(
     "lookup",
     """
 local value = redis.call('get', KEYS[1])
 if value then
-    return {0, value}
+    return value
 end
-if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    redis.call('del', KEYS[3])
-    return {1}
+if redis.call('set', KEYS[1] .. ':lock', ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('del', KEYS[1] .. ':done')
+    return 1
 end
-return {2}
+return 2
 """,
 )
 

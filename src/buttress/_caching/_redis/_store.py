@@ -442,15 +442,13 @@ class RedisStore(CacheStore):
         connection = self.connection
         connection.check("get")
         try:
-            reply = connection.call(
-                "get", LOOKUP, self._lookup_keys(name), self._lookup_args(token)
-            )
+            reply = connection.call("get", LOOKUP, (name,), (token, self.first_lock_px))
         except BaseException:
             self._abandon(name, token)  # the lock may be ours, the reply lost
             raise
-        if reply[0] == 0:
-            return self._read(key, name, reply[1]), None
-        if reply[0] == 1:
+        if isinstance(reply, bytes):
+            return self._read(key, name, reply), None
+        if reply == 1:
             return None, self._holding(name, token)
         return None, None  # another process computes it: the flight waits for it
 
@@ -504,15 +502,13 @@ class RedisStore(CacheStore):
         connection = self.connection
         connection.check("get")
         try:
-            reply = await connection.acall(
-                "get", LOOKUP, self._lookup_keys(name), self._lookup_args(token)
-            )
+            reply = await connection.acall("get", LOOKUP, (name,), (token, self.first_lock_px))
         except BaseException:
             self._abandon(name, token)  # the lock may be ours, the reply lost
             raise
-        if reply[0] == 0:
-            return self._read(key, name, reply[1]), None
-        if reply[0] == 1:
+        if isinstance(reply, bytes):
+            return self._read(key, name, reply), None
+        if reply == 1:
             return None, self._aholding(name, token)
         return None, None
 
@@ -542,13 +538,6 @@ class RedisStore(CacheStore):
 
     def _token(self) -> str:
         return f"{self._token_prefix}-{next(self._tokens_made)}"
-
-    @staticmethod
-    def _lookup_keys(name: str) -> tuple[str, str, str]:
-        return name, name + ":lock", name + ":done"
-
-    def _lookup_args(self, token: str) -> tuple[str, int]:
-        return token, self.first_lock_px
 
     @staticmethod
     def _entry_keys(name: str) -> tuple[str, str, str, str]:
