@@ -27,6 +27,7 @@ import asyncio
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Final, NoReturn, final
 
 import anyio
@@ -129,7 +130,7 @@ class RedisConnection:
         max_connections: int = 100,
         fail_open: bool = True,
         owner: str = "RedisStore",
-        error: type[RedisStoreError] = RedisStoreError,
+        error: Callable[..., Exception] = RedisStoreError,
     ) -> None:
         try:
             import redis

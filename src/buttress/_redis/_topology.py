@@ -121,9 +121,12 @@ def _parse_nodes(url: str, kind: Kind, ssl: bool) -> Topology:
     if path:
         if len(path) > 1 or not path[0].isdigit():
             raise ConfigurationError(f"cannot read the database number in {url!r}")
-        options["db"] = int(path[0])
-        if kind == "cluster" and options["db"] != 0:
-            raise ConfigurationError(f"a Redis Cluster has database 0 only, got {url!r}")
+        db = int(path[0])
+        if kind == "cluster":
+            if db != 0:
+                raise ConfigurationError(f"a Redis Cluster has database 0 only, got {url!r}")
+        else:
+            options["db"] = db
     if query:
         raise ConfigurationError(f"unknown url options {sorted(query)} in {url!r}")
     where = ",".join(f"{host}:{port}" for host, port in nodes)

@@ -177,7 +177,10 @@ class RedisStore(CacheStore):
         ConfigurationError: for a setting that cannot work.
         ModuleNotFoundError: redis-py is not installed (``pip install 'buttress[redis]'``).
 
-    Caveats: values are visible to anyone who can read the Redis keys (sign them against
+    Caveats: functions are known to the store by name (``module.qualname``), so a closure
+    that captured a value no other process can compare is refused by ``@cache_result``
+    unless given ``name=`` (closures of one factory must never read each other's
+    entries). Values are visible to anyone who can read the Redis keys (sign them against
     tampering; encrypt at the network level with ``rediss://``). Errors are never cached
     or shared across processes: when the computing process fails, the others compute
     themselves, one at a time. Call :meth:`close` (closes the sync client, stops the
