@@ -449,11 +449,7 @@ class RedisStore(CacheStore):
         except BaseException:
             self._abandon(name, token)  # the lock may be ours, the reply lost
             raise
-        if isinstance(reply, bytes):
-            return self._read(key, name, reply), None
-        if reply == 1:
-            return None, self._holding(name, token)
-        return None, None  # another process computes it: the flight waits for it
+        return self._looked_up(key, name, reply, self._holding, token)
 
     def set(self, key: CacheKey, entry: CacheEntry, keep: float | None) -> None:
         name = self.key_name(key)
@@ -509,10 +505,17 @@ class RedisStore(CacheStore):
         except BaseException:
             self._abandon(name, token)  # the lock may be ours, the reply lost
             raise
+        return self._looked_up(key, name, reply, self._aholding, token)
+
+    def _looked_up(
+        self, key: CacheKey, name: str, reply: Any, holding: Any, token: str
+    ) -> tuple[CacheEntry | None, Any]:
+        """What LOOKUP's reply means: the value, the lock (held by ``holding``), or
+        neither (another process computes the key: the flight waits for it)."""
         if isinstance(reply, bytes):
             return self._read(key, name, reply), None
         if reply == 1:
-            return None, self._aholding(name, token)
+            return None, holding(name, token)
         return None, None
 
     async def aset(self, key: CacheKey, entry: CacheEntry, keep: float | None) -> None:
