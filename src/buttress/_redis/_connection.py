@@ -10,7 +10,8 @@ runs :mod:`commands <._commands>` on them with one policy for failures:
   anyio worker threads; given only an asyncio client, plain functions cannot be served;
 * clients opened from a URL time out after ``timeout`` (connecting, waiting for a pooled
   connection, the reply) and retry once, at once, a connection that broke (a restarted
-  server), never a timeout; a client given keeps its own settings;
+  server), never a timeout; a cluster client keeps redis-py's own handling of redirections
+  and node failures; a client given keeps its own settings;
 * a connection error or a timeout marks Redis down for :data:`RETRY_AFTER` seconds, during
   which operations fail at once instead of each paying the timeout; the next operation
   after that tries again, so work resumes by itself once Redis is back (a failover

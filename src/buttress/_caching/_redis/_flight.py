@@ -83,14 +83,15 @@ class FlightStore(Protocol):
 def plan(store: FlightStore, key: CacheKey, current: CacheEntry | None) -> FlightPlan:
     """The cross-process flight's decisions: returns ``(entry to serve, lock held)``.
 
+    Holding the lock, serve a value stored just before, or compute. When another process
+    holds it: serve ``current`` if there is one (that process refreshes it) or a fresh
+    value already there, else wait for the holder and look again, until a fresh value
+    appears (serve it) or the lock is free (take it).
+
     ``Lead`` is answered ``(taken, entry, seconds the holder's lock has left)``: the entry
-    read in the same round trip, and when the lock was taken, 0. A ``Wait`` on the
+    read in the same round trip, and 0 when the lock was taken. A ``Wait`` on the
     ``HOLDER`` is answered with the entry, read the moment the wait ended (in the same
-    round trip). Holding the lock, serve a
-    value stored just before, or compute. When another process holds it: serve
-    ``current`` if there is one (that process refreshes it) or a fresh value already
-    there, else wait for the holder and look again, until a fresh value appears (serve
-    it) or the lock is free (take it).
+    round trip).
     """
     counters = store.counters
     lead = Lead(key, current)
