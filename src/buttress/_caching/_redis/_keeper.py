@@ -1,7 +1,7 @@
 """The lock keeper: one thread per store keeps its computation locks alive, and lets go of
 the locks it could not release.
 
-A lock is taken with a short first lifetime (``RedisStore.first_lock_ttl``, about the
+A lock is taken with a short first lifetime (``RedisStore.first_lock_ttl``, twice the
 store's ``timeout``): a lock taken by a command whose reply never came back (Redis hung,
 the caller gave up, Redis ran the command later) belongs to nobody, and it must not make
 other processes wait long. The keeper extends each lock it holds to ``lock_ttl`` a third
@@ -45,7 +45,8 @@ class KeptStore(Protocol):
 
 _KEEPERS: Final = itertools.count(1)
 
-#: A lock the keeper could not release after this long has expired by itself.
+#: A lock the keeper could not release for this long (or twice ``lock_ttl``, if longer)
+#: has expired by itself.
 _GIVE_UP_AFTER: Final = 60.0
 
 
@@ -99,7 +100,8 @@ class LockKeeper:
         now = time.monotonic()
         with self._condition:
             self._held.pop(lock, None)
-            self._pending[lock] = (token, name, now, now + _GIVE_UP_AFTER)
+            give_up = now + max(_GIVE_UP_AFTER, 2 * self._store.lock_ttl)
+            self._pending[lock] = (token, name, now, give_up)
             self._start()
             self._condition.notify()
 
