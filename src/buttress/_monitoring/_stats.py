@@ -39,6 +39,7 @@ from buttress._events import (
     ValidationFailed,
     events,
 )
+from buttress._tracing import TraceIds
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -72,6 +73,10 @@ OUTPUT_BUCKETS: tuple[float, ...] = (
 
 Labels = tuple[tuple[str, str], ...]
 
+#: The last sampled call of a duration bucket: its span's ids, its duration and when it
+#: ended (wall clock): Prometheus' exemplar of that bucket.
+Exemplar = tuple[TraceIds, float, float]
+
 
 @dataclass(frozen=True, slots=True)
 class CallStats:
@@ -103,6 +108,7 @@ class FunctionStats:
 
     __slots__ = (
         "buckets",
+        "exemplars",
         "in_flight",
         "labels",
         "lock",
@@ -123,6 +129,8 @@ class FunctionStats:
         self.outcomes = [0, 0, 0]
         # one slot per bound plus +Inf
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        # set by traced calls only (tracing on): see Exemplar
+        self.exemplars: list[Exemplar | None] = [None] * len(self.buckets)
         self.total = 0.0
         self.output_bounds: tuple[float, ...] | None = None
         self.output_buckets: list[int] = []
@@ -156,6 +164,7 @@ class FunctionStats:
                 in_flight=self.in_flight,
                 outcomes=tuple(self.outcomes),
                 buckets=tuple(self.buckets),
+                exemplars=tuple(self.exemplars),
                 total=self.total,
                 output_bounds=self.output_bounds,
                 output_buckets=tuple(self.output_buckets),
@@ -168,6 +177,7 @@ class FunctionStats:
         with self.lock:
             self.outcomes = [0, 0, 0]
             self.buckets = [0] * len(self.buckets)
+            self.exemplars = [None] * len(self.buckets)
             self.total = 0.0
             self.output_buckets = [0] * len(self.output_buckets)
             self.output_sum = 0.0
@@ -183,6 +193,7 @@ class FunctionSnapshot:
     in_flight: int
     outcomes: tuple[int, ...]
     buckets: tuple[int, ...]
+    exemplars: tuple[Exemplar | None, ...]
     total: float
     output_bounds: tuple[float, ...] | None
     output_buckets: tuple[int, ...]

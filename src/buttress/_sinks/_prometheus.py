@@ -18,6 +18,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from buttress._monitoring._emitter import exporter
 from buttress._monitoring._stats import (
@@ -28,6 +29,7 @@ from buttress._monitoring._stats import (
     counters,
     snapshot,
 )
+from buttress._monitoring._stats import Exemplar as TracedCall
 
 __all__ = ["ButtressCollector"]
 
@@ -50,18 +52,33 @@ def _bound(value: float) -> str:
     return "+Inf" if value == math.inf else repr(float(value))
 
 
+def _exemplar(call: TracedCall | None) -> Exemplar | None:
+    # The trace of the last sampled call that fell in a bucket (tracing on). Only the
+    # OpenMetrics exposition shows exemplars; the classic text format leaves them out.
+    if call is None:
+        return None
+    ids, duration, when = call
+    return Exemplar({"trace_id": ids.trace_hex, "span_id": ids.span_hex}, duration, when)
+
+
 def _histogram(
     metric: Metric,
     labels: dict[str, str],
     bounds: Sequence[float],
     counts: Sequence[int],
     total: float,
+    exemplars: Sequence[TracedCall | None] = (),
 ) -> None:
     """Add one histogram's samples (cumulative buckets, count, sum) to ``metric``."""
     cumulative = 0
-    for bound, count in zip((*bounds, math.inf), counts, strict=True):
+    for index, (bound, count) in enumerate(zip((*bounds, math.inf), counts, strict=True)):
         cumulative += count
-        metric.add_sample(f"{metric.name}_bucket", {**labels, "le": _bound(bound)}, cumulative)
+        metric.add_sample(
+            f"{metric.name}_bucket",
+            {**labels, "le": _bound(bound)},
+            cumulative,
+            exemplar=_exemplar(exemplars[index]) if exemplars else None,
+        )
     metric.add_sample(f"{metric.name}_count", labels, cumulative)
     metric.add_sample(f"{metric.name}_sum", labels, total)
 
@@ -91,7 +108,9 @@ class ButtressCollector(Collector):
             labels = {"function": item.name, **dict(item.labels)}
             for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
                 calls.add_sample("buttress_calls_total", {**labels, "outcome": outcome}, count)
-            _histogram(duration, labels, DURATION_BUCKETS, item.buckets, item.total)
+            _histogram(
+                duration, labels, DURATION_BUCKETS, item.buckets, item.total, item.exemplars
+            )
             in_flight.add_sample("buttress_in_flight", labels, item.in_flight)
             if item.output_bounds is not None:
                 _histogram(
