@@ -160,7 +160,8 @@ def disable() -> None:
     """Turn OpenTelemetry off: no more spans, annotations or metrics from buttress.
 
     Spans already started end normally. Instruments cannot be removed from a meter:
-    they stop observing. Disabling when not enabled does nothing.
+    they stop observing, so flush your meter provider (``force_flush()``) before
+    disabling if its last collection matters. Disabling when not enabled does nothing.
     """
     with _lock:
         _stop()

@@ -111,9 +111,13 @@ class OtelMetrics:
         exporter.add_sink(self)
 
     def stop(self) -> None:
-        """Stop recording and observing; what was recorded stays with the SDK."""
+        """Stop recording and observing; what was recorded stays with the SDK.
+
+        Calls already queued for the exporter thread are recorded first.
+        """
         if not self.active:
             return
+        exporter.flush(exporter.shutdown_timeout)
         self.active = False
         exporter.remove_sink(self)
         counters.release()
