@@ -17,12 +17,12 @@ the monitor module's "metrics only" rows.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import buttress
-from _harness import Comparison, median_of, missing_from, time_async, time_sync
+from _harness import Comparison, missing_from, time_async, time_sync
+from bench_monitor import _drained
 from buttress import otel
 
 LOGGER = logging.getLogger("buttress.monitor")
@@ -34,24 +34,6 @@ def _work(x: int) -> int:
 
 async def _awork(x: int) -> int:
     return x + 1
-
-
-def _drained(fn: Callable[[], object], *, quick: bool) -> float:
-    """ns per call of ``fn()``, including the exporter thread's work for those calls."""
-    calls, rounds = (200, 2) if quick else (20_000, 5)
-    buttress.configure_monitoring(queue_size=calls * 2)
-    results = []
-    try:
-        for _ in range(rounds):
-            buttress.flush_monitoring()
-            start = time.perf_counter_ns()
-            for _ in range(calls):
-                fn()
-            buttress.flush_monitoring()
-            results.append((time.perf_counter_ns() - start) / calls)
-    finally:
-        buttress.configure_monitoring(queue_size=10_000)
-    return median_of(results)
 
 
 def _not_enabled(quick: bool) -> Comparison:

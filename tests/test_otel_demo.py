@@ -9,26 +9,17 @@ import pytest
 
 from _otel_support import OtlpReceiver
 from buttress import otel
-from buttress._demo import DemoOptions, options_from_args, run_demo, write_outputs
 from buttress._demo import build_parser as demo_parser
+from buttress._demo import options_from_args, run_demo, write_outputs
+from test_demo import small
 
 
 @pytest.mark.asyncio
 async def test_the_demo_sends_its_traces_to_an_otlp_endpoint(tmp_path: Path) -> None:
     with OtlpReceiver() as receiver:
-        options = DemoOptions(
-            requests=80,
-            duration=1.0,
-            concurrency=8,
-            timeout=1.0,
-            seed=3,
-            error_rate=0.3,
-            retry_after=0.02,
-            hang_rate=0.0,
-            outage_length=0.0,
-            progress=False,
-            out=tmp_path,
-            otlp=receiver.url,
+        options = small(
+            requests=80, seed=3, error_rate=0.3, hang_rate=0.0, outage_length=0.0,
+            out=tmp_path, otlp=receiver.url,
         )
         result = await run_demo(options)
         spans = receiver.spans()

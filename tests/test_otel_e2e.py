@@ -9,8 +9,6 @@ result as an attribute; a second request for the same text is a cache hit.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -19,7 +17,7 @@ import pytest
 
 from _monitor_support import fresh_monitoring
 from _otel_support import OtlpReceiver
-from _servers import EXAMPLES, UvicornThread, upstream_in_a_thread
+from _servers import UvicornThread, example_module, upstream_in_a_thread
 from buttress import otel
 from buttress._demo.upstream import Faults, draw_call
 
@@ -42,19 +40,8 @@ SERVER, INTERNAL = 2, 1  # OTLP's Span.SpanKind numbers
 
 @pytest.fixture
 def example() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(EXAMPLES))
-    path = EXAMPLES / "fastapi_gateway.py"
-    spec = importlib.util.spec_from_file_location("fastapi_gateway", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with example_module("fastapi_gateway") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
-        sys.path.remove(str(EXAMPLES))
 
 
 def retried_once(text: str) -> bool:

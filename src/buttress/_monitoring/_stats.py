@@ -42,12 +42,19 @@ from buttress._events import (
 from buttress._tracing import TraceIds
 
 __all__ = [
+    "CALLS_FAMILY",
+    "CIRCUIT_FAMILY",
+    "DROPPED_FAMILY",
     "DURATION_BUCKETS",
+    "DURATION_FAMILY",
+    "IN_FLIGHT_FAMILY",
     "OUTCOMES",
     "OUTPUT_BUCKETS",
+    "OUTPUT_FAMILY",
     "CallStats",
     "CounterFamily",
     "EventCounters",
+    "Exemplar",
     "FunctionSnapshot",
     "FunctionStats",
     "counters",
@@ -72,6 +79,21 @@ OUTPUT_BUCKETS: tuple[float, ...] = (
 )
 
 Labels = tuple[tuple[str, str], ...]
+
+#: Name and help text of the families read from the per-function totals, for every sink
+#: (Prometheus, OpenTelemetry) to spell alike.
+CALLS_FAMILY = ("buttress_calls", "Finished calls of monitored functions, by outcome.")
+DURATION_FAMILY = (
+    "buttress_call_duration_seconds",
+    "Duration of monitored calls (coroutines: from start to completion), in seconds.",
+)
+IN_FLIGHT_FAMILY = ("buttress_in_flight", "Calls of monitored functions running now.")
+OUTPUT_FAMILY = ("buttress_output", "Values of track_output, the tracked outputs of a function.")
+DROPPED_FAMILY = (
+    "buttress_monitor_dropped",
+    "Log records (and per-call samples) dropped because the exporter queue was full.",
+)
+CIRCUIT_FAMILY = ("buttress_circuit_state", "1 for the current state of each circuit breaker.")
 
 #: The last sampled call of a duration bucket: its span's ids, its duration and when it
 #: ended (wall clock): Prometheus' exemplar of that bucket.

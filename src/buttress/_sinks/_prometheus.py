@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
 from buttress._monitoring._emitter import exporter
+from buttress._monitoring._stats import CALLS_FAMILY as _CALLS
+from buttress._monitoring._stats import CIRCUIT_FAMILY as _CIRCUIT
 from buttress._monitoring._stats import (
     CIRCUIT_STATES,
     DURATION_BUCKETS,
@@ -29,22 +31,13 @@ from buttress._monitoring._stats import (
     counters,
     snapshot,
 )
+from buttress._monitoring._stats import DROPPED_FAMILY as _DROPPED
+from buttress._monitoring._stats import DURATION_FAMILY as _DURATION
+from buttress._monitoring._stats import IN_FLIGHT_FAMILY as _IN_FLIGHT
+from buttress._monitoring._stats import OUTPUT_FAMILY as _OUTPUT
 from buttress._monitoring._stats import Exemplar as TracedCall
 
 __all__ = ["ButtressCollector"]
-
-_CALLS = ("buttress_calls", "Finished calls of monitored functions, by outcome.")
-_DURATION = (
-    "buttress_call_duration_seconds",
-    "Duration of monitored calls (coroutines: from start to completion), in seconds.",
-)
-_IN_FLIGHT = ("buttress_in_flight", "Calls of monitored functions running now.")
-_OUTPUT = ("buttress_output", "Values of track_output, the tracked outputs of a function.")
-_DROPPED = (
-    "buttress_monitor_dropped",
-    "Log records (and per-call samples) dropped because the exporter queue was full.",
-)
-_CIRCUIT = ("buttress_circuit_state", "1 for the current state of each circuit breaker.")
 
 
 def _bound(value: float) -> str:

@@ -30,6 +30,8 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from buttress._monitoring._emitter import exporter
 from buttress._monitoring._logs import CallItem
+from buttress._monitoring._stats import CALLS_FAMILY as _CALLS
+from buttress._monitoring._stats import CIRCUIT_FAMILY as _CIRCUIT
 from buttress._monitoring._stats import (
     CIRCUIT_STATES,
     DURATION_BUCKETS,
@@ -41,21 +43,12 @@ from buttress._monitoring._stats import (
     counters,
     snapshot,
 )
+from buttress._monitoring._stats import DROPPED_FAMILY as _DROPPED
+from buttress._monitoring._stats import DURATION_FAMILY as _DURATION
+from buttress._monitoring._stats import IN_FLIGHT_FAMILY as _IN_FLIGHT
+from buttress._monitoring._stats import OUTPUT_FAMILY as _OUTPUT
 
 __all__ = ["OtelMetrics"]
-
-_CALLS = ("buttress_calls", "Finished calls of monitored functions, by outcome.")
-_DURATION = (
-    "buttress_call_duration_seconds",
-    "Duration of monitored calls (coroutines: from start to completion), in seconds.",
-)
-_IN_FLIGHT = ("buttress_in_flight", "Calls of monitored functions running now.")
-_OUTPUT = ("buttress_output", "Values of track_output, the tracked outputs of a function.")
-_DROPPED = (
-    "buttress_monitor_dropped",
-    "Log records (and per-call samples) dropped because the exporter queue was full.",
-)
-_CIRCUIT = ("buttress_circuit_state", "1 for the current state of each circuit breaker.")
 
 Attributes = dict[str, str]
 
