@@ -504,3 +504,23 @@ def test_the_otel_module_is_public() -> None:
     assert set(otel.__all__) == {
         "LogCorrelationFilter", "add_correlation_ids", "disable", "enable", "is_enabled"
     }
+
+
+class _BrokenOnStart(SpanProcessor):
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        raise RuntimeError("the processor fell over")
+
+
+def test_a_span_that_cannot_start_never_breaks_the_call(
+    spans: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    spans.provider.add_span_processor(_BrokenOnStart())
+
+    @monitor("sturdy_start")
+    async def sturdy() -> str:
+        return "fine"
+
+    with caplog.at_level(logging.ERROR, logger="buttress.otel"):
+        assert anyio.run(sturdy) == "fine"
+    assert sturdy.monitor.stats().ok == 1
+    assert "starting the span" in caplog.text

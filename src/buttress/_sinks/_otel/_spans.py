@@ -94,9 +94,25 @@ class OtelTracer:
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
 
-    def start(self, name: str, kind: str, attributes: Attributes) -> CallSpan:
-        span = self.tracer.start_span(name, kind=KINDS[kind], attributes=attributes)
+    def start(self, name: str, kind: str, attributes: Attributes) -> CallSpan | Untraced:
+        try:
+            span = self.tracer.start_span(name, kind=KINDS[kind], attributes=attributes)
+        except Exception:  # a broken sampler or processor must never break the user's call
+            logger.exception("buttress.otel: starting the span of a call failed")
+            return UNTRACED
         return CallSpan(span, context_api.attach(trace.set_span_in_context(span)))
+
+
+class Untraced:
+    """The span of a call whose span could not be started: ending it does nothing."""
+
+    __slots__ = ()
+
+    def end(self, error: BaseException | None) -> None:
+        return None
+
+
+UNTRACED = Untraced()
 
 
 def current_ids() -> TraceIds | None:
