@@ -16,12 +16,15 @@ the monitor module's "metrics only" rows.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import buttress
-from _harness import Comparison, missing_from, time_async, time_sync
+from _harness import Comparison, Timing, missing_from, time_async, time_sync
 from bench_monitor import _drained
 from buttress import otel
 
@@ -36,25 +39,109 @@ async def _awork(x: int) -> int:
     return x + 1
 
 
+#: Interleaved rounds per figure: many short ones, so that a change of load on a shared
+#: machine falls on every row alike.
+INTERLEAVED_ROUNDS = 81
+
+
+def _interleaved(
+    fns: Sequence[Callable[[], object]], *, quick: bool, calls: int = 200
+) -> list[Timing]:
+    """ns per call of each of ``fns``, their rounds interleaved (each round times every
+    one in turn), so that a burst of other work on the machine hits them alike."""
+    rounds = 2 if quick else INTERLEAVED_ROUNDS
+    calls = 20 if quick else calls
+    results: list[list[float]] = [[] for _ in fns]
+    for fn in fns:  # warm up: spans' first calls are slower
+        for _ in range(calls // 10):
+            fn()
+    for _ in range(rounds):
+        for fn, found in zip(fns, results, strict=True):
+            gc.collect()
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                fn()
+            found.append((time.perf_counter_ns() - start) / calls)
+    return [Timing(found) for found in results]
+
+
+def _interleaved_async(
+    fns: Sequence[Callable[[], Awaitable[object]]], *, quick: bool, calls: int = 200
+) -> list[Timing]:
+    """:func:`_interleaved` for coroutine functions, in one asyncio event loop."""
+
+    async def measure() -> list[Timing]:
+        rounds = 2 if quick else INTERLEAVED_ROUNDS
+        count = 20 if quick else calls
+        results: list[list[float]] = [[] for _ in fns]
+        for fn in fns:
+            for _ in range(count // 10):
+                await fn()
+        for _ in range(rounds):
+            for fn, found in zip(fns, results, strict=True):
+                gc.collect()
+                start = time.perf_counter_ns()
+                for _ in range(count):
+                    await fn()
+                found.append((time.perf_counter_ns() - start) / count)
+        return [Timing(found) for found in results]
+
+    return asyncio.run(measure())
+
+
+def _without_tracing_check(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """@monitor's sync wrapper as it was before OpenTelemetry support (no read of the
+    tracing hook), around the same engine: the floor of the 'not enabled' table."""
+    monitored = buttress.monitor("bench_otel_floor")(fn)
+    site = monitored.monitor._site  # type: ignore[attr-defined]
+    stats, finish = site.stats, site.finish
+    lock = stats.lock
+
+    def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
+        lock.acquire()
+        stats.in_flight += 1
+        lock.release()
+        start = buttress._clock.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            finish(start, args, kwargs, None, exc)
+            raise
+        finish(start, args, kwargs, result, None)
+        return result
+
+    return monitor_wrapper
+
+
 def _not_enabled(quick: bool) -> Comparison:
     comparison = Comparison(
         "monitor, OpenTelemetry installed but not enabled, sync function",
-        note="Logger below INFO (no record). Compare with the monitor module's "
-        "'metrics only' row: tracing off costs one attribute read per call.",
+        note="Logger below INFO (no record). The floor is @monitor's wrapper without the "
+        "read of the tracing hook, timed in rounds interleaved with each buttress row.",
     )
     comparison.add("bare call", time_sync(lambda: _work(1), quick=quick), "bare")
+    floor = _without_tracing_check(_work)
     monitored = buttress.monitor("bench_otel_off")(_work)
+    before, ours = _interleaved(
+        [lambda: floor(1), lambda: monitored(1)], quick=quick, calls=5_000
+    )
+    comparison.add("@monitor's wrapper without the tracing check", before, "floor")
     comparison.add(
         "buttress.monitor, OpenTelemetry not imported yet",
-        time_sync(lambda: monitored(1), quick=quick),
+        ours,
         "ours",
+        f"{ours / before:.3f}x the floor in the same rounds",
     )
     otel.enable()  # imports the API, installs the tracer...
     otel.disable()  # ...and removes it again
+    again, after = _interleaved(
+        [lambda: floor(1), lambda: monitored(1)], quick=quick, calls=5_000
+    )
     comparison.add(
         "buttress.monitor, after otel.enable() and otel.disable()",
-        time_sync(lambda: monitored(1), quick=quick),
+        after,
         "ours",
+        f"{after / again:.3f}x the floor in the same rounds",
     )
     return comparison
 
@@ -105,31 +192,27 @@ def _spans(quick: bool) -> list[Comparison]:
     first, second = tables
     first.add("bare call", time_sync(lambda: _work(1), quick=quick), "bare")
     second.add("bare await", time_async(lambda: _awork(1), quick=quick), "bare")
-    hand = first.add(
-        "tracer.start_as_current_span by hand (same name and attributes)",
-        time_sync(lambda: by_hand(1), quick=quick),
-        "peer",
-    )
-    ahand = second.add(
-        "tracer.start_as_current_span by hand (same name and attributes)",
-        time_async(lambda: aby_hand(1), quick=quick),
-        "peer",
-    )
     otel.enable(provider, meter_provider, metrics=False)
     try:
-        ours = time_sync(lambda: sync(1), quick=quick)
+        # The hand-written span and buttress' in interleaved rounds: on a busy machine
+        # rows measured one after the other can differ by 2x for no reason of their own.
+        hand, ours = _interleaved([lambda: by_hand(1), lambda: sync(1)], quick=quick)
+        first.add("tracer.start_as_current_span by hand (same name and attributes)", hand, "peer")
         first.add(
             "buttress.monitor, traces on",
             ours,
             "ours",
-            f"{ours / hand.value:.2f}x the hand-written span",
+            f"{ours / hand:.2f}x the hand-written span",
         )
-        aours = time_async(lambda: asyn(1), quick=quick)
+        ahand, aours = _interleaved_async([lambda: aby_hand(1), lambda: asyn(1)], quick=quick)
+        second.add(
+            "tracer.start_as_current_span by hand (same name and attributes)", ahand, "peer"
+        )
         second.add(
             "buttress.monitor, traces on",
             aours,
             "ours",
-            f"{aours / ahand.value:.2f}x the hand-written span",
+            f"{aours / ahand:.2f}x the hand-written span",
         )
         otel.enable(provider, meter_provider)
         first.add(

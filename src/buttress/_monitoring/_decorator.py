@@ -501,29 +501,27 @@ def _sync_shell(site: Site) -> WrapperFactory:
     stats = site.stats
     lock = stats.lock
     finish = site.finish
-
     name, kind, attributes = site.name, site.span_kind, site.span_attributes
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def traced(tracer: _tracing.Tracer, args: Any, kwargs: Any) -> Any:
-            # The same as below, inside a span that is current while the function runs.
-            span = tracer.start(name, kind, attributes)
-            lock.acquire()
-            stats.in_flight += 1
-            lock.release()
-            start = _clock.monotonic()
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                finish(start, args, kwargs, None, exc, span.end(exc))
-                raise
-            finish(start, args, kwargs, result, None, span.end(None))
-            return result
-
         def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
             tracer = _tracing.tracer
             if tracer is not None:
-                return traced(tracer, args, kwargs)
+                # Tracing on: the same, inside a span current while the function runs.
+                # Written out rather than shared, so that the path without tracing pays
+                # one attribute read and nothing more.
+                span = tracer.start(name, kind, attributes)
+                lock.acquire()
+                stats.in_flight += 1
+                lock.release()
+                start = _clock.monotonic()
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    finish(start, args, kwargs, None, exc, span.end(exc))
+                    raise
+                finish(start, args, kwargs, result, None, span.end(None))
+                return result
             lock.acquire()
             stats.in_flight += 1
             lock.release()
@@ -545,30 +543,27 @@ def _async_shell(site: Site) -> WrapperFactory:
     stats = site.stats
     lock = stats.lock
     finish = site.finish
-
     name, kind, attributes = site.name, site.span_kind, site.span_attributes
 
     def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        async def traced(tracer: _tracing.Tracer, args: Any, kwargs: Any) -> Any:
-            # The same as below, inside a span that is current while the function runs
-            # (attached in this coroutine's context: this task's, not the caller's).
-            span = tracer.start(name, kind, attributes)
-            lock.acquire()
-            stats.in_flight += 1
-            lock.release()
-            start = _clock.monotonic()
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException as exc:
-                finish(start, args, kwargs, None, exc, span.end(exc))
-                raise
-            finish(start, args, kwargs, result, None, span.end(None))
-            return result
-
         async def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
             tracer = _tracing.tracer
             if tracer is not None:
-                return await traced(tracer, args, kwargs)
+                # Tracing on: the same as below, inside a span current while the function
+                # runs (attached in this coroutine's context: this task's, not the
+                # caller's). Written out, as in the sync shell.
+                span = tracer.start(name, kind, attributes)
+                lock.acquire()
+                stats.in_flight += 1
+                lock.release()
+                start = _clock.monotonic()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    finish(start, args, kwargs, None, exc, span.end(exc))
+                    raise
+                finish(start, args, kwargs, result, None, span.end(None))
+                return result
             # Counted and timed from inside the coroutine: from when it starts running to
             # when it returns, raises or is cancelled, not when the coroutine object is made.
             lock.acquire()

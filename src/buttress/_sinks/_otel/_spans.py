@@ -6,7 +6,7 @@ is attached to the current context (``contextvars``: the calling thread's, or th
 task's on asyncio and trio), so the user's own spans and the spans of instrumented
 clients (aiohttp, httpx, redis) made while the function runs are its children.
 
-How a span ends:
+How a span ends (it starts with ``buttress.outcome="ok"``, corrected when it is not):
 
 - returned: status left ``UNSET``, as OpenTelemetry asks of instrumentation (``OK`` is
   for the application to set); ``buttress.outcome`` is ``"ok"``;
@@ -47,11 +47,17 @@ def error_attributes(error: BaseException) -> dict[str, str]:
     return {"error.type": type_name(error), "exception.message": str(error)}
 
 
-def end_span(span: trace.Span, error: BaseException | None) -> None:
-    """Set the outcome of ``span`` from ``error`` (see the module docstring) and end it."""
+def end_span(span: trace.Span, error: BaseException | None, *, started_ok: bool = False) -> None:
+    """Set the outcome of ``span`` from ``error`` (see the module docstring) and end it.
+
+    ``started_ok``: the span was started with ``buttress.outcome="ok"`` already, which a
+    call that returned leaves as it is (setting an attribute on a live span takes the
+    SDK's lock: a microsecond saved per call).
+    """
     if span.is_recording():
         if error is None:
-            span.set_attribute("buttress.outcome", "ok")
+            if not started_ok:
+                span.set_attribute("buttress.outcome", "ok")
         elif is_fatal(error):
             span.set_attribute("buttress.outcome", "cancelled")
         else:
@@ -77,7 +83,7 @@ class CallSpan:
         # Detaching first: whatever happens below, the caller's context is restored.
         context_api.detach(self.token)  # type: ignore[arg-type]
         try:
-            end_span(span, error)
+            end_span(span, error, started_ok=True)
         except Exception:  # a broken span processor must never break the user's call
             logger.exception("buttress.otel: ending the span of a call failed")
         ids = span.get_span_context()
@@ -89,14 +95,27 @@ class CallSpan:
 class OtelTracer:
     """:class:`buttress._tracing.Tracer` made of an OpenTelemetry tracer."""
 
-    __slots__ = ("tracer",)
+    __slots__ = ("_started", "tracer")
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
+        # A feature's attributes (made once per decorated function) plus
+        # buttress.outcome="ok", keyed by their id and holding them (so the id stays
+        # theirs): bounded by the code, not by the calls.
+        self._started: dict[int, tuple[Attributes, Attributes]] = {}
+
+    def _with_outcome(self, attributes: Attributes) -> Attributes:
+        known = self._started.get(id(attributes))
+        if known is None or known[0] is not attributes:
+            known = (attributes, {**attributes, "buttress.outcome": "ok"})
+            self._started[id(attributes)] = known
+        return known[1]
 
     def start(self, name: str, kind: str, attributes: Attributes) -> CallSpan | Untraced:
         try:
-            span = self.tracer.start_span(name, kind=KINDS[kind], attributes=attributes)
+            span = self.tracer.start_span(
+                name, kind=KINDS[kind], attributes=self._with_outcome(attributes)
+            )
         except Exception:  # a broken sampler or processor must never break the user's call
             logger.exception("buttress.otel: starting the span of a call failed")
             return UNTRACED
