@@ -131,8 +131,6 @@ async def test_aiohttp_server_errors(spans: Telemetry) -> None:
 
 
 @pytest.mark.asyncio
-# The instrumentor subclasses web.Application, which aiohttp discourages: theirs, not ours.
-@pytest.mark.filterwarnings("ignore:Inheritance class _InstrumentedApplication:DeprecationWarning")
 async def test_aiohttp_adopts_the_span_of_opentelemetrys_own_instrumentation(
     spans: Telemetry,
 ) -> None:
