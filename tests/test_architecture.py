@@ -66,6 +66,7 @@ LAYERS: dict[str, int] = {
     "buttress._memory_probe": FEATURES,
     "buttress._monitoring": FEATURES,
     "buttress._policies": FEATURES,
+    "buttress._redis": FEATURES,
     # composition: what puts features together or in front of users
     "buttress": COMPOSITION,
     "buttress.__main__": COMPOSITION,
@@ -88,11 +89,13 @@ FEATURE_OF: dict[str, str] = {
     "buttress._memory_probe": "memory",
     "buttress._monitoring": "monitoring",
     "buttress._policies": "policies",
+    "buttress._redis": "redis",
 }
 
 #: The only imports from one feature into another: (importer, imported) -> why.
 FEATURE_DEPENDENCIES: dict[tuple[str, str], str] = {
     ("retry", "policies"): "@retry(budget=...) takes a RetryBudget (_policies._budget)",
+    ("caching", "redis"): "RedisStore runs over the shared Redis connection (_redis)",
 }
 
 #: Import names of the optional dependencies (the extras in pyproject.toml): a module

@@ -26,7 +26,9 @@ core
 features
     One decorator or one family each: ``_retry``; ``_caching/``; ``_validation/``;
     ``_memory_guard`` with ``_memory_probe``; ``_monitoring/``; ``_policies/`` (circuit
-    breaker, bulkhead, rate limit, timeout, fallback, hedge, retry budget). A feature
+    breaker, bulkhead, rate limit, timeout, fallback, hedge, retry budget); and
+    ``_redis/``, the Redis connection that features keeping fleet-wide state in Redis
+    share (clients of any topology, timeouts, failures, scripts). A feature
     imports the core, and another feature only along a dependency listed below. Features
     report what they do through events; monitoring counts them, and reads the live
     breakers' states from the registry: it imports no other feature.
@@ -43,6 +45,7 @@ composition
 The dependencies between features, each one way:
 
 - retry -> policies: ``@retry(budget=...)`` takes a ``RetryBudget`` (``_policies._budget``).
+- caching -> redis: ``RedisStore`` runs over the shared Redis connection (``_redis``).
 
 A new module gets its layer in ``tests/test_architecture.py`` (which fails until it has
 one) and here; a new dependency between features is listed in both places too.

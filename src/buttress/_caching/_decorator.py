@@ -12,7 +12,8 @@ from collections.abc import Callable, Hashable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from buttress._wrapping import wrap
+from buttress._errors import ConfigurationError
+from buttress._wrapping import function_name, wrap
 
 from ._handle import CachedFunction, CacheHandle
 from ._policy import Policy
@@ -42,6 +43,7 @@ def cache_result(
     copy_arrays: bool = False,
     stale_while_revalidate: float | timedelta = 0,
     stale_if_error: float | timedelta = 0,
+    name: str | None = None,
 ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
 
@@ -59,6 +61,7 @@ def cache_result(
     copy_arrays: bool = False,
     stale_while_revalidate: float | timedelta = 0,
     stale_if_error: float | timedelta = 0,
+    name: str | None = None,
 ) -> Any:
     """Remember results by arguments for ``ttl`` seconds; compute each key once at a time.
 
@@ -96,9 +99,17 @@ def cache_result(
         stale_if_error: for this long after expiry, a refresh that fails is answered with
             the expired value instead of the error (counted in ``stale``, the error
             reported on the ``CacheAccess`` event).
+        name: the name a store shared between processes (``RedisStore``) keeps the
+            function's entries under, in place of ``module.qualname`` (followed, for a
+            function that captured values, by a digest of them). Give one to a closure
+            that captured something no other process can compare (a client, a model
+            object), which the decorator refuses otherwise: closures made by one factory
+            share a qualified name, and must never read each other's entries.
 
     Raises:
-        ConfigurationError: at decoration, for a setting that cannot work.
+        ConfigurationError: at decoration, for a setting that cannot work, or for a
+            function a shared store could not tell from another of the same name
+            (see ``name``).
         TypeError: at decoration, for a generator function.
         UnkeyableArgumentError: at call time (a ``TypeError``), for an argument that
             cannot be keyed; it names the argument and points at ``key=``.
@@ -118,9 +129,20 @@ def cache_result(
         copy_arrays=copy_arrays,
         stale_while_revalidate=stale_while_revalidate,
         stale_if_error=stale_if_error,
+        name=name,
     )
 
+    named: list[Any] = []
+
     def decorate(target: Callable[..., Any]) -> Any:
+        if name is not None:
+            if named and named[0] is not target:
+                raise ConfigurationError(
+                    f"name={name!r} names one function, and this @cache_result already "
+                    f"caches {function_name(named[0])}: give each function its own "
+                    "cache_result(name=...)"
+                )
+            named.append(target)
         handle: CacheHandle[Any, Any] = CacheHandle()
         return wrap(
             target,

@@ -73,6 +73,7 @@ class Policy:
         "key",
         "max_bytes",
         "maxsize",
+        "name",
         "single_flight",
         "stale_if_error",
         "stale_while_revalidate",
@@ -93,7 +94,11 @@ class Policy:
         copy_arrays: bool,
         stale_while_revalidate: float | timedelta,
         stale_if_error: float | timedelta,
+        name: str | None = None,
     ) -> None:
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
+        self.name = name
         self.ttl = _settings.optional_seconds(ttl, "ttl")
         self.maxsize = _settings.positive_int(maxsize, "maxsize")
         self.max_bytes = (
