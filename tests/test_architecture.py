@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "buttress._registry": CORE,
     "buttress._declare": CORE,
     "buttress._signature": CORE,
+    "buttress._tracing": CORE,
     # features: one decorator (or one family) each
     "buttress._retry": FEATURES,
     "buttress._caching": FEATURES,
@@ -71,6 +72,7 @@ LAYERS: dict[str, int] = {
     "buttress.__main__": COMPOSITION,
     "buttress._policy": COMPOSITION,
     "buttress.metrics": COMPOSITION,
+    "buttress.otel": COMPOSITION,
     "buttress._sinks": COMPOSITION,
     "buttress.integrations": COMPOSITION,
     "buttress._demo": COMPOSITION,
