@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "buttress._signature": CORE,
     "buttress._streams": CORE,
     "buttress._blocks": CORE,
+    "buttress._tracing": CORE,
     # features: one decorator (or one family) each
     "buttress._retry": FEATURES,
     "buttress._caching": FEATURES,
@@ -73,6 +74,7 @@ LAYERS: dict[str, int] = {
     "buttress.__main__": COMPOSITION,
     "buttress._policy": COMPOSITION,
     "buttress.metrics": COMPOSITION,
+    "buttress.otel": COMPOSITION,
     "buttress._sinks": COMPOSITION,
     "buttress.integrations": COMPOSITION,
     "buttress._demo": COMPOSITION,

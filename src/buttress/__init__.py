@@ -1,7 +1,8 @@
 """buttress: resilience decorators for machine-learning inference, sync and async.
 
 Everything public is importable from here. Names that need an optional dependency
-(redis, prometheus-client) resolve lazily, so ``import buttress`` stays light.
+(redis, prometheus-client, opentelemetry) resolve lazily or live in submodules
+(``buttress.metrics``, ``buttress.otel``), so ``import buttress`` stays light.
 
 Architecture
 ============
@@ -19,11 +20,12 @@ core
     bus), ``_wrapping`` (sync or async, honest wrappers), ``_declare`` (a decorator built
     from the one declaration of its settings), ``_signature`` (a function's signature,
     read once), ``_registry`` (live objects one part reads without importing the part
-    that made them: every circuit breaker), ``_streams`` (the one relay behind every
-    decorated stream: each decorator says what it does around one run of a generator,
-    as a session) and ``_blocks`` (what a decorator's engine needs to serve as a
-    context manager: a name for the block, and each entry's state kept by the frame
-    that entered it).
+    that made them: every circuit breaker), ``_tracing`` (the hook ``@monitor`` and
+    ``@hedge`` open spans through, ``None`` until OpenTelemetry is enabled),
+    ``_streams`` (the one relay behind every decorated stream: each decorator says what
+    it does around one run of a generator, as a session) and ``_blocks`` (what a
+    decorator's engine needs to serve as a context manager: a name for the block, and
+    each entry's state kept by the frame that entered it).
 
 features
     One decorator or one family each: ``_retry``; ``_caching/``; ``_validation/``;
@@ -38,9 +40,11 @@ features
 composition
     What puts features together or in front of users: ``_policy`` (``policy()``, the
     canonical stack), ``metrics`` and its sinks (``_sinks/``: the Prometheus collector,
-    the DogStatsD sink), ``integrations/`` (aiohttp, FastAPI), ``_demo/`` and
-    ``__main__``, ``testing`` and ``_pytest_plugin``, and this module. Any of them may
-    import any feature; no feature imports them.
+    the DogStatsD sink, the OpenTelemetry sink), ``otel`` (which switches the
+    OpenTelemetry sink on and installs its tracer in ``_tracing``), ``integrations/``
+    (aiohttp, FastAPI), ``_demo/`` and ``__main__``, ``testing`` and
+    ``_pytest_plugin``, and this module. Any of them may import any feature; no feature
+    imports them.
 
 The dependencies between features, each one way:
 
@@ -97,6 +101,7 @@ from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._errors import ValidationProblem as ValidationProblem
 from ._events import BulkheadRejected as BulkheadRejected
+from ._events import BulkheadWaited as BulkheadWaited
 from ._events import CacheAccess as CacheAccess
 from ._events import CacheEviction as CacheEviction
 from ._events import CacheStoreFailed as CacheStoreFailed
@@ -106,6 +111,7 @@ from ._events import Event as Event
 from ._events import EventBus as EventBus
 from ._events import FallbackUsed as FallbackUsed
 from ._events import HedgeStarted as HedgeStarted
+from ._events import HedgeWon as HedgeWon
 from ._events import MemoryGuardDecision as MemoryGuardDecision
 from ._events import RateLimited as RateLimited
 from ._events import RetryBudgetExhausted as RetryBudgetExhausted
@@ -187,6 +193,7 @@ __all__ = [
     "BulkheadFunction",
     "BulkheadRejected",
     "BulkheadStats",
+    "BulkheadWaited",
     "ButtressError",
     "CacheAccess",
     "CacheEntry",
@@ -214,6 +221,7 @@ __all__ = [
     "GpuProbe",
     "HedgeStarted",
     "HedgeStats",
+    "HedgeWon",
     "HedgedFunction",
     "Hedger",
     "InputValidationError",

@@ -22,6 +22,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 __all__ = [
     "BulkheadRejected",
+    "BulkheadWaited",
     "CacheAccess",
     "CacheEviction",
     "CacheStoreFailed",
@@ -31,6 +32,7 @@ __all__ = [
     "EventBus",
     "FallbackUsed",
     "HedgeStarted",
+    "HedgeWon",
     "MemoryGuardDecision",
     "RateLimited",
     "RetryBudgetExhausted",
@@ -182,7 +184,21 @@ class CircuitRejected(Event):
 
 @dataclass(frozen=True, slots=True)
 class BulkheadRejected(Event):
-    """A bulkhead refused a call: no free slot and no room to wait (or the wait timed out)."""
+    """A bulkhead refused a call: no free slot and no room to wait (or the wait timed out).
+
+    ``reason`` is ``"full"`` (refused at once) or ``"timeout"`` (refused after waiting
+    ``waited`` seconds for a slot).
+    """
+
+    reason: Literal["full", "timeout"] = "full"
+    waited: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadWaited(Event):
+    """A call waited ``waited`` seconds in a bulkhead's queue, then got a slot."""
+
+    waited: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +228,16 @@ class HedgeStarted(Event):
     """``@hedge`` started attempt number ``attempt`` (2 for the first hedge)."""
 
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeWon(Event):
+    """A hedged call was answered by attempt number ``attempt`` (1: the first one) of
+    the ``attempts`` it started; the others were cancelled. Emitted only for calls that
+    started at least one hedge."""
+
+    attempt: int
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,17 +8,16 @@ handle (:mod:`._handle`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from buttress._declare import Decorate, declare
 from buttress._errors import ConfigurationError
 from buttress._wrapping import function_name, wrap
 
 from ._handle import CachedFunction, CacheHandle
 from ._policy import Policy
 from ._shells import async_shell, sync_shell
-from ._store import CacheStore
 
 #: Why @cache_result refuses streams, and the way out.
 _WHY_STREAM = (
@@ -31,46 +30,33 @@ _WHY_STREAM = (
 __all__ = ["cache_result"]
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 R = TypeVar("R")
 
 
-@overload
-def cache_result(fn: Callable[P, R], /) -> CachedFunction[P, R]: ...
+class _Decorator(Protocol):
+    def __call__(self, fn: Callable[P, R], /) -> CachedFunction[P, R]: ...
 
 
-@overload
-def cache_result(
-    *,
-    ttl: float | timedelta | None = 60.0,
-    maxsize: int = 10_000,
-    max_bytes: int | str | None = None,
-    key: Callable[..., Hashable] | None = None,
-    single_flight: bool = True,
-    cache_none: bool = True,
-    store: CacheStore | None = None,
-    copy_arrays: bool = False,
-    stale_while_revalidate: float | timedelta = 0,
-    stale_if_error: float | timedelta = 0,
-    name: str | None = None,
-) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+class _CacheResult(Protocol[Q]):
+    """``@cache_result`` bare, or called with the settings ``Q`` first."""
+
+    # The settings are keyword-only: the two forms never match one call.
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> CachedFunction[P, R]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, *args: Q.args, **kwargs: Q.kwargs) -> _Decorator: ...
 
 
-def cache_result(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    ttl: float | timedelta | None = 60.0,
-    maxsize: int = 10_000,
-    max_bytes: int | str | None = None,
-    key: Callable[..., Hashable] | None = None,
-    single_flight: bool = True,
-    cache_none: bool = True,
-    store: CacheStore | None = None,
-    copy_arrays: bool = False,
-    stale_while_revalidate: float | timedelta = 0,
-    stale_if_error: float | timedelta = 0,
-    name: str | None = None,
-) -> Any:
+def _declared(
+    settings: Callable[Q, Policy],
+) -> Callable[[Callable[[Policy], Decorate]], _CacheResult[Q]]:
+    return lambda build: declare(settings, build)
+
+
+@_declared(Policy)
+def cache_result(policy: Policy) -> Decorate:
     """Remember results by arguments for ``ttl`` seconds; compute each key once at a time.
 
     Arguments are bound to the signature with defaults applied, so ``f(1, b=2)``,
@@ -133,20 +119,7 @@ def cache_result(
     the first item). Cache what the stream is made from, or collect the items in a
     coroutine function and cache that.
     """
-    policy = Policy(
-        ttl=ttl,
-        maxsize=maxsize,
-        max_bytes=max_bytes,
-        key=key,
-        single_flight=single_flight,
-        cache_none=cache_none,
-        store=store,
-        copy_arrays=copy_arrays,
-        stale_while_revalidate=stale_while_revalidate,
-        stale_if_error=stale_if_error,
-        name=name,
-    )
-
+    name = policy.name
     named: list[Any] = []
 
     def decorate(target: Callable[..., Any]) -> Any:
@@ -168,4 +141,4 @@ def cache_result(
             stream_why=_WHY_STREAM,
         )
 
-    return decorate if fn is None else decorate(fn)
+    return decorate

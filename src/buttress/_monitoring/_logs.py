@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Protocol
 
+from buttress._tracing import TraceIds
+
 from ._stats import OUTCOMES, FunctionStats
 from ._summaries import type_name
 
@@ -133,6 +135,7 @@ class CallItem:
         "slow",
         "stream",
         "thread",
+        "trace",
         "tracked",
     )
 
@@ -148,6 +151,7 @@ class CallItem:
         inputs: dict[str, Any] | None,
         output: Any,
         tracked: float | None,
+        trace: TraceIds | None = None,
         stream: tuple[int, float | None, str] | None = None,
     ) -> None:
         self.site = site
@@ -163,6 +167,8 @@ class CallItem:
         self.inputs = inputs
         self.output = output
         self.tracked = tracked
+        #: the ids of the call's span (tracing on): ``trace_id`` and ``span_id`` fields
+        self.trace = trace
         self.thread: threading.Thread | None
         if level:
             context = request_context.get()
@@ -198,6 +204,10 @@ class CallItem:
         if self.stream is not None:
             items, first, ended = self.stream
             fields["stream"] = {"items": items, "first_item": first, "ended": ended}
+        trace = self.trace
+        if trace is not None:
+            fields["trace_id"] = trace.trace_hex
+            fields["span_id"] = trace.span_hex
         return fields
 
     def message(self) -> tuple[str, tuple[Any, ...]]:

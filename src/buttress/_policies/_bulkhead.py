@@ -24,14 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
 from buttress import _clock, _settings
 from buttress._blocks import caller_name
 from buttress._errors import BulkheadFullError
-from buttress._events import BulkheadRejected, events
+from buttress._events import BulkheadRejected, BulkheadWaited, events
 from buttress._streams import Holding, async_stream_shell, sync_stream_shell
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
@@ -265,14 +265,23 @@ class Bulkhead:
     def timed_out(self, function: str, waiter: _Waiter, started: float) -> None:
         """The wait timed out: return if a slot arrived meanwhile, else raise."""
         if self.abandon(waiter):
+            self.waited(function, started)
             return
         with self._lock:
             self._rejected += 1
         raise self._refusal(function, "timeout", _clock.monotonic() - started)
 
-    def _refusal(self, function: str, reason: str, waited: float) -> BulkheadFullError:
+    @staticmethod
+    def waited(function: str, started: float) -> None:
+        """A queued call got its slot: report how long it waited."""
         if events.active:
-            events.emit(BulkheadRejected(function=function))
+            events.emit(BulkheadWaited(function=function, waited=_clock.monotonic() - started))
+
+    def _refusal(
+        self, function: str, reason: Literal["full", "timeout"], waited: float
+    ) -> BulkheadFullError:
+        if events.active:
+            events.emit(BulkheadRejected(function=function, reason=reason, waited=waited))
         if reason == "full":
             message = (
                 f"bulkhead of {function}(): all {self.max_concurrent} slot(s) are busy and "
@@ -306,7 +315,9 @@ def _wait_sync(bulkhead: Bulkhead, waiter: _Waiter, name: str) -> None:
         if bulkhead.abandon(waiter):
             bulkhead.leave()
         raise
-    if not granted:
+    if granted:
+        bulkhead.waited(name, started)
+    else:
         bulkhead.timed_out(name, waiter, started)
 
 
@@ -325,7 +336,9 @@ async def _wait_async(bulkhead: Bulkhead, waiter: _Waiter, name: str) -> None:
         if bulkhead.abandon(waiter):
             bulkhead.leave()
         raise
-    if not waiter.granted:
+    if waiter.granted:
+        bulkhead.waited(name, started)
+    else:
         bulkhead.timed_out(name, waiter, started)
 
 
@@ -453,7 +466,8 @@ def bulkhead(
     Raises:
         ConfigurationError: at decoration, for a setting that cannot work.
         BulkheadFullError: at call time, when the call is refused (``reason`` is
-            ``"full"`` or ``"timeout"``). Emits :class:`BulkheadRejected`.
+            ``"full"`` or ``"timeout"``). Emits :class:`BulkheadRejected`; a call that
+            waited for its slot emits :class:`BulkheadWaited`.
 
     A caller cancelled while waiting leaves the queue (or passes on a slot granted to it
     in that instant); a call cancelled while running frees its slot. The wrapper carries
