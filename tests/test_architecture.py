@@ -57,6 +57,8 @@ LAYERS: dict[str, int] = {
     "buttress._registry": CORE,
     "buttress._declare": CORE,
     "buttress._signature": CORE,
+    "buttress._streams": CORE,
+    "buttress._blocks": CORE,
     "buttress._tracing": CORE,
     # features: one decorator (or one family) each
     "buttress._retry": FEATURES,

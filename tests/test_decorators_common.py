@@ -1,7 +1,8 @@
 """What every decorator of the package promises, checked on all of them at once.
 
-Honest wrappers (name, signature, ``iscoroutinefunction``), bare and called forms, the
-generator refusal naming the decorator, and methods of every kind. Decorators that need a
+Honest wrappers (name, signature, ``iscoroutinefunction``), bare and called forms, streams
+(generator functions wrapped as generator functions of the same kind, or refused naming
+the decorator), and methods of every kind. Decorators that need a
 setting (a duration, a limit) have no bare form; they are checked in their called form.
 """
 
@@ -63,20 +64,51 @@ def test_wrappers_are_honest(
             assert inspect.iscoroutinefunction(wrapped) == inspect.iscoroutinefunction(target)
 
 
+#: The decorators that take streams: (generator functions, async-generator functions).
+STREAMS: dict[str, tuple[bool, bool]] = {
+    "retry": (True, True),
+    "cache_result": (False, False),
+    "validate_input": (True, True),
+    "validate_output": (False, False),
+    "memory_guard": (True, True),
+    "monitor": (True, True),
+    "circuit_breaker": (True, True),
+    "fallback": (True, True),
+    "bulkhead": (True, True),
+    "rate_limit": (True, True),
+    "timeout": (False, True),
+    "hedge": (False, False),
+    "policy": (False, False),  # its cache layer refuses them
+}
+
+
+def test_every_decorator_says_whether_it_takes_streams() -> None:
+    assert set(STREAMS) == set(IDS)
+
+
 @pytest.mark.parametrize(("name", "called", "bare", "sync_ok"), DECORATORS, ids=IDS)
-def test_generators_are_refused_naming_the_decorator(
+def test_streams_are_wrapped_as_streams_or_refused_naming_the_decorator(
     name: str, called: Callable[[], Any], bare: bool, sync_ok: bool
 ) -> None:
-    def generator(x: int) -> Any:
+    def generator(x: int, *, scale: int = 2) -> Any:
         yield x
 
-    async def async_generator(x: int) -> Any:
+    async def async_generator(x: int, *, scale: int = 2) -> Any:
         yield x
 
-    shown = "timeout" if name == "policy" else name  # a policy's layers speak for it
-    for target in (generator, async_generator):
-        with pytest.raises(TypeError, match=rf"@\w+ cannot decorate|@{shown}"):
-            called()(target)
+    shown = "cache_result" if name == "policy" else name  # a policy's layers speak for it
+    checks = (inspect.isgeneratorfunction, inspect.isasyncgenfunction)
+    targets = (generator, async_generator)
+    for target, supported, kind in zip(targets, STREAMS[name], checks, strict=True):
+        if supported:
+            wrapped = called()(target)
+            assert kind(wrapped), name
+            assert not inspect.iscoroutinefunction(wrapped), name
+            assert wrapped.__name__ == target.__name__, name
+            assert inspect.signature(wrapped) == inspect.signature(target), name
+        else:
+            with pytest.raises(TypeError, match=rf"@{shown} cannot decorate .*generator"):
+                called()(target)
 
 
 @pytest.mark.parametrize(("name", "called", "bare", "sync_ok"), DECORATORS, ids=IDS)

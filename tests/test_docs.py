@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,70 @@ def embedding_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         try:
             stop = service.__aexit__(None, None, None)
             asyncio.run_coroutine_threadsafe(stop, loop).result(30)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(30)
+            loop.close()
+
+
+class _TokenService:
+    """A model that streams its answer: ``GET /generate?prompt=&offset=`` sends the
+    prompt's words from ``offset``, one per line. A prompt starting with ``flaky``
+    answers 503 to its first request; one starting with ``drop`` loses the connection
+    after two words on its first request."""
+
+    def __init__(self) -> None:
+        from aiohttp import web
+
+        self.seen: dict[str, int] = {}
+        self.app = web.Application()
+        self.app.router.add_get("/generate", self.generate)
+
+    async def generate(self, request: Any) -> Any:
+        from aiohttp import web
+
+        prompt = request.query["prompt"]
+        offset = int(request.query.get("offset", "0"))
+        first = self.seen.setdefault(prompt, 0) == 0
+        self.seen[prompt] += 1
+        if first and prompt.startswith("flaky"):
+            raise web.HTTPServiceUnavailable(text="warming up")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        for index, word in enumerate(prompt.split()[offset:], start=offset):
+            if first and prompt.startswith("drop") and index == 2:
+                request.transport.close()
+                return response
+            await response.write(f"{word}\n".encode())
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+def token_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A streaming model server (:class:`_TokenService`) in a thread; ``MODEL_URL``."""
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="docs-token-service")
+    thread.start()
+    service = _TokenService()
+    runner = web.AppRunner(service.app, access_log=None, shutdown_timeout=1.0)
+
+    async def start() -> str:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{runner.addresses[0][1]}/generate"
+
+    try:
+        url = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+        monkeypatch.setenv("MODEL_URL", url)
+        yield url
+    finally:
+        try:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(30)

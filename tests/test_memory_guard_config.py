@@ -76,12 +76,13 @@ def test_defaults_use_the_process_wide_probe() -> None:
     assert first.memory_guard.snapshot().limit > 0
 
 
-def test_generators_are_refused() -> None:
-    with pytest.raises(TypeError, match="generator"):
+def test_generators_are_guarded_as_streams() -> None:
+    @memory_guard
+    def numbers() -> Any:
+        yield 1
 
-        @memory_guard
-        def numbers() -> Any:
-            yield 1
+    assert inspect.isgeneratorfunction(numbers)
+    assert list(numbers()) == [1]
 
 
 def test_wrappers_are_honest(tree: CgroupTree) -> None:

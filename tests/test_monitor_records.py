@@ -486,12 +486,13 @@ def test_wrappers_are_honest() -> None:
     assert inspect.iscoroutinefunction(wrapped_async)
 
 
-def test_generators_are_refused() -> None:
+def test_generators_are_monitored_as_streams() -> None:
     def numbers() -> Iterator[int]:
         yield 1
 
-    with pytest.raises(TypeError, match="generator"):
-        monitor(numbers)
+    wrapped = monitor(numbers)
+    assert inspect.isgeneratorfunction(wrapped)
+    assert list(wrapped()) == [1]
 
 
 @pytest.mark.parametrize(

@@ -253,12 +253,15 @@ def test_input_validation_error_is_a_value_error_and_a_buttress_error() -> None:
     assert caught.value.function.endswith("call")
 
 
-def test_generator_functions_are_refused() -> None:
+def test_generator_functions_are_checked_as_streams() -> None:
     def gen(x: int) -> Any:
         yield x
 
-    with pytest.raises(TypeError, match="generator"):
-        validate_input(gen)
+    checked = validate_input(gen)
+    assert list(checked("3")) == [3]
+    stream = checked("three")
+    with pytest.raises(InputValidationError):
+        next(stream)
 
 
 def test_a_parameter_named_fn_can_have_a_spec() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from buttress import retry
-from buttress._wrapping import function_name, is_async_callable, wrap
+from buttress._wrapping import function_name, is_async_callable, stream_kind, wrap
 
 
 async def async_function(x: int, *, y: str = "a") -> str:
@@ -78,8 +78,52 @@ def test_marked_coroutine_function_is_async() -> None:
     "target", [generator_function, async_generator_function], ids=["gen", "asyncgen"]
 )
 def test_generators_are_refused_naming_the_decorator(target: Callable[..., Any]) -> None:
-    with pytest.raises(TypeError, match=r"@retry cannot decorate .*generator"):
-        retry(target)
+    with pytest.raises(TypeError, match=r"@spy cannot decorate .*generator.*: no streams"):
+        wrap(target, "spy", sync=lambda fn: fn, async_=lambda fn: fn, stream_why="no streams")
+
+
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [(generator_function, "sync"), (async_generator_function, "async")],
+    ids=["gen", "asyncgen"],
+)
+def test_streams_go_to_the_stream_factory_of_their_kind(
+    target: Callable[..., Any], kind: str
+) -> None:
+    built: list[str] = []
+
+    def factory(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+            built.append(name)
+            return fn
+
+        return build
+
+    wrap(
+        target,
+        "spy",
+        sync=factory("plain"),
+        async_=factory("coroutine"),
+        stream=factory("sync"),
+        astream=factory("async"),
+    )
+    assert built == [kind]
+
+
+def test_stream_kinds_are_seen_through_partials_methods_and_callable_objects() -> None:
+    class Tokens:
+        async def __call__(self, n: int) -> Any:
+            yield n
+
+        def lines(self) -> Any:
+            yield "a"
+
+    assert stream_kind(functools.partial(async_generator_function)) == "async"
+    assert stream_kind(Tokens()) == "async"
+    assert stream_kind(Tokens().lines) == "sync"
+    assert stream_kind(generator_function) == "sync"
+    assert stream_kind(lambda: None) is None
+    assert stream_kind(Tokens) is None
 
 
 def test_generators_allowed_when_the_decorator_says_so() -> None:

@@ -21,7 +21,11 @@ core
     from the one declaration of its settings), ``_signature`` (a function's signature,
     read once), ``_registry`` (live objects one part reads without importing the part
     that made them: every circuit breaker), ``_tracing`` (the hook ``@monitor`` and
-    ``@hedge`` open spans through, ``None`` until OpenTelemetry is enabled).
+    ``@hedge`` open spans through, ``None`` until OpenTelemetry is enabled),
+    ``_streams`` (the one relay behind every decorated stream: each decorator says what
+    it does around one run of a generator, as a session) and ``_blocks`` (what a
+    decorator's engine needs to serve as a context manager: a name for the block, and
+    each entry's state kept by the frame that entered it).
 
 features
     One decorator or one family each: ``_retry``; ``_caching/``; ``_validation/``;
@@ -54,7 +58,8 @@ Each decorator has an *engine*, the object its settings are compiled into, which
 every decision as plain code (``_Retrier``, ``CircuitBreaker``, ``Bulkhead``...), and two
 thin *shells*, ``_sync_shell(engine)`` and ``_async_shell(engine)``, each a
 ``WrapperFactory`` whose wrapper (``retry_wrapper``) only calls, waits or locks; ``_wrapping.wrap``
-picks one. A decorator with state hangs its handle on the wrapper under its keyword in
+picks one; a decorator that supports streams adds two stream shells, built on
+``_streams``. A decorator with state hangs its handle on the wrapper under its keyword in
 ``policy()`` (``fn.cache``, ``fn.circuit_breaker``, ``fn.rate_limit``...), typed by a
 protocol (``CachedFunction``, ``BreakerFunction``...). A decorator used bare and called
 declares its settings once, as the parameters of one constructor (see ``_declare``).
@@ -91,6 +96,7 @@ from ._errors import RedisStoreError as RedisStoreError
 from ._errors import RefusedValueError as RefusedValueError
 from ._errors import RejectedError as RejectedError
 from ._errors import RetryError as RetryError
+from ._errors import StreamTimeoutError as StreamTimeoutError
 from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._errors import ValidationProblem as ValidationProblem
@@ -115,6 +121,7 @@ from ._events import Subscription as Subscription
 from ._events import TimedOut as TimedOut
 from ._events import ValidationFailed as ValidationFailed
 from ._events import events as events
+from ._memory_guard import MemoryAdmission as MemoryAdmission
 from ._memory_guard import MemoryGuard as MemoryGuard
 from ._memory_guard import MemoryGuarded as MemoryGuarded
 from ._memory_guard import memory_guard as memory_guard
@@ -148,6 +155,7 @@ from ._policies import RateLimiter as RateLimiter
 from ._policies import RateLimiterStats as RateLimiterStats
 from ._policies import RetryBudget as RetryBudget
 from ._policies import RetryBudgetStats as RetryBudgetStats
+from ._policies import Timeout as Timeout
 from ._policies import bulkhead as bulkhead
 from ._policies import circuit_breaker as circuit_breaker
 from ._policies import fallback as fallback
@@ -158,8 +166,12 @@ from ._policy import Policy as Policy
 from ._policy import PolicyFunction as PolicyFunction
 from ._policy import PolicyMethod as PolicyMethod
 from ._policy import policy as policy
+from ._retry import Attempt as Attempt
 from ._retry import Jitter as Jitter
+from ._retry import Retrying as Retrying
+from ._retry import StreamResume as StreamResume
 from ._retry import retry as retry
+from ._retry import retrying as retrying
 from ._validation import ArraySpec as ArraySpec
 from ._validation import Keys as Keys
 from ._validation import validate_input as validate_input
@@ -171,6 +183,7 @@ if TYPE_CHECKING:  # the lazily imported names, for type checkers
 
 __all__ = [
     "ArraySpec",
+    "Attempt",
     "AttemptTimeoutError",
     "BreakerFunction",
     "BreakerState",
@@ -216,6 +229,7 @@ __all__ = [
     "JsonFormatter",
     "Keys",
     "LocalStore",
+    "MemoryAdmission",
     "MemoryGuard",
     "MemoryGuardDecision",
     "MemoryGuarded",
@@ -245,8 +259,12 @@ __all__ = [
     "RetryError",
     "RetryGaveUp",
     "RetryScheduled",
+    "Retrying",
+    "StreamResume",
+    "StreamTimeoutError",
     "Subscription",
     "TimedOut",
+    "Timeout",
     "UnencodableResultError",
     "UnkeyableArgumentError",
     "ValidationFailed",
@@ -268,6 +286,7 @@ __all__ = [
     "request_context",
     "request_scope",
     "retry",
+    "retrying",
     "timeout",
     "validate_input",
     "validate_output",

@@ -32,6 +32,7 @@ __all__ = [
     "RefusedValueError",
     "RejectedError",
     "RetryError",
+    "StreamTimeoutError",
     "UnencodableResultError",
     "UnkeyableArgumentError",
     "ValidationProblem",
@@ -41,7 +42,18 @@ __all__ = [
 
 
 class ButtressError(Exception):
-    """Base class of every error raised by buttress itself."""
+    """Base class of every error raised by buttress itself.
+
+    Every one survives a pickle round trip (errors cross process pools and task queues):
+    the default reduction would call the class with its message alone, which fails for
+    errors whose facts are keyword-only arguments, so the reduction here rebuilds the
+    error from its arguments and its attributes (PEP 678 notes included) without calling
+    ``__init__``.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_with_facts(self)
+
 
 
 class RejectedError(ButtressError):
@@ -133,13 +145,6 @@ class RedisStoreError(CacheStoreError):
         self.operation = operation
         self.address = address
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_redis_store_error, (str(self), self.operation, self.address))
-
-
-def _rebuild_redis_store_error(message: str, operation: str, address: str) -> RedisStoreError:
-    return RedisStoreError(message, operation=operation, address=address)
-
 
 class RefusedValueError(ButtressError, ValueError):
     """A value read from a cache store was refused: it was never decoded into objects.
@@ -158,13 +163,6 @@ class RefusedValueError(ButtressError, ValueError):
         super().__init__(message)
         self.key = key
         self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_refused, (str(self), self.key, self.reason))
-
-
-def _rebuild_refused(message: str, key: str, reason: str) -> RefusedValueError:
-    return RefusedValueError(message, key=key, reason=reason)
 
 
 class UnencodableResultError(ButtressError, TypeError):
@@ -186,18 +184,6 @@ class UnencodableResultError(ButtressError, TypeError):
         self.function = function
         self.type_name = type_name
         self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_unencodable,
-            (str(self), self.function, self.type_name, self.path),
-        )
-
-
-def _rebuild_unencodable(
-    message: str, function: str, type_name: str, path: str
-) -> UnencodableResultError:
-    return UnencodableResultError(message, function=function, type_name=type_name, path=path)
 
 
 # --- validation ----------------------------------------------------------------------
@@ -268,10 +254,6 @@ class DataValidationError(ButtressError, ValueError):
             lines.append(f"{function}(): ... and {len(self.errors) - _MAX_LISTED} more problems")
         super().__init__("\n".join(lines))
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-built state would be lost by the default BaseException pickling.
-        return (type(self), (self.function, self.errors))
-
 
 class InputValidationError(DataValidationError):
     """Arguments failed ``@validate_input``: the function was not called."""
@@ -334,7 +316,8 @@ class MemoryPressureError(RejectedError, MemoryError):
         self.function = function
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only facts survive pickling (multiprocessing, task queues).
+        # Through the constructor: MemoryError has a __new__ of its own, which the
+        # generic reduction (ButtressError's) cannot call for a subclass.
         return (_rebuild_memory_pressure, (str(self), dict(self.__dict__)))
 
 
@@ -399,8 +382,6 @@ class CircuitOpenError(RejectedError, ConnectionError):
         self.retry_at = retry_at
         self.function = function
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce_with_facts(self)
 
 
 class CallTimeoutError(ButtressError, TimeoutError):
@@ -416,8 +397,29 @@ class CallTimeoutError(ButtressError, TimeoutError):
         self.seconds = seconds
         self.function = function
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce_with_facts(self)
+
+
+class StreamTimeoutError(CallTimeoutError):
+    """``@timeout`` stopped a stream that ran past one of its limits.
+
+    Raised from the stream (``async for`` gets it) in place of the next item; the
+    generator was cancelled where it waited, and closed.
+
+    Attributes:
+        seconds: the limit that was reached.
+        function: the qualified name of the stream's function.
+        limit: which limit: ``"first_item"`` (no item came within ``first_item`` of the
+            start), ``"idle"`` (no next item came within ``idle`` of asking for it) or
+            ``"total"`` (the stream did not end within ``seconds`` of its start).
+        items: items the stream had delivered before it was stopped.
+    """
+
+    def __init__(
+        self, message: str, *, seconds: float, function: str = "", limit: str, items: int
+    ) -> None:
+        super().__init__(message, seconds=seconds, function=function)
+        self.limit = limit
+        self.items = items
 
 
 class BulkheadFullError(RejectedError, RuntimeError):
@@ -449,8 +451,6 @@ class BulkheadFullError(RejectedError, RuntimeError):
         self.waited = waited
         self.function = function
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce_with_facts(self)
 
 
 class RateLimitExceeded(RejectedError, RuntimeError):
@@ -483,21 +483,19 @@ class RateLimitExceeded(RejectedError, RuntimeError):
         self.retry_at = retry_at
         self.function = function
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce_with_facts(self)
 
 
 def _reduce_with_facts(error: BaseException) -> tuple[Any, ...]:
     # Keyword-only facts survive pickling (multiprocessing, task queues): the default
     # reduction would call the class with the message alone and fail.
-    return (_rebuild_with_facts, (type(error), str(error), dict(error.__dict__)))
+    return (_rebuild_with_facts, (type(error), error.args, dict(error.__dict__)))
 
 
 def _rebuild_with_facts(
-    cls: type[BaseException], message: str, facts: dict[str, Any]
+    cls: type[BaseException], args: tuple[Any, ...], facts: dict[str, Any]
 ) -> BaseException:
-    error = cls.__new__(cls, message)
-    BaseException.__init__(error, message)
+    error = cls.__new__(cls, *args)
+    BaseException.__init__(error, *args)
     error.__dict__.update(facts)
     return error
 

@@ -10,6 +10,10 @@ The figures come from a :class:`~buttress._memory_probe.MemoryProbe` (the proces
 else the host) and, with ``gpu=``, a GPU probe; a reading is reused for
 ``sample_interval`` seconds, so an admitted call costs a clock read and a few
 comparisons, not a trip to ``/sys``.
+
+The same guard decorates (``guard = memory_guard(...)``, then ``@guard``), admits a
+block (``with guard.admit(reserve="2GiB"):``, or ``async with``), and holds a decorated
+stream's reservation from its first item asked for to its end, however it ends.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import operator
 import os
 from collections.abc import Awaitable, Callable, Generator
 from datetime import timedelta
+from types import TracebackType
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from . import _clock, _memory_probe, _settings
+from ._blocks import caller_name
 from ._declare import Decorate, declare
 from ._errors import ConfigurationError, MemoryPressureError
 from ._events import MemoryGuardDecision, events
@@ -37,9 +43,17 @@ from ._memory_probe import (
     default_probe,
     gpu_pool,
 )
+from ._streams import Holding, Session, async_stream_shell, sync_stream_shell
 from ._wrapping import WrapperFactory, function_name, wrap
 
-__all__ = ["Action", "MemoryGuard", "MemoryGuarded", "memory_guard", "memory_snapshot"]
+__all__ = [
+    "Action",
+    "MemoryAdmission",
+    "MemoryGuard",
+    "MemoryGuarded",
+    "memory_guard",
+    "memory_snapshot",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -164,6 +178,7 @@ class MemoryGuard:
     (:meth:`snapshot`) and what is reserved (:attr:`reserved`). Its attributes are
     settings: change them only by decorating again. Its constructor declares
     ``@memory_guard``'s settings (see :func:`memory_guard` for what each means).
+    Calling it decorates a function with this guard; :meth:`admit` admits a block.
     """
 
     __slots__ = (
@@ -270,6 +285,52 @@ class MemoryGuard:
         raise ConfigurationError(
             f"{name} must be bytes (an int or a size such as '512MiB') or a callable of the "
             f"call's arguments returning bytes, got {value!r}"
+        )
+
+    def __call__(self, fn: Callable[P, T], /) -> MemoryGuarded[P, T]:
+        """Decorate ``fn``: each call (or each stream's life) is admitted by this guard."""
+        return wrap(  # type: ignore[no-any-return]
+            fn,
+            "memory_guard",
+            sync=_sync_shell(self),
+            async_=_async_shell(self),
+            stream=_sync_stream_shell(self),
+            astream=_async_stream_shell(self),
+            attributes={"memory_guard": self},
+        )
+
+    def admit(
+        self, reserve: int | str | None = None, *, gpu_reserve: int | str | None = None
+    ) -> MemoryAdmission:
+        """Admit a block of code as a call: ``with guard.admit(reserve="2GiB"): ...``.
+
+        Entering applies the guard's thresholds and ``action`` (``async with`` sleeps with
+        anyio while ``action="wait"`` waits, ``with`` sleeps the thread) and reserves the
+        bytes until the block ends, however it ends. Events and errors are named after
+        the function the block is in.
+
+        Args:
+            reserve: bytes the block will allocate (an int or a size such as
+                ``"512MiB"``); the guard's own ``reserve`` when it is a fixed size,
+                else nothing.
+            gpu_reserve: the same in device memory (needs ``gpu=``).
+
+        Raises:
+            ConfigurationError: for a size that cannot work.
+            MemoryPressureError: on entering, when the block is refused.
+        """
+        own = self.reserve if reserve is None else _settings.byte_size(reserve, "reserve")
+        gpu_own = (
+            self.gpu_reserve
+            if gpu_reserve is None
+            else _settings.byte_size(gpu_reserve, "gpu_reserve")
+        )
+        if gpu_own and self.gpu_pool is None:
+            raise ConfigurationError("gpu_reserve needs a guard with gpu=True")
+        return MemoryAdmission(
+            self,
+            own if isinstance(own, int) else 0,
+            gpu_own if isinstance(gpu_own, int) else 0,
         )
 
     # -- what is visible --------------------------------------------------------------
@@ -564,6 +625,73 @@ class MemoryGuard:
             )
 
 
+class MemoryAdmission:
+    """One block admitted by a :class:`MemoryGuard` (:meth:`MemoryGuard.admit`).
+
+    Enter it once, with ``with`` or ``async with``; the reservation is released when the
+    block ends.
+
+    Attributes:
+        reserve: bytes reserved for the block.
+        gpu_reserve: device bytes reserved for the block.
+    """
+
+    __slots__ = ("_entered", "gpu_reserve", "guard", "reserve")
+
+    def __init__(self, guard: MemoryGuard, reserve: int, gpu_reserve: int) -> None:
+        self.guard = guard
+        self.reserve = reserve
+        self.gpu_reserve = gpu_reserve
+        self._entered = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryAdmission of {_size(self.reserve)} by {self.guard!r}>"
+
+    def _start(self) -> _Refusal | None:
+        if self._entered:
+            raise RuntimeError("a memory admission is entered once; call admit() again")
+        self._entered = True
+        return self.guard.try_admit(self.reserve, self.gpu_reserve)
+
+    def __enter__(self) -> MemoryAdmission:
+        name = caller_name()
+        refusal = self._start()
+        guard = self.guard
+        if refusal is not None:
+            for delay in guard.resolve(name, self.reserve, self.gpu_reserve, refusal):
+                _clock.sleep(delay)
+        elif events.active:
+            guard.admitted(name, self.reserve)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.guard.release(self.reserve, self.gpu_reserve)
+
+    async def __aenter__(self) -> MemoryAdmission:
+        name = caller_name()
+        refusal = self._start()
+        guard = self.guard
+        if refusal is not None:
+            for delay in guard.resolve(name, self.reserve, self.gpu_reserve, refusal):
+                await _clock.async_sleep(delay)
+        elif events.active:
+            guard.admitted(name, self.reserve)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.guard.release(self.reserve, self.gpu_reserve)
+
+
 class MemoryGuarded(Protocol[P, T_co]):
     """A function wrapped by ``@memory_guard``: callable as before, plus its guard.
 
@@ -645,6 +773,56 @@ def _async_shell(guard: MemoryGuard) -> WrapperFactory:
     return build
 
 
+# A stream holds its reservation from its first item asked for to its end.
+
+#: The run of a stream that reserved nothing: nothing to give back.
+_UNRESERVED = Session()
+
+
+def _held(guard: MemoryGuard, own: int, gpu_own: int) -> Session:
+    if not (own or gpu_own):
+        return _UNRESERVED
+    return Holding(lambda: guard.release(own, gpu_own))
+
+
+def _sync_stream_shell(guard: MemoryGuard) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
+            own, gpu_own = guard.amounts(args, kwargs) if guard.sized else _NOTHING
+            refusal = guard.try_admit(own, gpu_own)
+            if refusal is not None:
+                for delay in guard.resolve(name, own, gpu_own, refusal):
+                    _clock.sleep(delay)
+            elif events.active:
+                guard.admitted(name, own)
+            return _held(guard, own, gpu_own)
+
+        return sync_stream_shell(open_run)(fn)
+
+    return build
+
+
+def _async_stream_shell(guard: MemoryGuard) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
+            own, gpu_own = guard.amounts(args, kwargs) if guard.sized else _NOTHING
+            refusal = guard.try_admit(own, gpu_own)
+            if refusal is not None:
+                for delay in guard.resolve(name, own, gpu_own, refusal):
+                    await _clock.async_sleep(delay)
+            elif events.active:
+                guard.admitted(name, own)
+            return _held(guard, own, gpu_own)
+
+        return async_stream_shell(open_run)(fn)
+
+    return build
+
+
 class _MemoryGuardDecorator(Protocol[Q]):
     """``@memory_guard`` bare, or called with the settings ``Q`` first."""
 
@@ -653,9 +831,7 @@ class _MemoryGuardDecorator(Protocol[Q]):
     def __call__(self, fn: Callable[P, T], /) -> MemoryGuarded[P, T]: ...  # type: ignore[overload-overlap]
 
     @overload
-    def __call__(
-        self, *args: Q.args, **kwargs: Q.kwargs
-    ) -> Callable[[Callable[P, T]], MemoryGuarded[P, T]]: ...
+    def __call__(self, *args: Q.args, **kwargs: Q.kwargs) -> MemoryGuard: ...
 
 
 def _declared(
@@ -703,21 +879,21 @@ def memory_guard(guard: MemoryGuard) -> Decorate:
     Raises:
         ConfigurationError: at decoration, for a setting that cannot work, or for
             ``gpu=`` with neither torch+CUDA nor NVML available (and no ``gpu_probe``).
-        TypeError: at decoration, for a generator function.
-        MemoryPressureError: at call time, when the call is refused.
+        MemoryPressureError: at call time, when the call is refused (for a stream: when
+            it is first iterated).
 
     Caveats: a reservation is counted beside the usage it turns into once allocated, so
     a busy guard errs on the side of refusing. A reading is up to ``sample_interval``
     old, and reading and collecting run in the calling thread (microseconds for the
     files under ``/sys``; a full ``gc.collect()`` can take much longer).
 
-    The wrapper carries the guard as ``fn.memory_guard`` (:class:`MemoryGuard`).
+    The wrapper carries the guard as ``fn.memory_guard`` (:class:`MemoryGuard`). Called
+    with settings, ``memory_guard(...)`` returns that :class:`MemoryGuard`, which
+    decorates any number of functions and admits blocks:
+    ``with guard.admit(reserve="2GiB"):`` (or ``async with``).
+
+    On a stream (a generator or async-generator function) the call is admitted when the
+    stream is first iterated, and its reservation (``reserve`` of the call's arguments)
+    is held until the stream ends, however it ends.
     """
-    sync, async_ = _sync_shell(guard), _async_shell(guard)
-
-    def decorate(target: Callable[..., Any]) -> Any:
-        return wrap(
-            target, "memory_guard", sync=sync, async_=async_, attributes={"memory_guard": guard}
-        )
-
-    return decorate
+    return guard

@@ -291,7 +291,14 @@ def policy(
         ConfigurationError: a layer's setting is of the wrong kind, or a decorator
             refuses its settings (each decorator checks its own, as when used alone).
         TypeError: when applied, a layer refuses the function (``timeout`` and
-            ``attempt_timeout`` need a coroutine function).
+            ``attempt_timeout`` need a coroutine function or an async generator;
+            ``cache`` refuses streams).
+
+    Generator and async-generator functions (streams) are decorated in the same order,
+    each layer applying its rule for streams: the stream is admitted through every layer
+    when it is first iterated, retried while no item has reached the caller, bounded by
+    ``timeout`` (``first_item``, ``idle``, ``seconds``), counted once by the breaker, and
+    holds its bulkhead slot and memory reservation until it ends.
     """
     settings = {
         "monitor": monitor,

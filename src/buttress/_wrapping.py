@@ -6,6 +6,11 @@ waiting (an engine), plus two thin shells that only call, wait or lock: one ``de
 handle, picks the shell, and makes the wrapper honest (``functools.wraps`` metadata, the
 same signature, ``inspect.iscoroutinefunction`` telling the truth, descriptors such as
 ``classmethod`` kept).
+
+Generator and async-generator functions (streams) are a kind of their own: their body
+runs when they are iterated, so a decorator handles them only when it gives a stream
+factory (built on :mod:`buttress._streams`), whose wrapper is a generator function of
+the same kind; otherwise they are refused, with the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from typing import Any, TypeVar
 
 from ._signature import signature_of
 
-__all__ = ["WrapperFactory", "function_module", "function_name", "is_async_callable", "wrap"]
+__all__ = [
+    "WrapperFactory",
+    "function_module",
+    "function_name",
+    "is_async_callable",
+    "stream_kind",
+    "wrap",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +58,25 @@ def is_async_callable(target: Any) -> bool:
     return inspect.iscoroutinefunction(type(inner).__call__)
 
 
+def stream_kind(target: Any) -> str | None:
+    """``"async"`` for an async-generator function, ``"sync"`` for a generator function.
+
+    ``None`` for anything else. Sees through ``functools.partial``, methods, and objects
+    whose class's ``__call__`` is a generator function.
+    """
+    inner = _unwrap_partial(target)
+    if inspect.isasyncgenfunction(inner):
+        return "async"
+    if inspect.isgeneratorfunction(inner):
+        return "sync"
+    if inspect.isroutine(inner) or isinstance(inner, type) or not callable(inner):
+        return None
+    call = type(inner).__call__
+    if inspect.isasyncgenfunction(call):
+        return "async"
+    return "sync" if inspect.isgeneratorfunction(call) else None
+
+
 def function_name(target: Any) -> str:
     """A readable, bounded name for ``target``: its qualified name, for events and errors."""
     inner = _unwrap_partial(target)
@@ -67,9 +98,12 @@ def wrap(
     *,
     sync: WrapperFactory | None,
     async_: WrapperFactory | None,
+    stream: WrapperFactory | None = None,
+    astream: WrapperFactory | None = None,
     attributes: Mapping[str, object] | None = None,
     allow_generators: bool = False,
     why: str = "",
+    stream_why: str = "",
 ) -> Any:
     """Build ``decorator``'s wrapper around ``target``.
 
@@ -81,11 +115,16 @@ def wrap(
             supports coroutine functions (then plain callables are refused).
         async_: builds the wrapper of a coroutine function; ``None`` when the decorator
             only supports plain callables.
+        stream: builds the wrapper of a generator function (a generator function
+            itself); ``None`` refuses them.
+        astream: builds the wrapper of an async-generator function (an async-generator
+            function itself); ``None`` refuses them.
         attributes: set on the wrapper after the metadata is copied (the decorator's
             handle, such as ``cache`` or ``breaker``).
-        allow_generators: generator and async-generator functions are refused with a
-            ``TypeError`` unless this is true (then they count as plain callables).
+        allow_generators: generator and async-generator functions without a stream
+            factory count as plain callables instead of being refused.
         why: when one kind is refused, the reason and the way out, for the message.
+        stream_why: when a stream is refused, the reason and the way out.
 
     Raises:
         TypeError: ``target`` is not callable, or is of a kind the decorator refuses.
@@ -97,29 +136,34 @@ def wrap(
             decorator,
             sync=sync,
             async_=async_,
+            stream=stream,
+            astream=astream,
             attributes=attributes,
             allow_generators=allow_generators,
             why=why,
+            stream_why=stream_why,
         )
         return type(target)(inner)
     if not callable(target):
         raise TypeError(f"@{decorator} needs a callable to decorate, got {target!r}")
-    if not allow_generators and (
-        inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)
-    ):
-        kind = "an async generator" if inspect.isasyncgenfunction(target) else "a generator"
+    kind = stream_kind(target)
+    factory = None if kind is None else astream if kind == "async" else stream
+    if factory is None and kind is not None and not allow_generators:
+        described = "an async generator" if kind == "async" else "a generator"
         raise TypeError(
-            f"@{decorator} cannot decorate {function_name(target)}(), which is {kind} "
-            "function: its body runs when it is iterated, not when it is called"
+            f"@{decorator} cannot decorate {function_name(target)}(), which is {described} "
+            "function: "
+            + (stream_why or "its body runs when it is iterated, not when it is called")
         )
-    is_async = is_async_callable(target)
-    factory = async_ if is_async else sync
     if factory is None:
-        wanted = "a plain function" if is_async else "a coroutine function (async def)"
-        raise TypeError(
-            f"@{decorator} needs {wanted}, and {function_name(target)} is not one"
-            + (f": {why}" if why else "")
-        )
+        is_async = is_async_callable(target)
+        factory = async_ if is_async else sync
+        if factory is None:
+            wanted = "a plain function" if is_async else "a coroutine function (async def)"
+            raise TypeError(
+                f"@{decorator} needs {wanted}, and {function_name(target)} is not one"
+                + (f": {why}" if why else "")
+            )
     wrapper = factory(target)
     functools.update_wrapper(wrapper, target)
     if attributes:

@@ -19,6 +19,14 @@ from ._handle import CachedFunction, CacheHandle
 from ._policy import Policy
 from ._shells import async_shell, sync_shell
 
+#: Why @cache_result refuses streams, and the way out.
+_WHY_STREAM = (
+    "a stream is not cached: its items arrive over time and may be abandoned half way, "
+    "so there is no whole result to keep, and a replay would not be the stream. Cache "
+    "what the stream is made from, or collect its items in a coroutine function and "
+    "cache that"
+)
+
 __all__ = ["cache_result"]
 
 P = ParamSpec("P")
@@ -96,13 +104,20 @@ def cache_result(policy: Policy) -> Decorate:
         ConfigurationError: at decoration, for a setting that cannot work, or for a
             function a shared store could not tell from another of the same name
             (see ``name``).
-        TypeError: at decoration, for a generator function.
+        TypeError: at decoration, for a generator or async-generator function (a
+            stream): see below.
         UnkeyableArgumentError: at call time (a ``TypeError``), for an argument that
             cannot be keyed; it names the argument and points at ``key=``.
 
     The wrapper carries ``fn.cache`` (:class:`CacheHandle`): ``stats()``,
     ``invalidate(*args, **kwargs)``, ``clear()``, their async forms ``ainvalidate`` and
     ``aclear``, and ``bypass(*args, **kwargs)`` to call the function itself once.
+
+    Streams are refused: a stream's items arrive over time and may be abandoned half
+    way, so there is no whole result to keep, and replaying a kept one would change
+    what a stream means to its caller (its timing, its back-pressure, its errors after
+    the first item). Cache what the stream is made from, or collect the items in a
+    coroutine function and cache that.
     """
     name = policy.name
     named: list[Any] = []
@@ -123,6 +138,7 @@ def cache_result(policy: Policy) -> Decorate:
             sync=sync_shell(policy, handle),
             async_=async_shell(policy, handle),
             attributes={"cache": handle},
+            stream_why=_WHY_STREAM,
         )
 
     return decorate

@@ -27,6 +27,7 @@ from buttress import _clock, _settings, _tracing
 from buttress._declare import Decorate, declare
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._signature import CallSignature, signature_of
+from buttress._streams import Outcome, Session, async_stream_shell, sync_stream_shell
 from buttress._tracing import TraceIds
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
@@ -321,15 +322,18 @@ class Site:
         result: Any,
         exc: BaseException | None,
         trace: TraceIds | None = None,
+        stream: tuple[int, float | None, Outcome] | None = None,
     ) -> None:
         """Record one finished call: totals always, a queued log record when wanted.
 
         ``trace`` holds the ids of the call's span when tracing is on: they go into the
         log record, and a sampled trace becomes the exemplar of the duration's bucket.
+        For a stream, ``stream`` holds its items, its time to first item (``None``
+        without one) and how it ended; one abandoned by its caller counts as cancelled.
         """
         duration = _clock.monotonic() - start
         if exc is None:
-            outcome = OK
+            outcome = CANCELLED if stream is not None and stream[2] == "abandoned" else OK
         elif is_fatal(exc):
             outcome = CANCELLED
         else:
@@ -352,9 +356,11 @@ class Site:
         stats.total += duration
         if trace is not None and trace.sampled:
             stats.exemplars[slot] = (trace, duration, time.time())
+        if stream is not None:
+            self._count_stream(stream[0], stream[1])
         lock.release()
         tracked = None
-        if outcome == OK and self.track_output is not None:
+        if outcome == OK and self.track_output is not None and stream is None:
             tracked = self._track(result)
         scanned = args[1:] if self.skip_first else args  # never scan self/cls
         for value in scanned:
@@ -366,7 +372,9 @@ class Site:
                 self._scan(scanned, kwargs)
 
         threshold = self.slow_threshold
-        slow = threshold is not None and duration >= threshold
+        # A stream is slow when its first item is (a long stream is not slow in itself).
+        waited = duration if stream is None or stream[1] is None else stream[1]
+        slow = threshold is not None and waited >= threshold
         if outcome == ERROR:
             level = max(self.level, logging.ERROR)
         elif slow:
@@ -394,12 +402,22 @@ class Site:
                 else None,
                 self._inputs(args, kwargs) if level and self.log_inputs else None,
                 self._summary("return", result)
-                if level and self.log_outputs and outcome == OK
+                if level and self.log_outputs and outcome == OK and stream is None
                 else None,
                 tracked,
                 trace,
+                stream,
             )
         )
+
+    def _count_stream(self, items: int, first: float | None) -> None:
+        """Add a stream's items and time to first item to the totals (lock held)."""
+        stats = self.stats
+        stats.items += items
+        buckets = stats.first_buckets
+        if first is not None and buckets is not None:
+            buckets[bisect_left(DURATION_BUCKETS, max(first, 0.0))] += 1
+            stats.first_total += first
 
     # -- pieces ------------------------------------------------------------------------
 
@@ -583,6 +601,80 @@ def _async_shell(site: Site) -> WrapperFactory:
     return build
 
 
+class _StreamRecord(Session):
+    """One run of a monitored stream: timed from its first ``__anext__`` to its end.
+
+    One record per stream, whatever its number of items: its duration, outcome, items
+    and time to first item.
+    """
+
+    __slots__ = ("args", "first", "items", "kwargs", "site", "start")
+
+    watches_items = True
+
+    def __init__(self, site: Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.site = site
+        self.args = args
+        self.kwargs = kwargs
+        self.items = 0
+        self.first: float | None = None
+        stats = site.stats
+        stats.lock.acquire()
+        stats.in_flight += 1
+        stats.lock.release()
+        self.start = _clock.monotonic()
+
+    def item(self, item: Any) -> None:
+        if not self.items:
+            self.first = _clock.monotonic() - self.start
+        self.items += 1
+
+    def end(self, outcome: Outcome, error: BaseException | None) -> None:
+        self.site.finish(
+            self.start,
+            self.args,
+            self.kwargs,
+            None,
+            error,
+            stream=(self.items, self.first, outcome),
+        )
+
+
+class _TrackedStreamRecord(_StreamRecord):
+    """A monitored stream with ``track_output``: each item is a tracked output."""
+
+    __slots__ = ()
+
+    def item(self, item: Any) -> None:
+        super().item(item)
+        self.site._track(item)
+
+
+def _stream_kind(site: Site) -> type[_StreamRecord]:
+    site.stats.track_streams()
+    return _StreamRecord if site.track_output is None else _TrackedStreamRecord
+
+
+def _sync_stream_shell(site: Site) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        kind = _stream_kind(site)
+        return sync_stream_shell(lambda args, kwargs: kind(site, args, kwargs))(fn)
+
+    return build
+
+
+def _async_stream_shell(site: Site) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        kind = _stream_kind(site)
+
+        async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _StreamRecord:
+            return kind(site, args, kwargs)
+
+        return async_stream_shell(open_run)(fn)
+
+    return build
+
+
 class MonitoredFunction(Protocol[P, T_co]):
     """A function decorated with ``@monitor``: callable as before, plus ``.monitor``."""
 
@@ -678,7 +770,6 @@ def monitor(settings: _Settings) -> Decorate:
     Raises:
         ConfigurationError: at decoration, for a setting that cannot work (including a
             ``redact`` entry naming no parameter).
-        TypeError: at decoration, for a generator function.
 
     With :func:`buttress.otel.enable` in effect, each call also runs in an OpenTelemetry
     span named like the ``function`` label, current while the function runs (its own
@@ -690,6 +781,16 @@ def monitor(settings: _Settings) -> Decorate:
     as ``cancelled`` and re-raised. The wrapper carries ``.monitor``, a
     :class:`MonitorHandle` (``fn.monitor.stats()``); type checkers see it on the
     :class:`MonitoredFunction` that ``@monitor`` returns.
+
+    A stream (a generator or async-generator function) is one call, timed from its
+    first ``__anext__`` to its end, with one record: ``outcome`` as for a call (a stream
+    the caller abandoned, by ``aclose()`` or ``break``, is ``"cancelled"``), and a
+    ``stream`` field ``{"items", "first_item", "ended"}`` (items delivered, seconds to
+    the first, and ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"abandoned"``).
+    The metrics add ``buttress_stream_items_total{function}`` and the histogram
+    ``buttress_stream_first_item_seconds{function}``; ``track_output`` tracks each item;
+    ``slow_threshold`` applies to the time to first item (to the whole stream when it
+    delivered none).
     """
 
     def decorate(target: Any) -> Any:
@@ -702,6 +803,8 @@ def monitor(settings: _Settings) -> Decorate:
             "monitor",
             sync=_sync_shell(site),
             async_=_async_shell(site),
+            stream=_sync_stream_shell(site),
+            astream=_async_stream_shell(site),
             attributes={"monitor": MonitorHandle(site)},
         )
 

@@ -133,6 +133,7 @@ class CallItem:
         "output",
         "site",
         "slow",
+        "stream",
         "thread",
         "trace",
         "tracked",
@@ -151,8 +152,11 @@ class CallItem:
         output: Any,
         tracked: float | None,
         trace: TraceIds | None = None,
+        stream: tuple[int, float | None, str] | None = None,
     ) -> None:
         self.site = site
+        #: a stream's (items, seconds to its first item or None, how it ended)
+        self.stream = stream
         #: the log level, or 0 when the call is not logged (sampled out, level disabled)
         self.level = level
         self.outcome = outcome
@@ -197,6 +201,9 @@ class CallItem:
             fields["labels"] = dict(site.labels)
         if self.tracked is not None:
             fields["tracked_output"] = self.tracked
+        if self.stream is not None:
+            items, first, ended = self.stream
+            fields["stream"] = {"items": items, "first_item": first, "ended": ended}
         trace = self.trace
         if trace is not None:
             fields["trace_id"] = trace.trace_hex
@@ -217,9 +224,20 @@ class CallItem:
                 error,
             )
         elif outcome == "cancelled":
-            text, args = "%s() cancelled after %.1f ms", (name, milliseconds)
+            abandoned = self.stream is not None and self.stream[2] == "abandoned"
+            text = "%s() abandoned by its caller after %.1f ms" if abandoned else (
+                "%s() cancelled after %.1f ms"
+            )
+            args = (name, milliseconds)
         else:
             text, args = "%s() ok in %.1f ms", (name, milliseconds)
+        if self.stream is not None:
+            items, first = self.stream[0], self.stream[1]
+            if first is None:
+                text += " (stream: no item)"
+            else:
+                text += " (stream: %d item(s), the first after %.1f ms)"
+                args = (*args, items, first * 1000)
         threshold = self.site.slow_threshold
         if self.slow and threshold is not None:
             text += " (slow: threshold %.1f ms)"

@@ -47,7 +47,9 @@ __all__ = [
     "DROPPED_FAMILY",
     "DURATION_BUCKETS",
     "DURATION_FAMILY",
+    "FIRST_ITEM_FAMILY",
     "IN_FLIGHT_FAMILY",
+    "ITEMS_FAMILY",
     "OUTCOMES",
     "OUTPUT_BUCKETS",
     "OUTPUT_FAMILY",
@@ -94,6 +96,11 @@ DROPPED_FAMILY = (
     "Log records (and per-call samples) dropped because the exporter queue was full.",
 )
 CIRCUIT_FAMILY = ("buttress_circuit_state", "1 for the current state of each circuit breaker.")
+ITEMS_FAMILY = ("buttress_stream_items", "Items delivered by monitored streams.")
+FIRST_ITEM_FAMILY = (
+    "buttress_stream_first_item_seconds",
+    "Time from a monitored stream's start to its first item, in seconds.",
+)
 
 #: The last sampled call of a duration bucket: its span's ids, its duration and when it
 #: ended (wall clock): Prometheus' exemplar of that bucket.
@@ -111,6 +118,8 @@ class CallStats:
         cancelled: calls that were cancelled (or interrupted by an exit).
         in_flight: calls running now.
         total_seconds: the sum of the finished calls' durations.
+        items: items the function's streams delivered (0 for a function that is not a
+            stream); each stream is one call.
     """
 
     calls: int
@@ -119,6 +128,7 @@ class CallStats:
     cancelled: int
     in_flight: int
     total_seconds: float
+    items: int = 0
 
 
 class FunctionStats:
@@ -131,7 +141,10 @@ class FunctionStats:
     __slots__ = (
         "buckets",
         "exemplars",
+        "first_buckets",
+        "first_total",
         "in_flight",
+        "items",
         "labels",
         "lock",
         "name",
@@ -158,6 +171,16 @@ class FunctionStats:
         self.output_buckets: list[int] = []
         self.output_sum = 0.0
         self.output_count = 0
+        self.items = 0
+        # Time to first item of the streams, in DURATION_BUCKETS; None: no stream yet.
+        self.first_buckets: list[int] | None = None
+        self.first_total = 0.0
+
+    def track_streams(self) -> None:
+        """Start the streams' time-to-first-item histogram (once)."""
+        with self.lock:
+            if self.first_buckets is None:
+                self.first_buckets = [0] * (len(DURATION_BUCKETS) + 1)
 
     def track_output(self, bounds: tuple[float, ...]) -> None:
         """Start a ``track_output`` histogram with ``bounds`` (the first setting wins)."""
@@ -176,6 +199,7 @@ class FunctionStats:
                 cancelled=cancelled,
                 in_flight=self.in_flight,
                 total_seconds=self.total,
+                items=self.items,
             )
 
     def snapshot(self) -> FunctionSnapshot:
@@ -192,6 +216,9 @@ class FunctionStats:
                 output_buckets=tuple(self.output_buckets),
                 output_sum=self.output_sum,
                 output_count=self.output_count,
+                items=self.items,
+                first_buckets=None if self.first_buckets is None else tuple(self.first_buckets),
+                first_total=self.first_total,
             )
 
     def reset(self) -> None:
@@ -201,6 +228,10 @@ class FunctionStats:
             self.buckets = [0] * len(self.buckets)
             self.exemplars = [None] * len(self.buckets)
             self.total = 0.0
+            self.items = 0
+            if self.first_buckets is not None:
+                self.first_buckets = [0] * len(self.first_buckets)
+            self.first_total = 0.0
             self.output_buckets = [0] * len(self.output_buckets)
             self.output_sum = 0.0
             self.output_count = 0
@@ -221,6 +252,9 @@ class FunctionSnapshot:
     output_buckets: tuple[int, ...]
     output_sum: float
     output_count: int
+    items: int = 0
+    first_buckets: tuple[int, ...] | None = None
+    first_total: float = 0.0
 
 
 _functions: dict[tuple[str, Labels], FunctionStats] = {}

@@ -25,4 +25,5 @@ from ._rate_limit import RateLimitedFunction as RateLimitedFunction
 from ._rate_limit import RateLimiter as RateLimiter
 from ._rate_limit import RateLimiterStats as RateLimiterStats
 from ._rate_limit import rate_limit as rate_limit
+from ._timeout import Timeout as Timeout
 from ._timeout import timeout as timeout

@@ -9,6 +9,10 @@ lock around the whole call). The two shells at the bottom only ask, call and rep
 States: ``closed`` (calls pass; outcomes are counted over a sliding time window),
 ``open`` (calls fail at once with :class:`CircuitOpenError`) and ``half_open`` (a few
 trial calls decide between closing and opening again).
+
+A stream's outcome is what counts for it (:class:`_StreamCall`), and a block (``with
+breaker:`` / ``async with breaker:``) is admitted and counted like a call, through the
+same three engine methods: acquire, then record or on_error (or release).
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _registry, _settings
+from buttress._blocks import Entries, caller_name
 from buttress._declare import Decorate, declare
 from buttress._errors import CircuitOpenError, ConfigurationError, RejectedError, is_fatal
 from buttress._events import CircuitRejected, CircuitStateChanged, events
 from buttress._settings import ExceptionTypes
+from buttress._streams import Outcome, Session, async_stream_shell, sync_stream_shell
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 from ._window import Window
@@ -138,14 +145,20 @@ class _Settings:
 class CircuitBreaker:
     """The state of one circuit breaker, shared by every function decorated with its name.
 
-    Reach it as ``fn.circuit_breaker`` (or ``fn.breaker``). Read :attr:`state` and
-    :meth:`stats`; :meth:`reset` closes it and :meth:`force_open` holds it open (a kill
-    switch) until the next reset. Thread safe, and usable from any number of event loops
-    at once: it holds no loop-bound state.
+    Reach it as ``fn.circuit_breaker`` (or ``fn.breaker``), or as what
+    ``circuit_breaker(name=...)`` returns. Read :attr:`state` and :meth:`stats`;
+    :meth:`reset` closes it and :meth:`force_open` holds it open (a kill switch) until
+    the next reset. Calling it decorates a function with this breaker; ``with breaker:``
+    and ``async with breaker:`` admit a block as a call (raising
+    :class:`CircuitOpenError` when it is refused) and count how the block ends: an
+    exception leaving the block is judged as a call's would be (a failure, a success, or
+    nothing for cancellation and refusals). Thread safe, and usable from any number of
+    event loops at once: it holds no loop-bound state.
     """
 
     __slots__ = (
         "__weakref__",
+        "_blocks",
         "_failure_ratio",
         "_forced",
         "_generation",
@@ -201,9 +214,62 @@ class CircuitBreaker:
         self._trial_slow = 0
         self._rejected = 0
         self._times_opened = 0
+        self._blocks: Entries[tuple[int, float, str]] = Entries()
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._state}>"
+
+    def __call__(self, fn: Callable[P, T], /) -> BreakerFunction[P, T]:
+        """Decorate ``fn`` with this breaker (its calls, or its streams, are counted here)."""
+        return wrap(  # type: ignore[no-any-return]
+            fn,
+            "circuit_breaker",
+            sync=_sync_shell(self),
+            async_=_async_shell(self),
+            stream=_stream_shell(self, sync_stream_shell),
+            astream=_stream_shell(self, _async_opener),
+            attributes={"circuit_breaker": self, "breaker": self},
+        )
+
+    # --- the block --------------------------------------------------------------------
+
+    def __enter__(self) -> CircuitBreaker:
+        return self._enter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> CircuitBreaker:
+        return self._enter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    # The with statement runs two frames above these (through __enter__ or __aenter__).
+
+    def _enter(self) -> CircuitBreaker:
+        name = caller_name(2)
+        ticket = self.acquire(name)
+        entry = (ticket, _clock.monotonic() if self.times_calls else 0.0, name)
+        self._blocks.push(entry, depth=2)
+        return self
+
+    def _exit(self, exc: BaseException | None) -> None:
+        ticket, started, name = self._blocks.pop(depth=2)
+        if exc is None:
+            self.record(ticket, started, name)
+        else:
+            self.on_error(ticket, exc, started, name)
 
     # --- the public handle ------------------------------------------------------------
 
@@ -301,11 +367,24 @@ class CircuitBreaker:
             events.emit(CircuitRejected(function=function, breaker=self.name))
         raise self._refusal(function, state, retry_at, reason, now)
 
-    def record(self, ticket: int, started: float, function: str, failed: bool = False) -> None:
-        """Count the outcome of an admitted call: a success, or a failure if ``failed``."""
+    def record(
+        self,
+        ticket: int,
+        started: float,
+        function: str,
+        failed: bool = False,
+        duration: float | None = None,
+    ) -> None:
+        """Count the outcome of an admitted call: a success, or a failure if ``failed``.
+
+        Slow-call tracking measures ``duration`` when given (a stream's time to its first
+        item), else the time since ``started``.
+        """
         now = _clock.monotonic()
         limit = self._slow_duration
-        slow = limit is not None and now - started >= limit
+        if duration is None:
+            duration = now - started
+        slow = limit is not None and duration >= limit
         change = None
         with self._lock:
             if ticket != self._generation:
@@ -348,7 +427,14 @@ class CircuitBreaker:
         if change is not None:
             self._announce(change, function)
 
-    def on_error(self, ticket: int, exc: BaseException, started: float, function: str) -> None:
+    def on_error(
+        self,
+        ticket: int,
+        exc: BaseException,
+        started: float,
+        function: str,
+        duration: float | None = None,
+    ) -> None:
         """Count a call that raised ``exc``: a failure, a success, or nothing at all.
 
         Cancellation, ``exclude`` types and refusals by buttress's own layers below the
@@ -360,7 +446,7 @@ class CircuitBreaker:
         if is_fatal(exc) or isinstance(exc, (RejectedError, *self.exclude)):
             self.release(ticket)
         else:
-            self.record(ticket, started, function, isinstance(exc, self.exceptions))
+            self.record(ticket, started, function, isinstance(exc, self.exceptions), duration)
 
     def release(self, ticket: int) -> None:
         """Forget an admitted call without counting it, returning its half-open permit."""
@@ -528,6 +614,68 @@ def _async_shell(breaker: CircuitBreaker) -> WrapperFactory:
     return build
 
 
+class _StreamCall(Session):
+    """One stream through a breaker: admitted once, counted by how it ends.
+
+    Completed: a success; failed (before or after its first item): judged as a call's
+    error would be; cancelled or abandoned by its caller (``aclose()``, ``break`` and
+    garbage collection): neither, and a half-open permit is given back. With slow-call
+    tracking, a stream is slow when its first item took ``slow_call_duration`` or longer
+    (a stream that ends without items: when it lasted that long).
+    """
+
+    __slots__ = ("breaker", "first", "name", "started", "ticket")
+
+    def __init__(self, breaker: CircuitBreaker, name: str, ticket: int) -> None:
+        self.breaker = breaker
+        self.name = name
+        self.ticket = ticket
+        self.started = _clock.monotonic() if breaker.times_calls else 0.0
+        self.first: float | None = None
+
+    def end(self, outcome: Outcome, error: BaseException | None) -> None:
+        breaker, ticket = self.breaker, self.ticket
+        if outcome == "completed":
+            breaker.record(ticket, self.started, self.name, duration=self.first)
+        elif outcome == "failed" and error is not None:
+            breaker.on_error(ticket, error, self.started, self.name, self.first)
+        else:
+            breaker.release(ticket)
+
+
+class _TimedStreamCall(_StreamCall):
+    __slots__ = ()
+
+    watches_items = True
+
+    def item(self, item: Any) -> None:
+        if self.first is None:
+            self.first = _clock.monotonic() - self.started
+
+
+def _async_opener(open_run: Callable[..., Session]) -> WrapperFactory:
+    """``async_stream_shell`` around a plain ``open_run`` (a breaker never waits)."""
+
+    async def opened(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
+        return open_run(args, kwargs)
+
+    return async_stream_shell(opened)
+
+
+def _stream_shell(breaker: CircuitBreaker, shell: Callable[..., Any]) -> WrapperFactory:
+    kind = _TimedStreamCall if breaker.times_calls else _StreamCall
+
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
+            return kind(breaker, name, breaker.acquire(name))
+
+        return shell(open_run)(fn)  # type: ignore[no-any-return]
+
+    return build
+
+
 class BreakerFunction(Protocol[P, T_co]):
     """A function decorated with ``@circuit_breaker``: callable as before, plus its breaker.
 
@@ -561,6 +709,10 @@ class _CircuitBreaker(Protocol[Q]):
     # The settings are keyword-only: the two forms never match one call.
     @overload
     def __call__(self, fn: Callable[P, T], /) -> BreakerFunction[P, T]: ...  # type: ignore[overload-overlap]
+
+    # Named, it returns the named breaker (settings then checked at run time only).
+    @overload
+    def __call__(self, *, name: str, **settings: Any) -> CircuitBreaker: ...
 
     @overload
     def __call__(self, *args: Q.args, **kwargs: Q.kwargs) -> _Decorator: ...
@@ -618,20 +770,24 @@ def circuit_breaker(settings: _Settings) -> Decorate:
     The wrapper carries the breaker as ``fn.circuit_breaker`` (also ``fn.breaker``), a
     :class:`CircuitBreaker` with ``.state``, ``.stats()``, ``.reset()`` and
     ``.force_open()``. Transitions emit :class:`CircuitStateChanged` and refusals
-    :class:`CircuitRejected`.
+    :class:`CircuitRejected`. Given a ``name``, ``circuit_breaker(...)`` returns that
+    named :class:`CircuitBreaker` itself, which decorates (``db = circuit_breaker(
+    name="db")``, then ``@db``) and guards blocks (``async with db:``); any breaker
+    guards blocks, ``fn.breaker`` included.
+
+    On a stream (a generator or async-generator function) the breaker admits the stream
+    when it is first iterated, and its outcome is what the window records: completed is
+    a success; failed, before or after its first item, is judged like a call's error;
+    cancelled, or abandoned by the caller (``aclose()``, ``break``), counts as neither.
+    With slow-call tracking, a stream is slow when its first item takes
+    ``slow_call_duration`` or longer.
     """
     name = settings.name
-    shared = None if name is None else _shared(name, settings)
+    if name is not None:
+        return _shared(name, settings)
 
     def decorate(target: Callable[..., Any]) -> Any:
         inner = getattr(target, "__func__", target)
-        breaker = shared or CircuitBreaker(function_name(inner), settings)
-        return wrap(
-            target,
-            "circuit_breaker",
-            sync=_sync_shell(breaker),
-            async_=_async_shell(breaker),
-            attributes={"circuit_breaker": breaker, "breaker": breaker},
-        )
+        return CircuitBreaker(function_name(inner), settings)(target)
 
     return decorate

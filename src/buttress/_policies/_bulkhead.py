@@ -8,6 +8,10 @@ longest waiter (first come, first served; no barging, no thundering herd) and wa
 that one: with ``anyio.Event.set`` on the waiter's own loop, through the loop's
 thread-safe entry point when the two are on different threads, or a ``threading.Event``
 for a plain function.
+
+The same :class:`Bulkhead` is the decorator (``gpu = bulkhead(2)``, then ``@gpu``), a
+block (``async with gpu:`` / ``with gpu:``), and holds a decorated stream's slot from its
+first item asked for to its end, however it ends (see :mod:`buttress._streams`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from types import TracebackType
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
 from buttress import _clock, _settings
+from buttress._blocks import caller_name
 from buttress._errors import BulkheadFullError
 from buttress._events import BulkheadRejected, BulkheadWaited, events
+from buttress._streams import Holding, async_stream_shell, sync_stream_shell
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["Bulkhead", "BulkheadFunction", "BulkheadStats", "bulkhead"]
@@ -112,10 +119,11 @@ class _TaskWaiter(_Waiter):
 
 
 class Bulkhead:
-    """The slots and the queue of one ``@bulkhead``; reach it as ``fn.bulkhead``.
+    """The slots and the queue of one ``bulkhead(...)``; reach it as ``fn.bulkhead``.
 
-    Thread safe and loop-agnostic. :meth:`stats` returns a snapshot; the other methods are
-    what the wrappers call.
+    Thread safe and loop-agnostic. :meth:`stats` returns a snapshot. Calling it decorates
+    a function (every function it decorates shares its slots); ``async with`` (or
+    ``with``) holds a slot for a block. The other methods are what the wrappers call.
     """
 
     __slots__ = (
@@ -144,6 +152,50 @@ class Bulkhead:
             f"<Bulkhead {self._running}/{self.max_concurrent} running, "
             f"{len(self._waiters)}/{self.max_waiting} waiting>"
         )
+
+    def __call__(self, fn: Callable[P, T], /) -> BulkheadFunction[P, T]:
+        """Decorate ``fn``: its calls (or its streams' lives) take slots of this bulkhead."""
+        return wrap(  # type: ignore[no-any-return]
+            fn,
+            "bulkhead",
+            sync=_sync_shell(self),
+            async_=_async_shell(self),
+            stream=_sync_stream_shell(self),
+            astream=_async_stream_shell(self),
+            attributes={"bulkhead": self},
+        )
+
+    # --- the block --------------------------------------------------------------------
+
+    def __enter__(self) -> Bulkhead:
+        name = caller_name()
+        waiter = self.enter(name, _ThreadWaiter)
+        if waiter is not None:
+            _wait_sync(self, waiter, name)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.leave()
+
+    async def __aenter__(self) -> Bulkhead:
+        name = caller_name()
+        waiter = self.enter(name, _TaskWaiter)
+        if waiter is not None:
+            await _wait_async(self, waiter, name)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.leave()
 
     def stats(self) -> BulkheadStats:
         """A frozen snapshot of the counts."""
@@ -253,21 +305,44 @@ class Bulkhead:
 # --- the shells --------------------------------------------------------------------------
 
 
-def _sync_shell(bulkhead: Bulkhead) -> WrapperFactory:
-    def wait(waiter: _Waiter, name: str) -> None:
-        assert isinstance(waiter, _ThreadWaiter)
-        started = _clock.monotonic()
-        try:
-            granted = waiter.event.wait(bulkhead.wait_timeout)
-        except BaseException:  # KeyboardInterrupt while waiting: give up the place
-            if bulkhead.abandon(waiter):
-                bulkhead.leave()
-            raise
-        if granted:
-            bulkhead.waited(name, started)
-        else:
-            bulkhead.timed_out(name, waiter, started)
+def _wait_sync(bulkhead: Bulkhead, waiter: _Waiter, name: str) -> None:
+    """Wait on a thread for the slot ``waiter`` queued for; refused on timeout."""
+    assert isinstance(waiter, _ThreadWaiter)
+    started = _clock.monotonic()
+    try:
+        granted = waiter.event.wait(bulkhead.wait_timeout)
+    except BaseException:  # KeyboardInterrupt while waiting: give up the place
+        if bulkhead.abandon(waiter):
+            bulkhead.leave()
+        raise
+    if granted:
+        bulkhead.waited(name, started)
+    else:
+        bulkhead.timed_out(name, waiter, started)
 
+
+async def _wait_async(bulkhead: Bulkhead, waiter: _Waiter, name: str) -> None:
+    """Wait in a task for the slot ``waiter`` queued for; refused on timeout."""
+    assert isinstance(waiter, _TaskWaiter)
+    limit = bulkhead.wait_timeout
+    started = _clock.monotonic()
+    try:
+        if limit is None:
+            await waiter.event.wait()
+        else:
+            with anyio.move_on_after(limit):
+                await waiter.event.wait()
+    except BaseException:  # cancelled while waiting: give up the place, or the slot
+        if bulkhead.abandon(waiter):
+            bulkhead.leave()
+        raise
+    if waiter.granted:
+        bulkhead.waited(name, started)
+    else:
+        bulkhead.timed_out(name, waiter, started)
+
+
+def _sync_shell(bulkhead: Bulkhead) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         enter, leave = bulkhead.enter, bulkhead.leave
@@ -275,7 +350,7 @@ def _sync_shell(bulkhead: Bulkhead) -> WrapperFactory:
         def bulkhead_wrapper(*args: Any, **kwargs: Any) -> Any:
             waiter = enter(name, _ThreadWaiter)
             if waiter is not None:
-                wait(waiter, name)
+                _wait_sync(bulkhead, waiter, name)
             try:
                 return fn(*args, **kwargs)
             finally:
@@ -287,26 +362,6 @@ def _sync_shell(bulkhead: Bulkhead) -> WrapperFactory:
 
 
 def _async_shell(bulkhead: Bulkhead) -> WrapperFactory:
-    limit = bulkhead.wait_timeout
-
-    async def wait(waiter: _Waiter, name: str) -> None:
-        assert isinstance(waiter, _TaskWaiter)
-        started = _clock.monotonic()
-        try:
-            if limit is None:
-                await waiter.event.wait()
-            else:
-                with anyio.move_on_after(limit):
-                    await waiter.event.wait()
-        except BaseException:  # cancelled while waiting: give up the place, or the slot
-            if bulkhead.abandon(waiter):
-                bulkhead.leave()
-            raise
-        if waiter.granted:
-            bulkhead.waited(name, started)
-        else:
-            bulkhead.timed_out(name, waiter, started)
-
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         enter, leave = bulkhead.enter, bulkhead.leave
@@ -314,13 +369,50 @@ def _async_shell(bulkhead: Bulkhead) -> WrapperFactory:
         async def bulkhead_wrapper(*args: Any, **kwargs: Any) -> Any:
             waiter = enter(name, _TaskWaiter)
             if waiter is not None:
-                await wait(waiter, name)
+                await _wait_async(bulkhead, waiter, name)
             try:
                 return await fn(*args, **kwargs)
             finally:
                 leave()
 
         return bulkhead_wrapper
+
+    return build
+
+
+# A stream holds its slot from its first item asked for to its end, however it ends.
+
+
+def _sync_stream_shell(bulkhead: Bulkhead) -> WrapperFactory:
+    held = Holding(bulkhead.leave)
+
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Holding:
+            waiter = bulkhead.enter(name, _ThreadWaiter)
+            if waiter is not None:
+                _wait_sync(bulkhead, waiter, name)
+            return held
+
+        return sync_stream_shell(open_run)(fn)
+
+    return build
+
+
+def _async_stream_shell(bulkhead: Bulkhead) -> WrapperFactory:
+    held = Holding(bulkhead.leave)
+
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Holding:
+            waiter = bulkhead.enter(name, _TaskWaiter)
+            if waiter is not None:
+                await _wait_async(bulkhead, waiter, name)
+            return held
+
+        return async_stream_shell(open_run)(fn)
 
     return build
 
@@ -344,16 +436,12 @@ class BulkheadFunction(Protocol[P, T_co]):
     ) -> BulkheadFunction[P2, T2]: ...
 
 
-class _Decorator(Protocol):
-    def __call__(self, fn: Callable[P, T], /) -> BulkheadFunction[P, T]: ...
-
-
 def bulkhead(
     max_concurrent: int,
     *,
     max_waiting: int = 0,
     wait_timeout: float | timedelta | None = None,
-) -> _Decorator:
+) -> Bulkhead:
     """Run at most ``max_concurrent`` calls at once; queue a few more; refuse the rest.
 
     Keeps one slow dependency from taking every worker, connection or GPU slot: when
@@ -383,24 +471,20 @@ def bulkhead(
 
     A caller cancelled while waiting leaves the queue (or passes on a slot granted to it
     in that instant); a call cancelled while running frees its slot. The wrapper carries
-    ``fn.bulkhead`` (:class:`Bulkhead`) with ``.stats()``. One decorator object applied to
-    several functions gives them one shared set of slots (``gpu = bulkhead(2)``, then
-    ``@gpu`` on each function that uses the GPU).
+    ``fn.bulkhead`` (:class:`Bulkhead`) with ``.stats()``. The decorator *is* that
+    :class:`Bulkhead`: one object applied to several functions gives them one shared set
+    of slots (``gpu = bulkhead(2)``, then ``@gpu`` on each function that uses the GPU),
+    and ``async with gpu:`` (or ``with gpu:`` in a thread) holds one of the same slots
+    for a block of code, refused or queued as a call is (events and errors are named
+    after the function the block is in).
+
+    On a stream (a generator or async-generator function) the slot is taken when the
+    stream is first iterated and held until it ends: completed, failed, cancelled,
+    closed by the caller (``aclose()``), or finalised by the garbage collector after the
+    caller stopped iterating. A stream that is never iterated takes no slot.
     """
-    shared = Bulkhead(
+    return Bulkhead(
         _settings.positive_int(max_concurrent, "max_concurrent"),
         _settings.non_negative_int(max_waiting, "max_waiting"),
         _settings.optional_seconds(wait_timeout, "wait_timeout", allow_zero=False),
     )
-    sync, async_ = _sync_shell(shared), _async_shell(shared)
-
-    def decorate(target: Callable[..., Any]) -> Any:
-        return wrap(
-            target,
-            "bulkhead",
-            sync=sync,
-            async_=async_,
-            attributes={"bulkhead": shared},
-        )
-
-    return decorate

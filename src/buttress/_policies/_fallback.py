@@ -1,4 +1,10 @@
-"""@fallback: answer with a safe default when the call fails."""
+"""@fallback: answer with a safe default when the call fails.
+
+On a stream the answer replaces the stream only while no item has reached the caller:
+its items (:func:`buttress._streams.answer_items`) are relayed in place of the failed
+stream's. A failure after the first item propagates: an answer cannot be spliced into
+items the caller already has.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,13 @@ from buttress import _settings
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._events import FallbackUsed, events
 from buttress._settings import ExceptionTypes
+from buttress._streams import (
+    Restart,
+    Session,
+    answer_items,
+    async_stream_shell,
+    sync_stream_shell,
+)
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["fallback"]
@@ -103,6 +116,51 @@ def _async_shell(answer: _Answer) -> WrapperFactory:
     return build
 
 
+class _FallbackRun(Session):
+    """One run of a stream under ``@fallback``: answered only before its first item."""
+
+    __slots__ = ("answer", "asynchronous", "fresh", "name")
+
+    watches_items = True
+    restarts = True
+
+    def __init__(self, answer: _Answer, name: str, asynchronous: bool) -> None:
+        self.answer = answer
+        self.name = name
+        self.asynchronous = asynchronous
+        self.fresh = True
+
+    def item(self, item: Any) -> None:
+        self.fresh = False
+
+    def failed(self, error: BaseException) -> Restart | None:
+        if not self.fresh or not self.answer.applies(error):
+            return None
+        self.fresh = False  # the answer's items are not answered again
+        items = answer_items(self.answer.make(error, self.name), asynchronous=self.asynchronous)
+        return Restart(0.0, source=items)
+
+
+def _sync_stream_shell(answer: _Answer) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+        return sync_stream_shell(lambda args, kwargs: _FallbackRun(answer, name, False))(fn)
+
+    return build
+
+
+def _async_stream_shell(answer: _Answer) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _FallbackRun:
+            return _FallbackRun(answer, name, True)
+
+        return async_stream_shell(open_run)(fn)
+
+    return build
+
+
 class _SyncOrAsync(Protocol[R_co]):
     """Decorates a plain or a coroutine function; its result may also be the fallback's."""
 
@@ -186,6 +244,13 @@ def fallback(
 
     Each replacement emits :class:`FallbackUsed` with the error. Works on ``def`` and
     ``async def``; usable bare (``@fallback`` answers ``None``).
+
+    On a stream (a generator or async-generator function) the answer replaces the
+    stream when it fails before its first item: its items are yielded instead. The
+    answer is read as items: ``None`` is none (so ``@fallback`` ends the stream
+    quietly), a ``str`` or ``bytes`` is one item, and an iterable (or, for an async
+    stream, an async iterable) gives its own. A failure after the first item
+    propagates: an answer cannot be spliced into items the caller already has.
     """
     if callable(value) and factory is None and exceptions == (Exception,):
         # Bare use: @fallback applied straight to a function. (A callable *value* is
@@ -201,8 +266,9 @@ def fallback(
         _settings.exception_types(exceptions, "exceptions"),
     )
     sync, async_ = _sync_shell(answer), _async_shell(answer)
+    stream, astream = _sync_stream_shell(answer), _async_stream_shell(answer)
 
     def decorate(target: Callable[..., Any]) -> Any:
-        return wrap(target, "fallback", sync=sync, async_=async_)
+        return wrap(target, "fallback", sync=sync, async_=async_, stream=stream, astream=astream)
 
     return decorate

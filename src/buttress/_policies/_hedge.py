@@ -324,6 +324,14 @@ class _Decorator(Protocol):
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> HedgedFunction[P, T]: ...
 
 
+#: Why @hedge refuses streams, and the way out.
+_WHY_STREAM = (
+    "hedging a stream would run two streams at once and abandon one after its first "
+    "item, paying for both. Hedge the coroutine that opens the stream (the request), or "
+    "bound its first item with @timeout(first_item=...) under @retry"
+)
+
+
 def hedge(delay: float | timedelta | str, *, max_hedges: int = 1) -> _Decorator:
     """Start another attempt when the first has not answered within ``delay``.
 
@@ -371,7 +379,13 @@ def hedge(delay: float | timedelta | str, *, max_hedges: int = 1) -> _Decorator:
 
     def decorate(target: Callable[..., Any]) -> Any:
         return wrap(
-            target, "hedge", sync=None, async_=async_, attributes={"hedge": hedger}, why=_WHY
+            target,
+            "hedge",
+            sync=None,
+            async_=async_,
+            attributes={"hedge": hedger},
+            why=_WHY,
+            stream_why=_WHY_STREAM,
         )
 
     return decorate

@@ -7,6 +7,10 @@ until exactly that time, once. That gives first-come, first-served order without
 queue or wake-up (no thundering herd: nobody is woken to find the slot taken), and it
 works from any number of threads and event loops at once, because nothing but the
 sleep touches a loop.
+
+The same :class:`RateLimiter` is the decorator (``quota = rate_limit(10)``, then
+``@quota``); a decorated stream takes one start, when it is first iterated (a stream is
+one call, however many items it yields), and holds nothing afterwards.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 from buttress import _clock, _settings
 from buttress._errors import ConfigurationError, RateLimitExceeded
 from buttress._events import RateLimited, events
+from buttress._streams import Session, async_stream_shell, sync_stream_shell
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["RateLimitedFunction", "RateLimiter", "RateLimiterStats", "rate_limit"]
@@ -59,10 +64,11 @@ class RateLimiterStats:
 
 
 class RateLimiter:
-    """The state of one ``@rate_limit``; reach it as ``fn.rate_limit`` (or ``fn.limiter``).
+    """The state of one ``rate_limit(...)``; reach it as ``fn.rate_limit`` (or ``fn.limiter``).
 
     Thread safe and loop-agnostic; reads time through the ``buttress`` clock, so
-    :func:`buttress.testing.testing_mode` makes its waits instant and recorded.
+    :func:`buttress.testing.testing_mode` makes its waits instant and recorded. Calling it
+    decorates a function (every function it decorates shares its starts).
     """
 
     __slots__ = (
@@ -96,6 +102,18 @@ class RateLimiter:
 
     def __repr__(self) -> str:
         return f"<RateLimiter {self.rate:g} per {self.per:g}s, burst {self.burst}>"
+
+    def __call__(self, fn: Callable[P, T], /) -> RateLimitedFunction[P, T]:
+        """Decorate ``fn``: its calls (or its streams) take starts from this limiter."""
+        return wrap(  # type: ignore[no-any-return]
+            fn,
+            "rate_limit",
+            sync=_sync_shell(self),
+            async_=_async_shell(self),
+            stream=_sync_stream_shell(self),
+            astream=_async_stream_shell(self),
+            attributes={"rate_limit": self, "limiter": self},
+        )
 
     def stats(self) -> RateLimiterStats:
         """A frozen snapshot of the counts and of the calls available now."""
@@ -166,6 +184,25 @@ class RateLimiter:
 
 
 # --- the shells --------------------------------------------------------------------------
+# Each admission is RateLimiter.acquire (the decision, which waits for nothing) and, when
+# the start it reserved is later, one of the two waits below, which give the start back if
+# the waiter is cancelled meanwhile. Calls, streams and any later form share them.
+
+
+def _wait_turn(limiter: RateLimiter, wait: float, reserved: float) -> None:
+    try:
+        _clock.sleep(wait)
+    except BaseException:
+        limiter.cancel(reserved)
+        raise
+
+
+async def _await_turn(limiter: RateLimiter, wait: float, reserved: float) -> None:
+    try:
+        await _clock.async_sleep(wait)
+    except BaseException:
+        limiter.cancel(reserved)
+        raise
 
 
 def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
@@ -176,11 +213,7 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
         def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
             wait, reserved = acquire(name)
             if wait:
-                try:
-                    _clock.sleep(wait)
-                except BaseException:
-                    limiter.cancel(reserved)
-                    raise
+                _wait_turn(limiter, wait, reserved)
             return fn(*args, **kwargs)
 
         return rate_limit_wrapper
@@ -196,14 +229,44 @@ def _async_shell(limiter: RateLimiter) -> WrapperFactory:
         async def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
             wait, reserved = acquire(name)
             if wait:
-                try:
-                    await _clock.async_sleep(wait)
-                except BaseException:
-                    limiter.cancel(reserved)
-                    raise
+                await _await_turn(limiter, wait, reserved)
             return await fn(*args, **kwargs)
 
         return rate_limit_wrapper
+
+    return build
+
+
+#: A stream's run holds nothing once started: one session serves them all.
+_STARTED = Session()
+
+
+def _sync_stream_shell(limiter: RateLimiter) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
+            wait, reserved = limiter.acquire(name)
+            if wait:
+                _wait_turn(limiter, wait, reserved)
+            return _STARTED
+
+        return sync_stream_shell(open_run)(fn)
+
+    return build
+
+
+def _async_stream_shell(limiter: RateLimiter) -> WrapperFactory:
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = function_name(fn)
+
+        async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
+            wait, reserved = limiter.acquire(name)
+            if wait:
+                await _await_turn(limiter, wait, reserved)
+            return _STARTED
+
+        return async_stream_shell(open_run)(fn)
 
     return build
 
@@ -233,10 +296,6 @@ class RateLimitedFunction(Protocol[P, T_co]):
     ) -> RateLimitedFunction[P2, T2]: ...
 
 
-class _Decorator(Protocol):
-    def __call__(self, fn: Callable[P, T], /) -> RateLimitedFunction[P, T]: ...
-
-
 def rate_limit(
     rate: float,
     per: float | timedelta = 1.0,
@@ -244,7 +303,7 @@ def rate_limit(
     burst: int | None = None,
     wait: bool = True,
     max_wait: float | timedelta | None = None,
-) -> _Decorator:
+) -> RateLimiter:
     """Start at most ``rate`` calls per ``per`` seconds; make the rest wait their turn.
 
     Calls are spaced ``per / rate`` seconds apart. After a quiet spell, ``burst`` calls
@@ -284,7 +343,14 @@ def rate_limit(
     not how long calls run (use ``@bulkhead`` to bound concurrency). A caller cancelled
     while waiting gives its start time back when nobody has queued behind it; otherwise
     that start stays unused (the limiter errs toward fewer calls). The wrapper carries
-    ``fn.rate_limit`` (also ``fn.limiter``), a :class:`RateLimiter` with ``.stats()``.
+    ``fn.rate_limit`` (also ``fn.limiter``), a :class:`RateLimiter` with ``.stats()``;
+    the decorator *is* that limiter, so one object applied to several functions gives
+    them one shared quota.
+
+    On a stream (a generator or async-generator function) the start is taken when the
+    stream is first iterated: one start per stream, however many items it yields. A
+    stream cancelled or closed while it waits for its turn gives the start back as a
+    waiting call does; once started it holds nothing that could leak.
     """
     sustained = _settings.number(rate, "rate")
     if sustained <= 0:
@@ -297,16 +363,4 @@ def rate_limit(
         raise ConfigurationError("max_wait has no effect with wait=False; drop one of them")
     longest = _settings.optional_seconds(max_wait, "max_wait")
     limit = 0.0 if not wait else (math.inf if longest is None else longest)
-    limiter = RateLimiter(sustained, period, allowed_burst, limit)
-    sync, async_ = _sync_shell(limiter), _async_shell(limiter)
-
-    def decorate(target: Callable[..., Any]) -> Any:
-        return wrap(
-            target,
-            "rate_limit",
-            sync=sync,
-            async_=async_,
-            attributes={"rate_limit": limiter, "limiter": limiter},
-        )
-
-    return decorate
+    return RateLimiter(sustained, period, allowed_burst, limit)

@@ -33,7 +33,9 @@ from buttress._monitoring._stats import (
 )
 from buttress._monitoring._stats import DROPPED_FAMILY as _DROPPED
 from buttress._monitoring._stats import DURATION_FAMILY as _DURATION
+from buttress._monitoring._stats import FIRST_ITEM_FAMILY as _FIRST_ITEM
 from buttress._monitoring._stats import IN_FLIGHT_FAMILY as _IN_FLIGHT
+from buttress._monitoring._stats import ITEMS_FAMILY as _ITEMS
 from buttress._monitoring._stats import OUTPUT_FAMILY as _OUTPUT
 from buttress._monitoring._stats import Exemplar as TracedCall
 
@@ -85,6 +87,8 @@ class ButtressCollector(Collector):
         yield HistogramMetricFamily(*_DURATION, labels=["function"])
         yield GaugeMetricFamily(*_IN_FLIGHT, labels=["function"])
         yield HistogramMetricFamily(*_OUTPUT, labels=["function"])
+        yield CounterMetricFamily(*_ITEMS, labels=["function"])
+        yield HistogramMetricFamily(*_FIRST_ITEM, labels=["function"])
         yield CounterMetricFamily(*_DROPPED)
         yield GaugeMetricFamily(*_CIRCUIT, labels=["breaker", "state"])
         for family in FAMILIES:
@@ -97,6 +101,8 @@ class ButtressCollector(Collector):
         duration = Metric(*_DURATION, "histogram")
         in_flight = Metric(*_IN_FLIGHT, "gauge")
         output = Metric(*_OUTPUT, "histogram")
+        items = Metric(*_ITEMS, "counter")
+        first_item = Metric(*_FIRST_ITEM, "histogram")
         for item in snapshot():
             labels = {"function": item.name, **dict(item.labels)}
             for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
@@ -109,10 +115,17 @@ class ButtressCollector(Collector):
                 _histogram(
                     output, labels, item.output_bounds, item.output_buckets, item.output_sum
                 )
+            if item.first_buckets is not None:  # a stream: its items and first items
+                items.add_sample("buttress_stream_items_total", labels, item.items)
+                _histogram(
+                    first_item, labels, DURATION_BUCKETS, item.first_buckets, item.first_total
+                )
         yield calls
         yield duration
         yield in_flight
         yield output
+        yield items
+        yield first_item
 
         yield CounterMetricFamily(*_DROPPED, value=exporter.dropped)
         circuit = GaugeMetricFamily(*_CIRCUIT, labels=["breaker", "state"])

@@ -85,6 +85,7 @@ class DogStatsdSink:
         for item in snapshot():
             for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
                 self._last[(item.name, item.labels, outcome)] = count
+            self._last[(item.name, item.labels, "items")] = item.items
         for family, values in counters.values().items():
             for labels, value in values.items():
                 self._last[(family.name, labels)] = value
@@ -106,6 +107,9 @@ class DogStatsdSink:
         self._samples.append((f"{self.prefix}.call_duration_seconds", item.duration, tags))
         if item.tracked is not None:
             self._samples.append((f"{self.prefix}.output", item.tracked, function_tags))
+        if item.stream is not None and item.stream[1] is not None:
+            first = item.stream[1]
+            self._samples.append((f"{self.prefix}.stream_first_item_seconds", first, function_tags))
         if len(self._samples) >= _MAX_PENDING:
             self.tick(totals=False)
 
@@ -133,6 +137,10 @@ class DogStatsdSink:
                         f"{prefix}.calls", delta, tags=[*tags, tag("outcome", outcome)]
                     )
             client.gauge(f"{prefix}.in_flight", item.in_flight, tags=tags)
+            if item.first_buckets is not None:
+                delta = self._delta((item.name, item.labels, "items"), item.items)
+                if delta:
+                    client.increment(f"{prefix}.stream_items", delta, tags=tags)
         values = counters.values()
         for family in FAMILIES:
             metric = f"{prefix}.{family.name.removeprefix('buttress_')}"

@@ -1,7 +1,9 @@
 """@validate_input and @validate_output: the settings, the error policy and the two shells.
 
 The decisions live in :mod:`._binding` (one compiled validator per decorated function);
-the shells here only call it, call the function, and apply ``on_error``.
+the shells here only call it, call the function, and apply ``on_error``. A stream's
+arguments are checked when it is first iterated (:class:`_CheckedRun`), where its body
+would start.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from buttress._errors import (
     OutputValidationError,
 )
 from buttress._signature import signature_of
+from buttress._streams import Session, answer_items, async_stream_shell, sync_stream_shell
 from buttress._wrapping import function_name, is_async_callable, wrap
 
 from ._binding import Validator, compile_input, compile_output, hints_of
@@ -151,11 +154,35 @@ def _later(
     return get
 
 
+class _CheckedRun(Session):
+    """One run of a stream under ``@validate_input``: its arguments checked as it starts.
+
+    Invalid arguments raise from the first ``__anext__``, or, with ``on_error``, the
+    handler's answer is relayed as the stream's items (see ``answer_items``).
+    """
+
+    __slots__ = ("asynchronous", "handler", "validate")
+
+    def __init__(self, validate: Validator, handler: Handler, asynchronous: bool) -> None:
+        self.validate = validate
+        self.handler = handler
+        self.asynchronous = asynchronous
+
+    def begin(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            args = self.validate(args, kwargs)
+        except InputValidationError as error:
+            if self.handler is None:
+                raise
+            return answer_items(self.handler(error), asynchronous=self.asynchronous)
+        return fn(*args, **kwargs)
+
+
 def _input_shells(
     specs: Mapping[str, Any] | None,
     handler: Handler,
     namespace: Namespace,
-) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+) -> tuple[Callable[[Any], Any], ...]:
     def validator_of(fn: Any) -> Validator | None:
         name = function_name(fn)
 
@@ -209,7 +236,24 @@ def _input_shells(
 
         return validate_input_wrapper
 
-    return build_sync, build_async
+    # Streams: one session per decorated function serves every run (it keeps no state).
+
+    def build_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _refuse_async_handler("validate_input", handler, fn)
+        validate = validator_of(fn)
+        run = Session() if validate is None else _CheckedRun(validate, handler, False)
+        return sync_stream_shell(lambda args, kwargs: run)(fn)
+
+    def build_astream(fn: Callable[..., Any]) -> Callable[..., Any]:
+        validate = validator_of(fn)
+        run = Session() if validate is None else _CheckedRun(validate, handler, True)
+
+        async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
+            return run
+
+        return async_stream_shell(open_run)(fn)
+
+    return build_sync, build_async, build_stream, build_astream
 
 
 class _InputSettings:
@@ -280,8 +324,12 @@ def validate_input(settings: _InputSettings) -> Decorate:
         InputValidationError: (a ``ValueError``) an argument failed, with ``on_error="raise"``.
         ConfigurationError: at decoration, for a spec naming no parameter, a spec that
             cannot work, or contradictory ``on_error``/``default``.
-        TypeError: at decoration, for a generator function or a callable without a
-            readable signature.
+        TypeError: at decoration, for a callable without a readable signature.
+
+    On a stream (a generator or async-generator function) the arguments are checked when
+    it is first iterated, where its body would start: an invalid one raises from the
+    first ``__anext__``, and an ``on_error`` answer is relayed as the stream's items
+    (``None`` for none, a ``str`` as one item, an iterable for its items).
     """
     # Annotations may name classes local to the function that decorates (a test, a
     # factory): its frame is kept while decorating and read only if a name is missing.
@@ -290,12 +338,19 @@ def validate_input(settings: _InputSettings) -> Decorate:
     def namespace() -> Mapping[str, Any] | None:
         return dict(frames[-1].f_locals) if frames else None
 
-    sync, async_ = _input_shells(settings.specs, settings.handler, namespace)
+    sync, async_, stream, astream = _input_shells(settings.specs, settings.handler, namespace)
 
     def decorate(target: Callable[..., Any]) -> Any:
         frames.append(_definition_frame())
         try:
-            return wrap(target, "validate_input", sync=sync, async_=async_)
+            return wrap(
+                target,
+                "validate_input",
+                sync=sync,
+                async_=async_,
+                stream=stream,
+                astream=astream,
+            )
         finally:
             frames.pop()
 
@@ -388,6 +443,13 @@ def _output_shells(
     return build_sync, build_async
 
 
+#: Why @validate_output refuses streams, and the way out.
+_WHY_STREAM = (
+    "it checks a return value, and a stream returns none: its items come one by one. "
+    "Check each item in the generator, or decorate the function that makes one item"
+)
+
+
 #: What a type checker accepts as an output spec: classes and generic aliases
 #: (``list[int]``), ``X | Y`` unions, typing's special forms (``Annotated[...]``,
 #: ``Literal[...]``, ``Optional[...]``), PEP 695 aliases (numpy >= 2.5 defines
@@ -475,7 +537,9 @@ def validate_output(settings: _OutputSettings) -> Decorate:
     def decorate(fn: Callable[..., Any]) -> Any:
         frames.append(_definition_frame())
         try:
-            return wrap(fn, "validate_output", sync=sync, async_=async_)
+            return wrap(
+                fn, "validate_output", sync=sync, async_=async_, stream_why=_WHY_STREAM
+            )
         finally:
             frames.pop()
 
