@@ -9,6 +9,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from ._batching import AsyncBatchedFunction as AsyncBatchedFunction
+from ._batching import BatchedFunction as BatchedFunction
+from ._batching import Batcher as Batcher
+from ._batching import BatchStats as BatchStats
+from ._batching import batch as batch
 from ._caching import CachedFunction as CachedFunction
 from ._caching import CachedMethod as CachedMethod
 from ._caching import CacheEntry as CacheEntry
@@ -20,6 +25,8 @@ from ._caching import CacheStore as CacheStore
 from ._caching import LocalStore as LocalStore
 from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
+from ._errors import BatchQueueFullError as BatchQueueFullError
+from ._errors import BatchResultError as BatchResultError
 from ._errors import BulkheadFullError as BulkheadFullError
 from ._errors import ButtressError as ButtressError
 from ._errors import CacheStoreError as CacheStoreError
@@ -38,6 +45,9 @@ from ._errors import RetryError as RetryError
 from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._errors import ValidationProblem as ValidationProblem
+from ._events import BatchCompleted as BatchCompleted
+from ._events import BatchDispatched as BatchDispatched
+from ._events import BatchRejected as BatchRejected
 from ._events import BulkheadRejected as BulkheadRejected
 from ._events import CacheAccess as CacheAccess
 from ._events import CacheEviction as CacheEviction
@@ -110,7 +120,16 @@ if TYPE_CHECKING:  # the lazily imported names, for type checkers
 
 __all__ = [
     "ArraySpec",
+    "AsyncBatchedFunction",
     "AttemptTimeoutError",
+    "BatchCompleted",
+    "BatchDispatched",
+    "BatchQueueFullError",
+    "BatchRejected",
+    "BatchResultError",
+    "BatchStats",
+    "BatchedFunction",
+    "Batcher",
     "BreakerFunction",
     "BreakerState",
     "BreakerStats",
@@ -185,6 +204,7 @@ __all__ = [
     "UnkeyableArgumentError",
     "ValidationFailed",
     "ValidationProblem",
+    "batch",
     "bulkhead",
     "cache_result",
     "circuit_breaker",
