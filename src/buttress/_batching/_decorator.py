@@ -40,7 +40,7 @@ from buttress import _clock, _settings
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._wrapping import function_module, function_name, is_async_callable, wrap
 
-from ._engine import DROPPED, START, WAKE, Batch, Batcher, Slot
+from ._engine import DROPPED, OPEN, START, WAKE, Batch, Batcher, Slot
 
 __all__ = ["AsyncBatchedFunction", "BatchedFunction", "batch"]
 
@@ -114,15 +114,17 @@ def _async_one(batcher: Batcher, fn: Callable[..., Any]) -> Callable[[Any], Any]
 
     async def drive(batch: Batch) -> None:
         """The batch's own task: gather until full or max_wait, then send."""
-        with batch.timer:  # cancelled when the batch fills up, or every caller leaves
-            await _clock.async_sleep(batcher.max_wait)
-        items = batcher.due(batch)
+        if batch.state == OPEN:  # not filled up before this task got to run
+            with batch.timer:  # cancelled when the batch fills up, or every caller leaves
+                await _clock.async_sleep(batcher.max_wait)
+        items, started = batcher.due(batch)
+        launch(started)
         if items is not None:
             await call(batch, items)
 
     async def start(batch: Batch) -> None:
         """A batch that waited for a slot under max_concurrency got one."""
-        items, started = batcher.dispatch(batch)
+        items, started = batcher.due(batch)
         launch(started)
         if items is not None:
             await call(batch, items)
@@ -179,14 +181,15 @@ def _sync_one(batcher: Batcher, fn: Callable[..., Any]) -> Callable[[Any], Any]:
         """The batch's own thread: gather until full or max_wait, then send."""
         if _clock.current() is _clock.REAL:
             batch.timer.wait(batcher.max_wait)  # set when the batch fills up
-        elif not batch.timer.is_set():
+        elif batch.state == OPEN:
             _clock.sleep(batcher.max_wait)  # a fake clock: recorded, instant
-        items = batcher.due(batch)
+        items, started = batcher.due(batch)
+        launch(started)
         if items is not None:
             call(batch, items)
 
     def start(batch: Batch) -> None:
-        items, started = batcher.dispatch(batch)
+        items, started = batcher.due(batch)
         launch(started)
         if items is not None:
             call(batch, items)

@@ -199,7 +199,7 @@ class Batcher:
         self._open: dict[tuple[Any, Hashable], Batch] = {}
         self._ready: deque[Batch] = deque()  # closed batches waiting for a slot, in order
         self._in_flight = 0  # ADMITTED and SENT batches
-        self._queued = 0  # items in OPEN, QUEUED and ADMITTED batches
+        self._queued = 0  # items in OPEN and QUEUED batches
         self._batches = self._items = self._full = 0
         self._rejected = self._left = self._failed = self._failed_items = 0
 
@@ -285,7 +285,8 @@ class Batcher:
                 return False
             batch = slot.batch
             batch.slots.remove(slot)
-            self._queued -= 1
+            if batch.state != ADMITTED:
+                self._queued -= 1
             self._left += 1
             if not batch.slots:
                 if batch.state == OPEN:
@@ -295,36 +296,26 @@ class Batcher:
                     self._ready.remove(batch)
                     batch.state = DROPPED
                 # ADMITTED: its driver is about to send it, finds it empty and gives the
-                # slot on (see dispatch).
+                # slot on (see due).
             return True
 
     # --- drivers --------------------------------------------------------------------------
 
-    def due(self, batch: Batch) -> list[Any] | None:
-        """The driver of ``batch`` woke (``max_wait`` is up, or the batch filled up).
+    def due(self, batch: Batch) -> tuple[list[Any] | None, list[Batch]]:
+        """The driver of ``batch`` woke (``max_wait`` is up, or the batch filled up), or a
+        batch that waited for a slot got one (see :meth:`finish`).
 
-        Closes the batch if it is still open; returns its items if it may be sent now
-        (it then counts as sent), ``None`` if it waits for a slot (whoever frees one
-        starts it) or was dropped.
+        Closes the batch if it is still open. Returns its items if it may be sent now (it
+        then counts as sent), ``None`` if it waits for a slot (whoever frees one starts
+        it) or every caller left; and the batches that a slot it gave back went to, which
+        the shell must start.
         """
         with self._lock:
             if batch.state == OPEN:
                 self._close(batch)
             if batch.state != ADMITTED:
-                return None
-            items = self._send(batch)
-            in_flight = self._in_flight
-        self._dispatched(batch, in_flight)
-        return items
-
-    def dispatch(self, batch: Batch) -> tuple[list[Any] | None, list[Batch]]:
-        """A batch that was given a slot while it waited (see :meth:`finish`) starts.
-
-        Returns its items (``None`` if every caller left meanwhile), and, in that case,
-        the batches the freed slot was given to.
-        """
-        with self._lock:
-            if batch.state != ADMITTED or not batch.slots:
+                return None, []
+            if not batch.slots:  # its callers left after it filled up
                 return None, self._release(batch)
             items = self._send(batch)
             in_flight = self._in_flight
@@ -340,7 +331,6 @@ class Batcher:
         with self._lock:
             for slot in batch.slots:
                 slot.state = LEFT
-            self._queued -= len(batch.slots)
             self._left += len(batch.slots)
             batch.slots = []
             return self._release(batch)
@@ -419,8 +409,7 @@ class Batcher:
         elif not self._ready and (
             self.max_concurrency is None or self._in_flight < self.max_concurrency
         ):
-            batch.state = ADMITTED
-            self._in_flight += 1
+            self._admit(batch)
         else:
             batch.state = QUEUED
             self._ready.append(batch)
@@ -431,7 +420,6 @@ class Batcher:
         size = batch.size = len(slots)
         for slot in slots:
             slot.state = IN_FLIGHT
-        self._queued -= size
         self._batches += 1
         self._items += size
         if batch.trigger == "full":
@@ -462,10 +450,15 @@ class Batcher:
             self.max_concurrency is None or self._in_flight < self.max_concurrency
         ):
             waiting = self._ready.popleft()
-            waiting.state = ADMITTED
-            self._in_flight += 1
+            self._admit(waiting)
             started.append(waiting)
         return started
+
+    def _admit(self, batch: Batch) -> None:
+        """``batch`` takes a slot: its items no longer wait in the queue."""
+        batch.state = ADMITTED
+        self._in_flight += 1
+        self._queued -= len(batch.slots)
 
     def _results(self, result: Any, size: int) -> tuple[list[Any], BatchResultError | None]:
         """The per-item answers of a batch call, or the error that replaces them all."""
