@@ -68,8 +68,8 @@ def _create_task(
     run: Callable[[Batch], Coroutine[Any, Any, None]],
     batch: Batch,
 ) -> None:
-    # Inside the batch's context, so that the task runs in a copy of it.
-    task = batch.context.run(loop.create_task, run(batch))
+    # Inside (a copy of) the batch's context, so that the task runs in a copy of it.
+    task = batch.context.copy().run(loop.create_task, run(batch))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
 
@@ -92,7 +92,9 @@ def _spawn_task(run: Callable[[Batch], Coroutine[Any, Any, None]], batch: Batch)
             home.call_soon_threadsafe(_create_task, home, run, batch)
         return
     trio = sys.modules["trio"]
-    spawn = functools.partial(trio.lowlevel.spawn_system_task, run, batch, context=batch.context)
+    spawn = functools.partial(
+        trio.lowlevel.spawn_system_task, run, batch, context=batch.context.copy()
+    )
     if trio.lowlevel.in_trio_run() and trio.lowlevel.current_trio_token() is home:
         spawn()
     else:
@@ -102,7 +104,7 @@ def _spawn_task(run: Callable[[Batch], Coroutine[Any, Any, None]], batch: Batch)
 def _spawn_thread(run: Callable[[Batch], None], batch: Batch, name: str) -> None:
     # Not a daemon: a batch in flight is finished before the interpreter exits.
     threading.Thread(
-        target=batch.context.run, args=(run, batch), name=f"buttress-batch {name}"
+        target=batch.context.copy().run, args=(run, batch), name=f"buttress-batch {name}"
     ).start()
 
 

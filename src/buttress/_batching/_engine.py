@@ -370,7 +370,7 @@ class Batcher:
                     slot.value = answer
                 slot.state = ANSWERED
                 woken.append(slot)
-            if error is not None:
+            if outcome == "error":
                 self._failed += 1
             self._failed_items += failed_items
             started = self._release(batch)
