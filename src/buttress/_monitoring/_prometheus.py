@@ -24,6 +24,8 @@ from ._stats import (
     CIRCUIT_STATES,
     DURATION_BUCKETS,
     FAMILIES,
+    GAUGES,
+    HISTOGRAMS,
     OUTCOMES,
     counters,
     snapshot,
@@ -79,6 +81,12 @@ class ButtressCollector(Collector):
         yield GaugeMetricFamily(*_CIRCUIT, labels=["breaker", "state"])
         for family in FAMILIES:
             yield CounterMetricFamily(family.name, family.documentation, labels=family.labels)
+        for histogram in HISTOGRAMS:
+            yield HistogramMetricFamily(
+                histogram.name, histogram.documentation, labels=histogram.labels
+            )
+        for gauge in GAUGES:
+            yield GaugeMetricFamily(gauge.name, gauge.documentation, labels=gauge.labels)
 
     def collect(self) -> Iterator[Metric]:
         # Samples are added one by one so that each function carries only its own static
@@ -94,9 +102,7 @@ class ButtressCollector(Collector):
             _histogram(duration, labels, DURATION_BUCKETS, item.buckets, item.total)
             in_flight.add_sample("buttress_in_flight", labels, item.in_flight)
             if item.output_bounds is not None:
-                _histogram(
-                    output, labels, item.output_bounds, item.output_buckets, item.output_sum
-                )
+                _histogram(output, labels, item.output_bounds, item.output_buckets, item.output_sum)
         yield calls
         yield duration
         yield in_flight
@@ -111,9 +117,21 @@ class ButtressCollector(Collector):
         yield circuit
         values_by_family = counters.values()
         for family in FAMILIES:
-            metric = CounterMetricFamily(
-                family.name, family.documentation, labels=family.labels
-            )
+            metric = CounterMetricFamily(family.name, family.documentation, labels=family.labels)
             for label_values, value in sorted(values_by_family.get(family, {}).items()):
                 metric.add_metric(list(label_values), value)
             yield metric
+        histograms = counters.histograms()
+        for histogram in HISTOGRAMS:
+            observed = Metric(histogram.name, histogram.documentation, "histogram")
+            for label_values, counts in sorted(histograms.get(histogram, {}).items()):
+                labels = dict(zip(histogram.labels, label_values, strict=True))
+                buckets = [int(count) for count in counts[:-1]]
+                _histogram(observed, labels, histogram.bounds, buckets, counts[-1])
+            yield observed
+        gauges = counters.gauges()
+        for gauge in GAUGES:
+            level = GaugeMetricFamily(gauge.name, gauge.documentation, labels=gauge.labels)
+            for label_values, value in sorted(gauges.get(gauge, {}).items()):
+                level.add_metric(list(label_values), value)
+            yield level
