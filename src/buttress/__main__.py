@@ -1,6 +1,6 @@
 """``python -m buttress`` (also the ``buttress`` console script).
 
-python -m buttress demo [options]     the side-by-side demo; --help lists the options
+    python -m buttress demo [options]     the side-by-side demo; --help lists the options
 """
 
 from __future__ import annotations

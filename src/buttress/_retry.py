@@ -223,7 +223,9 @@ class _Run:
         self._scheduled(delay, None, result)
         return delay
 
-    def _next_delay(self, hint: float | None) -> tuple[float, _GaveUp | None]:
+    def _next_delay(
+        self, hint: float | None
+    ) -> tuple[float, _GaveUp | None]:
         policy = self.policy
         if self.attempts > policy.max_retries:
             return 0.0, "attempts"
@@ -248,7 +250,8 @@ class _Run:
         )
         if reason == "deadline":
             text += (
-                f"; gave up because the next wait would pass the {self.policy.deadline:g}s deadline"
+                f"; gave up because the next wait would pass the "
+                f"{self.policy.deadline:g}s deadline"
             )
         elif reason == "budget":
             text += f"; gave up because the retry budget ({self.policy.budget}) is spent"

@@ -256,7 +256,9 @@ class _Policy:
     ) -> None:
         self.ttl = _settings.optional_seconds(ttl, "ttl")
         self.maxsize = _settings.positive_int(maxsize, "maxsize")
-        self.max_bytes = None if max_bytes is None else _settings.byte_size(max_bytes, "max_bytes")
+        self.max_bytes = (
+            None if max_bytes is None else _settings.byte_size(max_bytes, "max_bytes")
+        )
         if self.max_bytes == 0:
             raise ConfigurationError("max_bytes must be positive (or None for no byte bound)")
         if key is not None and not callable(key):
@@ -943,7 +945,9 @@ async def _aleave_flight(held: tuple[Any, anyio.CancelScope], error: BaseExcepti
     except BaseException as exc:
         if scope.__exit__(type(exc), exc, exc.__traceback__):
             pass  # the grace ran out: our own cancellation, caught
-        elif not (scope.cancel_called and is_fatal(exc) and error is not None and is_fatal(error)):
+        elif not (
+            scope.cancel_called and is_fatal(exc) and error is not None and is_fatal(error)
+        ):
             raise
         # else the grace ran out too, but anyio on asyncio does not swallow the scope's
         # own cancellation once the task was cancelled inside it (it cannot tell it from
@@ -952,7 +956,9 @@ async def _aleave_flight(held: tuple[Any, anyio.CancelScope], error: BaseExcepti
         scope.__exit__(None, None, None)
         if not scope.cancel_called:
             return
-    raise TimeoutError(f"leaving the cache store's flight took longer than {_LEAVE_GRACE:g}s")
+    raise TimeoutError(
+            f"leaving the cache store's flight took longer than {_LEAVE_GRACE:g}s"
+        )
 
 
 def _sync_shell(policy: _Policy, handle: CacheHandle[Any, Any]) -> Callable[..., Any]:

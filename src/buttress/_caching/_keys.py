@@ -589,7 +589,9 @@ class KeyBuilder:
             parts.append(
                 (
                     VARKW,
-                    frozenset([(k, self._canonical(k, v)) for k, v in extra_keywords.items()]),
+                    frozenset(
+                        [(k, self._canonical(k, v)) for k, v in extra_keywords.items()]
+                    ),
                 )
             )
         return tuple(parts)

@@ -253,3 +253,4 @@ class LocalStore(CacheStore):
     def usage(self, scope: CacheScope) -> tuple[int, int]:
         self._table.purge()
         return self._table.usage(lambda pair: pair[0] is scope)  # type: ignore[index]
+

@@ -260,7 +260,9 @@ class _AsyncOps:
     async def delete(self, name: str) -> bool:
         return bool(await self.client.delete(name))
 
-    async def acquire(self, lock: str, token: str, px: int, name: str) -> tuple[bool, bytes | None]:
+    async def acquire(
+        self, lock: str, token: str, px: int, name: str
+    ) -> tuple[bool, bytes | None]:
         taken, blob = await self.acquire_script(keys=[lock, name], args=[token, px])
         return bool(taken), blob
 
@@ -307,7 +309,9 @@ class _ThreadOps:
     async def delete(self, name: str) -> bool:
         return await anyio.to_thread.run_sync(self.sync.delete, name)
 
-    async def acquire(self, lock: str, token: str, px: int, name: str) -> tuple[bool, bytes | None]:
+    async def acquire(
+        self, lock: str, token: str, px: int, name: str
+    ) -> tuple[bool, bytes | None]:
         return await anyio.to_thread.run_sync(self.sync.acquire, lock, token, px, name)
 
     async def renew(self, lock: str, token: str, px: int) -> bool:
@@ -572,9 +576,9 @@ class RedisStore(CacheStore):
         )
         self.fail_open = bool(fail_open)
         key = _signing_key(signing_key)
-        if (isinstance(serializer, str) and serializer != "pickle") or not isinstance(
-            serializer, (str, Serializer, type(None))
-        ):
+        if (
+            isinstance(serializer, str) and serializer != "pickle"
+        ) or not isinstance(serializer, (str, Serializer, type(None))):
             raise ConfigurationError(
                 "serializer must be None, 'pickle' or an object with dumps() and loads(), "
                 f"got {serializer!r}"
@@ -819,7 +823,8 @@ class RedisStore(CacheStore):
         if self.fail_open:
             return exc
         return RedisStoreError(
-            f"RedisStore could not {operation} at {self.address} and fail_open=False: {exc!r}",
+            f"RedisStore could not {operation} at {self.address} and fail_open=False: "
+            f"{exc!r}",
             operation=operation,
             address=self.address,
         )
@@ -903,7 +908,9 @@ class RedisStore(CacheStore):
         failure = self._failure("get", error)
         raise failure from (None if failure is error else error)
 
-    def _read_quietly(self, key: CacheKey, name: str, blob: bytes | None) -> CacheEntry | None:
+    def _read_quietly(
+        self, key: CacheKey, name: str, blob: bytes | None
+    ) -> CacheEntry | None:
         """For the flight: the entry, or ``None`` for a refused value (counted, reported)."""
         if blob is None:
             return None
@@ -1039,7 +1046,9 @@ class RedisStore(CacheStore):
 
     # --- the flight ---------------------------------------------------------------------
 
-    def _plan(self, key: CacheKey, name: str, current: CacheEntry | None) -> _Plan:
+    def _plan(
+        self, key: CacheKey, name: str, current: CacheEntry | None
+    ) -> _Plan:
         """The cross-process flight's decisions: returns ``(entry to serve, lock held)``.
 
         Take the lock (reading the entry in the same round trip); holding it, serve a
@@ -1092,7 +1101,9 @@ class RedisStore(CacheStore):
         except StopIteration as done:
             return done.value
 
-    async def _arun(self, plan: _Plan, ops: _AnyAsyncOps, name: str, lock: str, token: str) -> Any:
+    async def _arun(
+        self, plan: _Plan, ops: _AnyAsyncOps, name: str, lock: str, token: str
+    ) -> Any:
         px = self._px(self.lock_ttl)
         answer: Any = None
         try:
@@ -1223,6 +1234,7 @@ def _signing_key(value: object) -> bytes | None:
         raise ConfigurationError(f"signing_key must be bytes or str, got {type(value).__name__}")
     if len(value) < 16:
         raise ConfigurationError(
-            f"signing_key must be at least 16 bytes (use secrets.token_bytes(32)), got {len(value)}"
+            "signing_key must be at least 16 bytes (use secrets.token_bytes(32)), "
+            f"got {len(value)}"
         )
     return bytes(value)

@@ -300,7 +300,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=defaults.concurrency,
         metavar="N",
-        help="the size of a burst, and the client's connections per gateway (default: %(default)s)",
+        help="the size of a burst, and the client's connections per gateway "
+        "(default: %(default)s)",
     )
     load.add_argument(
         "--timeout",

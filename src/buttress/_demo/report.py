@@ -239,7 +239,9 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def write_histogram(reports: Sequence[GatewayReport], path: Path, info: RunInfo) -> Path | None:
+def write_histogram(
+    reports: Sequence[GatewayReport], path: Path, info: RunInfo
+) -> Path | None:
     """Draw the latency histograms and success over time into a PNG at ``path``.
 
     Returns ``None`` when matplotlib is not installed.

@@ -65,7 +65,8 @@ def _log_level(value: object) -> int:
         if isinstance(level, int):
             return level
     raise ConfigurationError(
-        f"log_level must be a logging level name such as 'INFO' or a positive int, got {value!r}"
+        f"log_level must be a logging level name such as 'INFO' or a positive int, "
+        f"got {value!r}"
     )
 
 
@@ -97,7 +98,9 @@ def _buckets(value: object) -> tuple[float, ...]:
         raise ConfigurationError(
             f"output_buckets must be a non-empty sequence of numbers, got {value!r}"
         )
-    bounds = tuple(_settings.number(bound, "output_buckets") for bound in value)
+    bounds = tuple(
+        _settings.number(bound, "output_buckets") for bound in value
+    )
     if any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
         raise ConfigurationError(f"output_buckets must be strictly increasing, got {value!r}")
     return bounds

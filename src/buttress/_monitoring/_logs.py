@@ -177,14 +177,11 @@ class CallItem:
         args: tuple[Any, ...]
         if self.exc_info is not None:
             error = self.exc_info[1]
-            text, args = (
-                "%s() failed after %.1f ms: %s: %s",
-                (
-                    name,
-                    milliseconds,
-                    type_name(error),
-                    error,
-                ),
+            text, args = "%s() failed after %.1f ms: %s: %s", (
+                name,
+                milliseconds,
+                type_name(error),
+                error,
             )
         elif outcome == "cancelled":
             text, args = "%s() cancelled after %.1f ms", (name, milliseconds)
@@ -249,11 +246,9 @@ class MessageItem:
             self.logger.log(self.level, self.text, *self.args, exc_info=self.exc_info)
 
 
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message",
-    "asctime",
-    "taskName",
-}
+_STANDARD = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__
+) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -102,7 +102,9 @@ class ButtressCollector(Collector):
             _histogram(duration, labels, DURATION_BUCKETS, item.buckets, item.total)
             in_flight.add_sample("buttress_in_flight", labels, item.in_flight)
             if item.output_bounds is not None:
-                _histogram(output, labels, item.output_bounds, item.output_buckets, item.output_sum)
+                _histogram(
+                    output, labels, item.output_bounds, item.output_buckets, item.output_sum
+                )
         yield calls
         yield duration
         yield in_flight
@@ -117,7 +119,9 @@ class ButtressCollector(Collector):
         yield circuit
         values_by_family = counters.values()
         for family in FAMILIES:
-            metric = CounterMetricFamily(family.name, family.documentation, labels=family.labels)
+            metric = CounterMetricFamily(
+                family.name, family.documentation, labels=family.labels
+            )
             for label_values, value in sorted(values_by_family.get(family, {}).items()):
                 metric.add_metric(list(label_values), value)
             yield metric

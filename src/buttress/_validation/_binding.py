@@ -239,7 +239,9 @@ def compile_input(
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"@validate_input cannot read the signature of {function}: {exc}") from None
+        raise TypeError(
+            f"@validate_input cannot read the signature of {function}: {exc}"
+        ) from None
     parameters = list(signature.parameters.values())
     if specs is None:
         hints = hints_of(target, namespace)
@@ -419,7 +421,9 @@ def _build_input(
     return lean
 
 
-def _lean_one(slot: _Slot, fail: Callable[[list[ValidationProblem]], typing.NoReturn]) -> Validator:
+def _lean_one(
+    slot: _Slot, fail: Callable[[list[ValidationProblem]], typing.NoReturn]
+) -> Validator:
     """The lean walk unrolled for the most common case: one checked argument."""
     index, key, check, _, argument = slot
 
@@ -451,7 +455,9 @@ def _lean_one(slot: _Slot, fail: Callable[[list[ValidationProblem]], typing.NoRe
 # --- output --------------------------------------------------------------------------------
 
 
-def compile_output(spec: Any, function: str) -> Callable[[Any], Any] | None:
+def compile_output(
+    spec: Any, function: str
+) -> Callable[[Any], Any] | None:
     """The validator of a return value: ``result -> validated result``, or ``None``.
 
     Raises:

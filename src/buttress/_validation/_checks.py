@@ -269,12 +269,8 @@ def _range_problems(
     # the two reductions, and with both bounds they also settle finiteness.
     smallest = value.min() if low is not None else None
     largest = value.max() if high is not None else None
-    if (
-        kind == "f"
-        and finite
-        and not all(
-            math.isfinite(extreme) for extreme in (smallest, largest) if extreme is not None
-        )
+    if kind == "f" and finite and not all(
+        math.isfinite(extreme) for extreme in (smallest, largest) if extreme is not None
     ):
         return [_nonfinite_problem(value)]
     if kind == "f" and (smallest != smallest or largest != largest):  # NaN != NaN
@@ -523,7 +519,9 @@ def _with_shape(spec: ArraySpec, shape: tuple[Any, ...]) -> ArraySpec:
     )
 
 
-def _exact_shape_problem(actual: tuple[int, ...], exact: tuple[Any, ...], wanted: str) -> Problem:
+def _exact_shape_problem(
+    actual: tuple[int, ...], exact: tuple[Any, ...], wanted: str
+) -> Problem:
     if len(actual) != len(exact):
         return _shape_problem(
             actual, wanted, f"expected {len(exact)} dimensions, got {len(actual)}"
@@ -713,7 +711,9 @@ def type_adapter(annotation: Any, what: str) -> TypeAdapter[Any]:
         ) from None
 
 
-def compile_pydantic(annotation: Any, where: str, what: str) -> tuple[Callable[..., Any], bool]:
+def compile_pydantic(
+    annotation: Any, where: str, what: str
+) -> tuple[Callable[..., Any], bool]:
     """A pydantic check and whether it takes the call's dims (only when markers hide inside).
 
     Without markers the check is the validator's own ``validate_python``, called with the

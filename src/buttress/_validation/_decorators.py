@@ -37,7 +37,6 @@ E = TypeVar("E", bound=DataValidationError)
 #: the error and return what it returns.
 OnError = Literal["raise", "default"] | Callable[[E], Any]
 
-
 class _Missing:
     def __repr__(self) -> str:
         return "<missing>"
@@ -128,7 +127,8 @@ def _later(
                 compiled.append(build(local_names))
             except NameError as exc:
                 raise ConfigurationError(
-                    f"@{decorator}: an annotation of {function}() names something undefined: {exc}"
+                    f"@{decorator}: an annotation of {function}() names something "
+                    f"undefined: {exc}"
                 ) from None
         return compiled[0]
 
@@ -265,7 +265,8 @@ def validate_input(
         clash = chosen.keys() & argument_specs.keys()
         if clash:
             raise ConfigurationError(
-                f"@validate_input: {', '.join(sorted(clash))} given both in specs= and as keywords"
+                f"@validate_input: {', '.join(sorted(clash))} given both in specs= and as "
+                "keywords"
             )
         chosen.update(argument_specs)
     # Annotations may name classes local to the function that decorates (a test, a
@@ -380,7 +381,9 @@ def _output_shells(
 #: (``list[int]``), ``X | Y`` unions, typing's special forms (``Annotated[...]``,
 #: ``Literal[...]``, ``Optional[...]``), PEP 695 aliases (numpy >= 2.5 defines
 #: ``npt.NDArray`` so on Python 3.12+), and the spec objects.
-OutputSpec = type[Any] | ArraySpec | Keys | types.UnionType | typing._SpecialForm | TypeAliasType
+OutputSpec = (
+    type[Any] | ArraySpec | Keys | types.UnionType | typing._SpecialForm | TypeAliasType
+)
 
 
 @overload

@@ -213,7 +213,8 @@ class ArraySpec:
             if Ellipsis in shape:
                 if ndim < len(shape) - 1:
                     raise ConfigurationError(
-                        f"ArraySpec: ndim={ndim} is fewer than shape {format_shape(shape)} needs"
+                        f"ArraySpec: ndim={ndim} is fewer than shape "
+                        f"{format_shape(shape)} needs"
                     )
             elif ndim != len(shape):
                 raise ConfigurationError(
