@@ -82,8 +82,8 @@ BATCH_WAIT_BUCKETS: tuple[float, ...] = (
 #: Default upper bounds of the ``track_output`` histogram: scores in [0, 1] finely, then
 #: coarser steps for class indices, counts and other larger numbers.
 OUTPUT_BUCKETS: tuple[float, ...] = (
-    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0,
-    100.0, 1000.0,
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+    1000.0,
 )
 
 Labels = tuple[tuple[str, str], ...]
