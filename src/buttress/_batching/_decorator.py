@@ -34,7 +34,7 @@ from datetime import timedelta
 from typing import Any, Protocol, TypeVar, overload
 
 import anyio
-import numpy.typing as npt
+import numpy as np
 
 from buttress import _clock, _settings
 from buttress._errors import ConfigurationError, is_fatal
@@ -47,6 +47,7 @@ __all__ = ["AsyncBatchedFunction", "BatchedFunction", "batch"]
 I = TypeVar("I")  # noqa: E741 - an item, as in the docs
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+A = TypeVar("A", bound="np.ndarray[Any, Any]")  # an array returned whole: rows alike
 
 #: The tasks of running batches (asyncio keeps only weak references to its tasks).
 _tasks: set[asyncio.Task[Any]] = set()
@@ -375,8 +376,8 @@ class _Decorator(Protocol):
 
     @overload
     def __call__(
-        self, fn: Callable[[list[I]], Coroutine[Any, Any, npt.NDArray[Any]]], /
-    ) -> AsyncBatchedFunction[I, npt.NDArray[Any]]: ...
+        self, fn: Callable[[list[I]], Coroutine[Any, Any, A]], /
+    ) -> AsyncBatchedFunction[I, A]: ...
 
     @overload
     def __call__(
@@ -385,8 +386,8 @@ class _Decorator(Protocol):
 
     @overload
     def __call__(
-        self, fn: Callable[[list[I]], npt.NDArray[Any]], /
-    ) -> BatchedFunction[I, npt.NDArray[Any]]: ...
+        self, fn: Callable[[list[I]], A], /
+    ) -> BatchedFunction[I, A]: ...
 
 
 # --- the decorator -------------------------------------------------------------------------
