@@ -61,7 +61,7 @@ def small(**changes: object) -> DemoOptions:
 
 RESILIENT_LAYERS = (
     "monitor", "validate", "cache", "retry", "circuit_breaker", "bulkhead", "memory_guard",
-    "attempt_timeout", "validate_output",
+    "attempt_timeout", "validate_output", "batch",
 )  # fmt: skip
 
 
@@ -75,20 +75,22 @@ def check_consistency(result: DemoResult, requests: int) -> None:
         kinds = summary.ok + summary.invalid + summary.errors + summary.timeouts
         assert kinds == requests
         assert report.upstream_calls == report.gateway_upstream_calls
-        assert sum(report.faults.values()) == report.upstream_calls
         assert summary.p50 <= summary.p95 <= summary.p99 <= summary.max
-    assert plain.upstream_calls == requests  # one call per request, nothing more
+    assert plain.upstream_calls == plain.upstream_texts == requests  # one call per request
     assert plain.tally is None
     tally = resilient.tally
     assert tally is not None
     assert resilient.layers == RESILIENT_LAYERS
     # Every request was answered from the cache, joined a flight, or led one...
     assert tally.cache_hits + tally.cache_joins + tally.cache_misses == requests
-    # ...and every attempt (a leader's first, or a retry) reached the upstream unless a
-    # breaker, the bulkhead or the memory guard refused it.
+    # ...and every attempt (a leader's first, or a retry) reached a batch unless a
+    # breaker, the bulkhead or the memory guard refused it...
     refused = tally.breaker_rejections + tally.bulkhead_rejections + tally.memory_rejections
-    assert resilient.upstream_calls == tally.cache_misses + tally.retries - refused
-    assert resilient.summary.invalid == 0  # output validation is innermost
+    assert tally.batched_texts == tally.cache_misses + tally.retries - refused
+    # ...and each batch was one upstream request, carrying those texts.
+    assert resilient.upstream_calls == tally.batches
+    assert resilient.upstream_texts == tally.batched_texts
+    assert resilient.summary.invalid == 0  # output validation is per text, above batching
 
 
 @pytest.mark.asyncio
@@ -219,8 +221,8 @@ async def test_outputs_the_picture_and_the_prometheus_text(tmp_path: Path) -> No
             "error": summary.errors,
             "timeout": summary.timeouts,
         }
-        calls = total(found, "buttress_demo_upstream_calls_total", gateway=report.name)
-        assert calls == report.upstream_calls
+        texts = total(found, "buttress_demo_upstream_calls_total", gateway=report.name)
+        assert texts == report.upstream_texts
         count = total(
             found, "buttress_demo_request_latency_seconds_count", gateway=report.name
         )
@@ -256,7 +258,10 @@ async def test_outputs_the_picture_and_the_prometheus_text(tmp_path: Path) -> No
         tally.breaker_rejections
     )
     admitted = total(found, "buttress_memory_guard_total", action="admitted", **function)
-    assert admitted == resilient.upstream_calls
+    assert admitted == tally.batched_texts  # the memory guard admits each text's attempt
+    batches = total(found, "buttress_batch_size_count", **function)
+    assert batches == tally.batches == resilient.upstream_calls
+    assert total(found, "buttress_batch_size_sum", **function) == tally.batched_texts
     if tally.breaker_openings:
         states = {
             dict(labels)["state"]: value

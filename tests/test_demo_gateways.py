@@ -17,6 +17,7 @@ import pytest
 from buttress import (
     ArraySpec,
     AttemptTimeoutError,
+    BatchDispatched,
     CacheAccess,
     CallTimeoutError,
     CircuitOpenError,
@@ -76,7 +77,7 @@ def test_the_resilient_fetch_is_one_policy_in_the_canonical_order() -> None:
     gateway = ResilientGateway("http://127.0.0.1:9/x")
     assert gateway.layer_names == (
         "monitor", "validate", "cache", "retry", "circuit_breaker", "bulkhead",
-        "memory_guard", "attempt_timeout", "validate_output",
+        "memory_guard", "attempt_timeout", "validate_output", "batch",
     )  # fmt: skip
     assert wrapper_chain(gateway.fetch) == [
         "monitor_wrapper",
@@ -94,6 +95,9 @@ def test_the_resilient_fetch_is_one_policy_in_the_canonical_order() -> None:
     # The handles of the layers reach the outermost wrapper.
     assert gateway.fetch.cache.stats().hits == 0  # type: ignore[attr-defined]
     assert gateway.fetch.breaker.state == "closed"  # type: ignore[attr-defined]
+    # Beneath the policy, the texts fetched at the same moment share upstream requests.
+    assert gateway.batched.batcher.stats().max_size == gateway.settings.batch_size
+    assert gateway.batched.one.__qualname__ == "resilient.embed.one"
 
 
 def test_settings_give_up_before_the_client_and_cache_for_the_run() -> None:
@@ -126,6 +130,8 @@ def test_event_tally_counts_its_own_function_only() -> None:
         events.emit(ValidationFailed("mine.embed", "output", ()))
         events.emit(ValidationFailed("mine.embed", "input", ()))
         events.emit(TimedOut("mine.embed", 0.3))
+        events.emit(BatchDispatched("mine.embed", 3, 0.001, "full", 1))
+        events.emit(BatchDispatched("mine.embed", 2, 0.005, "max_wait", 1))
     finally:
         tally.stop()
         others.stop()
@@ -144,7 +150,10 @@ def test_event_tally_counts_its_own_function_only() -> None:
         "bulkhead_rejections": 0,
         "memory_rejections": 0,
         "attempt_timeouts": 1,
+        "batches": 2,
+        "batched_texts": 5,
     }
+    assert tally.mean_batch == 2.5
     assert others.retries == 1
 
 
@@ -377,10 +386,11 @@ async def test_every_event_of_a_run_names_the_tallied_function() -> None:
     assert {event.function for event in seen} == {"named.embed"} == {gateway.tally.function}
     breakers = {getattr(event, "breaker", None) for event in seen} - {None}
     assert breakers == {"named.embed"}
-    counted = sum(gateway.tally.counts().values())
+    counts = gateway.tally.counts()
+    counted = sum(counts.values()) - counts["batched_texts"]  # a sum of sizes, not events
     tallied_kinds = (
         "RetryScheduled", "RetryGaveUp", "CacheAccess", "CircuitRejected", "ValidationFailed",
-        "BulkheadRejected", "TimedOut",
+        "BulkheadRejected", "TimedOut", "BatchDispatched",
     )  # fmt: skip
     expected = sum(type(e).__name__ in tallied_kinds for e in seen) + sum(
         isinstance(e, CircuitStateChanged) and e.new == "open" for e in seen
@@ -399,7 +409,7 @@ async def test_a_policy_of_ones_own_plugs_in_and_is_counted() -> None:
         gateway = ResilientGateway(upstream.url, policy=custom)
         async with gateway:
             answers = [await get(session, gateway.url, f"t{i}") for i in range(20)]
-    assert gateway.layer_names == ("retry", "validate_output")
+    assert gateway.layer_names == ("retry", "validate_output", "batch")
     for status, payload, _ in answers:
         if status == 200:
             assert np.isfinite(payload["embedding"]).all()

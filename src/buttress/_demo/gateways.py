@@ -6,7 +6,11 @@ Both serve ``GET /embed?text=...`` on 127.0.0.1 and answer ``{"text", "embedding
   whatever happens (a 503, a hang, a NaN vector) to its client.
 - :class:`ResilientGateway` fetches through one :func:`buttress.policy`, which stacks the
   decorators in the canonical order: :func:`resilience_policy` builds it from
-  :class:`ResilienceSettings`.
+  :class:`ResilienceSettings`. Beneath the policy, ``@batch`` gathers the texts being
+  fetched at the same moment into one upstream request (``POST {"texts": [...]}``):
+  the policy works per text (a text whose vector came back wrong is retried alone, and
+  the texts of a failed request each retry and regroup into new requests), while the
+  upstream sees few requests.
 
 What the decorators do is counted by :class:`EventTally`, which listens on
 ``buttress.events`` for the events of one decorated function.
@@ -29,6 +33,7 @@ from pydantic import StringConstraints
 
 from buttress import (
     ArraySpec,
+    BatchDispatched,
     BulkheadFullError,
     BulkheadRejected,
     ButtressError,
@@ -46,6 +51,7 @@ from buttress import (
     Subscription,
     TimedOut,
     ValidationFailed,
+    batch,
     events,
     policy,
 )
@@ -100,8 +106,11 @@ class ResilienceSettings:
         breaker_minimum_calls: ...once it holds at least this many attempts.
         breaker_open_for: an open breaker fails calls at once for this long, then lets
             one trial call through.
-        max_concurrent: upstream calls in flight at once (the bulkhead)...
+        max_concurrent: texts being fetched at once (the bulkhead)...
         max_waiting: ...and attempts that may queue for a slot.
+        batch_size: texts per upstream request at most (``@batch``'s ``max_size``; 1
+            fetches every text in a request of its own)...
+        batch_wait: ...and how long a request gathers texts at most, in seconds.
         dim: the dimension of a correct vector.
     """
 
@@ -116,6 +125,8 @@ class ResilienceSettings:
     breaker_open_for: float = 0.5
     max_concurrent: int = 32
     max_waiting: int = 256
+    batch_size: int = 32
+    batch_wait: float = 0.005
     dim: int = 768
 
     @classmethod
@@ -208,6 +219,8 @@ class EventTally:
     bulkhead_rejections: int = 0
     memory_rejections: int = 0
     attempt_timeouts: int = 0
+    batches: int = 0
+    batched_texts: int = 0
     _subscription: Subscription[Event] | None = field(default=None, repr=False)
 
     def counts(self) -> dict[str, int]:
@@ -259,6 +272,14 @@ class EventTally:
             self.memory_rejections += 1
         elif isinstance(event, TimedOut):
             self.attempt_timeouts += 1
+        elif isinstance(event, BatchDispatched):
+            self.batches += 1
+            self.batched_texts += event.size
+
+    @property
+    def mean_batch(self) -> float:
+        """Texts per upstream request, on average (0 before the first)."""
+        return self.batched_texts / self.batches if self.batches else 0.0
 
 
 @dataclass
@@ -386,12 +407,17 @@ class PlainGateway(Gateway):
 class ResilientGateway(Gateway):
     """Fetches through a :func:`buttress.policy`; see :func:`resilience_policy`.
 
+    Beneath the policy, each attempt for a text joins an upstream request with the other
+    texts being fetched at that moment (``@batch``, sized by ``settings.batch_size`` and
+    ``settings.batch_wait``); ``batched`` is that batch function.
+
     Args:
         upstream_url: the embeddings endpoint.
         policy: the decorators; by default ``resilience_policy(settings)``.
-        settings: used for the default policy.
-        name: names the gateway; its decorated function is ``<name>.embed``, which is how
-            events, logs and metrics tell this gateway's calls from anyone else's.
+        settings: used for the default policy, and for the batching.
+        name: names the gateway; its decorated function (and its batch function) is
+            ``<name>.embed``, which is how events, logs and metrics tell this gateway's
+            calls from anyone else's.
     """
 
     kind = "resilient"
@@ -408,17 +434,24 @@ class ResilientGateway(Gateway):
         self.settings = settings if settings is not None else ResilienceSettings()
         self.policy = policy if policy is not None else resilience_policy(self.settings)
 
-        async def embed(text: str) -> Vector:
-            return await self._fetch_once(text)
+        async def embed_batch(texts: list[str]) -> list[Vector]:
+            return await self._fetch_batch(texts)
 
-        # Set before decorating: each decorator reads the name once, when it wraps.
-        embed.__qualname__ = f"{self.name}.embed"
+        async def embed(text: str) -> Vector:
+            return await self.batched.one(text)
+
+        # Set before decorating: each decorator reads the name once, when it wraps. The
+        # two share it, so that one tally counts the events of both.
+        embed.__qualname__ = embed_batch.__qualname__ = f"{self.name}.embed"
+        self.batched = batch(
+            max_size=self.settings.batch_size, max_wait=self.settings.batch_wait
+        )(embed_batch)
         self.fetch: Fetch = self.policy(embed)
         self.tally = EventTally(embed.__qualname__)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        return self.policy.layers
+        return (*self.policy.layers, "batch")
 
     async def start(self) -> None:
         self.tally.start()
@@ -430,17 +463,17 @@ class ResilientGateway(Gateway):
         finally:
             self.tally.stop()
 
-    async def _fetch_once(self, text: str) -> Vector:
-        """One upstream call: the function the whole policy wraps."""
+    async def _fetch_batch(self, texts: list[str]) -> list[Vector]:
+        """One upstream request for the texts gathered by ``@batch``."""
         assert self._session is not None
         self.stats.upstream_calls += 1
-        async with self._session.get(self.upstream_url, params={"text": text}) as upstream:
+        async with self._session.post(self.upstream_url, json={"texts": texts}) as upstream:
             if 400 <= upstream.status < 500:
                 # Our request is wrong: asking again will not help (ValueError is not retried).
                 raise ValueError(f"the upstream refused the request: {upstream.status}")
             upstream.raise_for_status()
             payload = await upstream.json()
-        return np.asarray(payload["embedding"], dtype=np.float32)
+        return [np.asarray(vector, dtype=np.float32) for vector in payload["embeddings"]]
 
     async def _answer(self, text: str) -> web.Response:
         try:

@@ -157,8 +157,11 @@ def draw_batch(faults: Faults, seed: int, texts: list[str], ns: list[int]) -> li
     all its texts and counts; each text then draws whether its vector is wrong (NaN,
     wrong dimension). Each call carries the request's delay, and as its fault the
     request's if it failed (503, hang), else its own vector's, else ``"spike"`` if the
-    request was slow, else ``"ok"``.
+    request was slow, else ``"ok"``. A batch of one text is a single call: it gets
+    :func:`draw_call`'s draw, as a ``GET`` would.
     """
+    if len(texts) == 1:
+        return [draw_call(faults, seed, texts[0], ns[0])]
     pairs = (f"{text}#{n}" for text, n in zip(texts, ns, strict=True))
     rng = random.Random(_stable_int(seed, "batch", *pairs))
     fault = _pick(rng, faults, REQUEST_FAULTS)
