@@ -185,14 +185,26 @@ async def run_callers(scenario: Scenario, fn: Any) -> None:
         await anyio.sleep(0.001)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    callers=callers_strategy,
-    max_size=st.integers(1, 6),
-    max_concurrency=st.one_of(st.none(), st.integers(1, 3)),
-    keyed=st.booleans(),
-    call_ms=st.integers(0, 12),
-)
+def scenarios(examples: int, longest_call_ms: int) -> Any:
+    """The hypothesis decorators of a scenario test: callers, settings, call duration."""
+
+    def decorate(test: Any) -> Any:
+        return settings(
+            max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        )(
+            given(
+                callers=callers_strategy,
+                max_size=st.integers(1, 6),
+                max_concurrency=st.one_of(st.none(), st.integers(1, 3)),
+                keyed=st.booleans(),
+                call_ms=st.integers(0, longest_call_ms),
+            )(test)
+        )
+
+    return decorate
+
+
+@scenarios(examples=150, longest_call_ms=12)
 def test_trio_in_virtual_time(
     callers: list[Caller], max_size: int, max_concurrency: int | None, keyed: bool, call_ms: int
 ) -> None:
@@ -207,14 +219,7 @@ def test_trio_in_virtual_time(
     scenario.check(fn.batcher.stats())
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    callers=callers_strategy,
-    max_size=st.integers(1, 6),
-    max_concurrency=st.one_of(st.none(), st.integers(1, 3)),
-    keyed=st.booleans(),
-    call_ms=st.integers(0, 5),
-)
+@scenarios(examples=20, longest_call_ms=5)
 def test_asyncio_in_real_time(
     callers: list[Caller], max_size: int, max_concurrency: int | None, keyed: bool, call_ms: int
 ) -> None:
@@ -229,14 +234,7 @@ def test_asyncio_in_real_time(
     scenario.check(fn.batcher.stats())
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    callers=callers_strategy,
-    max_size=st.integers(1, 6),
-    max_concurrency=st.one_of(st.none(), st.integers(1, 3)),
-    keyed=st.booleans(),
-    call_ms=st.integers(0, 5),
-)
+@scenarios(examples=12, longest_call_ms=5)
 def test_threads_in_real_time(
     callers: list[Caller], max_size: int, max_concurrency: int | None, keyed: bool, call_ms: int
 ) -> None:

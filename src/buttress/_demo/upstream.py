@@ -121,21 +121,16 @@ def _stable_int(*parts: object) -> int:
 def draw_call(faults: Faults, seed: int, text: str, n: int) -> Call:
     """The fault and delay of call number ``n`` (from 0) for ``text``; the outage aside."""
     rng = random.Random(_stable_int(seed, text, n))
-    u = rng.random()
-    fault: FaultKind = "ok"
-    threshold = 0.0
-    for name, rate in faults.rates().items():
-        threshold += rate
-        if u < threshold:
-            fault = name  # type: ignore[assignment]  # the keys of rates() are FaultKinds
-            break
+    fault = _pick(rng, faults, tuple(faults.rates()))
+    return Call(text, n, fault, _delay(rng, faults, fault))
+
+
+def _delay(rng: random.Random, faults: Faults, fault: FaultKind) -> float:
     if fault == "hang":
-        delay = faults.hang_seconds
-    elif fault == "spike":
-        delay = rng.uniform(*faults.spike_seconds)
-    else:
-        delay = rng.uniform(*faults.latency)
-    return Call(text, n, fault, delay)
+        return faults.hang_seconds
+    if fault == "spike":
+        return rng.uniform(*faults.spike_seconds)
+    return rng.uniform(*faults.latency)
 
 
 def _pick(rng: random.Random, faults: Faults, kinds: tuple[str, ...]) -> FaultKind:
@@ -165,12 +160,7 @@ def draw_batch(faults: Faults, seed: int, texts: list[str], ns: list[int]) -> li
     pairs = (f"{text}#{n}" for text, n in zip(texts, ns, strict=True))
     rng = random.Random(_stable_int(seed, "batch", *pairs))
     fault = _pick(rng, faults, REQUEST_FAULTS)
-    if fault == "hang":
-        delay = faults.hang_seconds
-    elif fault == "spike":
-        delay = rng.uniform(*faults.spike_seconds)
-    else:
-        delay = rng.uniform(*faults.latency)
+    delay = _delay(rng, faults, fault)
     calls = []
     for text, n in zip(texts, ns, strict=True):
         kind = fault
