@@ -223,7 +223,11 @@ def _sync_one(batcher: Batcher, fn: Callable[..., Any]) -> Callable[[Any], Any]:
         slot, action = submit(item, None, done, threading.Event)
         batch = slot.batch
         if action == START:
-            _spawn_thread(drive, batch, name)
+            try:
+                _spawn_thread(drive, batch, name)
+            except BaseException:  # no thread to be had: nobody would send this batch
+                leave(slot)
+                raise
         elif action == WAKE:
             batch.timer.set()
         try:
@@ -282,7 +286,7 @@ def _check_signature(fn: Callable[..., Any], name: str) -> None:
             )
         raise TypeError(
             f"@batch needs a function called with one argument, the list of items; "
-            f"{name}{signature} cannot be{hint}"
+            f"{name}{signature} cannot be called that way{hint}"
         ) from None
 
 
