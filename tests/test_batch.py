@@ -416,7 +416,7 @@ async def test_max_queue_refuses_items_beyond_it_at_once() -> None:
 async def test_a_caller_cancelled_before_sending_is_taken_out_of_its_batch() -> None:
     seen = Recorder()
 
-    @batch(max_size=10, max_wait=0.05)
+    @batch(max_size=3, max_wait=60)  # sent when full, never by time in this test
     async def echo(items: list[int]) -> list[int]:
         seen.enter(items)
         seen.leave()
@@ -430,10 +430,12 @@ async def test_a_caller_cancelled_before_sending_is_taken_out_of_its_batch() -> 
     async with anyio.create_task_group() as group:
         group.start_soon(call, 1)
         with anyio.move_on_after(0.001):
-            await echo.one(2)
+            await echo.one(2)  # joins the batch of 1, then leaves it
+        assert echo.batcher.stats().queued == 1
         group.start_soon(call, 3)
-    assert results == {1: 1, 3: 3}
-    assert seen.batches == [[1, 3]]
+        group.start_soon(call, 4)  # the third item: the batch is full and goes
+    assert results == {1: 1, 3: 3, 4: 4}
+    assert [sorted(b) for b in seen.batches] == [[1, 3, 4]]
     assert echo.batcher.stats().left == 1
 
 
@@ -494,7 +496,7 @@ async def test_cancelling_one_caller_after_sending_does_not_cancel_the_batch() -
 def test_a_thread_interrupted_while_waiting_is_taken_out() -> None:
     seen = Recorder()
 
-    @batch(max_size=10, max_wait=0.3)
+    @batch(max_size=2, max_wait=60)  # sent when full, never by time in this test
     def echo(items: list[int]) -> list[int]:
         seen.enter(items)
         seen.leave()
@@ -507,8 +509,18 @@ def test_a_thread_interrupted_while_waiting_is_taken_out() -> None:
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         echo.one(1)
-    assert echo.one(2) == 2
-    assert seen.batches == [[2]]
+    timer.join()
+    assert echo.batcher.stats().queued == 0
+    results: dict[int, int] = {}
+    threads = [
+        threading.Thread(target=lambda x=x: results.__setitem__(x, echo.one(x))) for x in (2, 3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {2: 2, 3: 3}
+    assert [sorted(b) for b in seen.batches] == [[2, 3]]
     assert echo.batcher.stats().left == 1
 
 
