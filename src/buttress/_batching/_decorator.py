@@ -56,12 +56,21 @@ _tasks: set[asyncio.Task[Any]] = set()
 # --- where a batch runs ------------------------------------------------------------------
 
 
+def _trio_token() -> Any:
+    """The token of the running trio loop, or ``None`` outside ``trio.run``."""
+    trio = sys.modules.get("trio")  # imported by whoever runs trio; never by us
+    if trio is None:
+        return None
+    try:  # (trio.lowlevel.in_trio_run() is newer than the oldest trio anyio supports)
+        return trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return None
+
+
 def _home() -> Any:
     """The current event loop: a trio token under trio, else the asyncio loop."""
-    trio = sys.modules.get("trio")  # imported by whoever runs trio; never by us
-    if trio is not None and trio.lowlevel.in_trio_run():
-        return trio.lowlevel.current_trio_token()
-    return asyncio.get_running_loop()
+    token = _trio_token()
+    return token if token is not None else asyncio.get_running_loop()
 
 
 def _create_task(
@@ -96,7 +105,7 @@ def _spawn_task(run: Callable[[Batch], Coroutine[Any, Any, None]], batch: Batch)
     spawn = functools.partial(
         trio.lowlevel.spawn_system_task, run, batch, context=batch.context.copy()
     )
-    if trio.lowlevel.in_trio_run() and trio.lowlevel.current_trio_token() is home:
+    if _trio_token() is home:
         spawn()
     else:
         home.run_sync_soon(spawn)
@@ -309,7 +318,12 @@ def _without_exceptions(annotation: Any) -> Any:
     kept = [
         member
         for member in typing.get_args(annotation)
-        if not (isinstance(member, type) and issubclass(member, BaseException))
+        # (Python 3.10 takes list[int] for a type, which issubclass then refuses.)
+        if not (
+            isinstance(member, type)
+            and typing.get_origin(member) is None
+            and issubclass(member, BaseException)
+        )
     ]
     return functools.reduce(lambda a, b: a | b, kept) if kept else Any
 
