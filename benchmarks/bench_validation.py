@@ -53,6 +53,11 @@ async def awork(x: Any) -> int:
     return 1
 
 
+#: At module level: pydantic before 2.7 resolves a signature's string annotations in the
+#: function's globals only.
+PydanticArray = Annotated[np.ndarray, AfterValidator(hand_checks)]
+
+
 def _array_rows(asynchronous: bool) -> list[tuple[str, str, Callable[..., Any], str]]:
     """(name, kind, checked function, note) for every implementation installed."""
     spec = buttress.ArraySpec(("batch", 768), "float32", finite=True)
@@ -72,17 +77,16 @@ def _array_rows(asynchronous: bool) -> list[tuple[str, str, Callable[..., Any], 
         rows.append(("hand-written numpy checks", "floor", hand, ""))
     rows.append(("buttress.validate_input", "ours", buttress.validate_input(x=spec)(body), ""))
 
-    pydantic_array = Annotated[np.ndarray, AfterValidator(hand_checks)]
     arbitrary = ConfigDict(arbitrary_types_allowed=True)
     if asynchronous:
 
-        async def pydantic_async(x: pydantic_array) -> int:  # type: ignore[valid-type]
+        async def pydantic_async(x: PydanticArray) -> int:  # type: ignore[valid-type]
             return 1
 
         checked = validate_call(config=arbitrary)(pydantic_async)
     else:
 
-        def pydantic_sync(x: pydantic_array) -> int:  # type: ignore[valid-type]
+        def pydantic_sync(x: PydanticArray) -> int:  # type: ignore[valid-type]
             return 1
 
         checked = validate_call(config=arbitrary)(pydantic_sync)

@@ -484,3 +484,33 @@ async def test_a_shared_error_keeps_a_short_traceback() -> None:
     frames = traceback.extract_tb(errors[-1].__traceback__)
     assert len(frames) < 20  # not one frame per waiter that raised it
     assert frames[-1].name == "f"
+
+
+@pytest.mark.anyio
+async def test_closures_of_one_factory_never_join_each_others_flights() -> None:
+    # Both functions share a qualified name; each must compute its own value, also on
+    # anyio versions whose per-loop storage is keyed on a name.
+    started = anyio.Event()
+
+    def make(model: str) -> Any:
+        @cache_result
+        async def embed(text: str) -> str:
+            if model == "A":
+                started.set()
+                await anyio.sleep(0.2)
+            return f"{model}:{text}"
+
+        return embed
+
+    first, second = make("A"), make("B")
+    assert first.__qualname__ == second.__qualname__
+    results: dict[str, str] = {}
+
+    async def call(name: str, fn: Any) -> None:
+        results[name] = await fn("hello")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "A", first)
+        await started.wait()  # A's flight is in progress
+        tg.start_soon(call, "B", second)
+    assert results == {"A": "A:hello", "B": "B:hello"}

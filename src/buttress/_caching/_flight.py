@@ -15,6 +15,7 @@ function's lock.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import weakref
 from collections.abc import Hashable
@@ -146,6 +147,10 @@ class ThreadFlight(BaseFlight):
         return self.owner == threading.get_ident()
 
 
+#: Numbers the per-function flight tables (see AsyncFlights).
+_TABLES: Final = itertools.count()
+
+
 @final
 class AsyncFlights:
     """The flights of one decorated coroutine function, one table per running event loop."""
@@ -154,8 +159,12 @@ class AsyncFlights:
 
     def __init__(self, function: str) -> None:
         # A RunVar is no loop-bound primitive: it only names per-loop storage, which anyio
-        # creates in each loop on first use and drops with the loop.
-        self._var: RunVar[dict[Hashable, Flight]] = RunVar(f"buttress.cache_result:{function}")
+        # creates in each loop on first use and drops with the loop. anyio before 4.10
+        # keys that storage on the name alone, so the name is unique to this table: two
+        # functions of one qualified name (closures of one factory) never share flights.
+        self._var: RunVar[dict[Hashable, Flight]] = RunVar(
+            f"buttress.cache_result:{function}:{next(_TABLES)}"
+        )
         # The same for asyncio, keyed on the loop itself: a stampede's thousands of waiters
         # each look their table up, and this costs a fifth of the RunVar lookup.
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, Flight]]

@@ -86,8 +86,11 @@ class _ThreadWaiter(_Waiter):
 def _threadsafe_scheduler() -> Callable[[Callable[[], object]], object]:
     """How to run a callback on the current event loop from any thread."""
     trio = sys.modules.get("trio")  # imported by whoever runs trio; never by us
-    if trio is not None and trio.lowlevel.in_trio_run():
-        return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+    if trio is not None:
+        try:  # (trio.lowlevel.in_trio_run() is newer than the oldest trio anyio supports)
+            return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+        except RuntimeError:  # not inside trio.run: asyncio runs this task
+            pass
     return asyncio.get_running_loop().call_soon_threadsafe
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import operator
 import reprlib
+import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, get_args, get_origin
@@ -674,22 +675,27 @@ def mentions_markers(annotation: Any, seen: set[int] | None = None) -> bool:
         return mentions_markers(annotation.__origin__, seen)
     if any(mentions_markers(arg, seen) for arg in get_args(annotation)):
         return True
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if not _is_class(annotation):
+        return False
+    if issubclass(annotation, BaseModel):
         for field in annotation.model_fields.values():
             if any(isinstance(meta, _MARKERS) for meta in field.metadata):
                 return True
             if mentions_markers(field.annotation, seen):
                 return True
         return False
-    if isinstance(annotation, type) and (
-        hasattr(annotation, "__dataclass_fields__") or typing.is_typeddict(annotation)
-    ):
+    if hasattr(annotation, "__dataclass_fields__") or typing.is_typeddict(annotation):
         try:
             hints = typing.get_type_hints(annotation, include_extras=True)
         except Exception:  # unresolvable hints: names then agree within the value only
             return False
         return any(mentions_markers(hint, seen) for hint in hints.values())
     return False
+
+
+def _is_class(annotation: Any) -> bool:
+    # On Python 3.10 ``list[int]`` passes ``isinstance(..., type)`` but not ``issubclass``.
+    return isinstance(annotation, type) and not isinstance(annotation, types.GenericAlias)
 
 
 _ARBITRARY = ConfigDict(arbitrary_types_allowed=True)
