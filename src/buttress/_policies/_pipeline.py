@@ -1,10 +1,13 @@
 """policy(): one decorator that stacks the others in the canonical order.
 
-The order (outermost first) is DESIGN.md's::
+The order (outermost first) is DESIGN.md's, with ``@batch`` between the cache and retry::
 
-    monitor > validate_input > fallback > timeout > cache_result > retry
+    monitor > validate_input > fallback > timeout > cache_result > batch > retry
             > circuit_breaker > bulkhead > rate_limit > memory_guard > attempt_timeout
             > validate_output > function
+
+With ``batch``, the layers above it are per item (they wrap ``fn.one``) and the layers
+below it per batch call (they wrap the batch function).
 
 Each layer is switched on by its keyword: ``True`` for the decorator's defaults, a
 ``dict`` of its keyword arguments, or a shorthand for its main setting (``timeout=5``,
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, final
 
+from buttress._batching import batch as _batch
 from buttress._caching import cache_result
 from buttress._errors import ConfigurationError
 from buttress._memory_guard import memory_guard
@@ -83,6 +87,7 @@ _LAYERS: tuple[tuple[str, Callable[[str, Setting], Decorator]], ...] = (
     ("fallback", _keywords(_fallback, "value")),
     ("timeout", _keywords(timeout, "seconds")),
     ("cache", _keywords(cache_result, "ttl")),
+    ("batch", _keywords(_batch, "max_size")),
     ("retry", _keywords(retry, "max_retries")),
     ("circuit_breaker", _keywords(circuit_breaker, "name")),
     ("bulkhead", _keywords(bulkhead, "max_concurrent")),
@@ -115,6 +120,17 @@ class _Layer:
         return f"{self.name}({inner})"
 
 
+#: The handles of layers that stand above ``batch`` (on ``fn.one``), copied onto the
+#: batch function so that ``fn.cache`` works with or without batching.
+_ITEM_HANDLES = ("monitor", "cache")
+
+
+def _stack(layers: tuple[_Layer, ...], fn: Any) -> Any:
+    for layer in reversed(layers):
+        fn = layer.decorator()(fn)
+    return fn
+
+
 @final
 class Policy:
     """A stack of buttress decorators in the canonical order; apply it like a decorator.
@@ -138,10 +154,19 @@ class Policy:
         return tuple(layer.name for layer in self._layers)
 
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]:
-        wrapped: Any = fn
-        for layer in reversed(self._layers):
-            wrapped = layer.decorator()(wrapped)
-        return wrapped  # type: ignore[no-any-return]
+        names = self.layers
+        if "batch" not in names:
+            return _stack(self._layers, fn)  # type: ignore[no-any-return]
+        # fn takes a list of items. The layers below batch wrap it (each batch call goes
+        # through them); the layers above wrap the single-item call, fn.one.
+        cut = names.index("batch")
+        batched = self._layers[cut].decorator()(_stack(self._layers[cut + 1 :], fn))
+        one = _stack(self._layers[:cut], batched.one)
+        batched.one = one
+        for handle in _ITEM_HANDLES:  # reachable on the batch function too
+            if hasattr(one, handle):
+                setattr(batched, handle, getattr(one, handle))
+        return batched  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return "policy(" + " > ".join(repr(layer) for layer in self._layers) + ")"
@@ -154,6 +179,7 @@ def policy(
     fallback: Any = None,
     timeout: Setting = None,
     cache: Setting = None,
+    batch: Setting = None,
     retry: Setting = None,
     circuit_breaker: Setting = None,
     bulkhead: Setting = None,
@@ -176,6 +202,7 @@ def policy(
     ``fallback``              ``@fallback``                     ``value``
     ``timeout``               ``@timeout`` around everything    ``seconds``
     ``cache``                 ``@cache_result``                 ``ttl``
+    ``batch``                 ``@batch``                        ``max_size``
     ``retry``                 ``@retry``                        ``max_retries``
     ``circuit_breaker``       ``@circuit_breaker``              ``name``
     ``bulkhead``              ``@bulkhead``                     ``max_concurrent``
@@ -194,6 +221,16 @@ def policy(
     makes an invalid result a failed attempt (retried when its error is in ``retry``'s
     ``exceptions``, counted by the breaker, never cached).
 
+    With ``batch``, the policy decorates a batch function (it takes a list of items and
+    returns one result per item) and returns it as ``@batch`` does, with ``fn.one(item)``:
+    the layers above ``batch`` (monitor, validate, fallback, timeout, cache) wrap
+    ``fn.one`` and work per item: a cache hit never enters a batch, identical concurrent
+    items share one slot, bad input never joins a batch, the total timeout bounds a
+    caller's whole wait. The layers below wrap the batch function and work per batch call:
+    one retry re-sends the batch, the breaker counts batches, the bulkhead and rate limit
+    admit batches, ``validate_output`` checks the whole result (give it a spec for the
+    list). ``fn.cache`` and ``fn.monitor`` reach the handles of the per-item layers.
+
     Raises:
         ConfigurationError: a layer's setting is of the wrong kind, or a decorator
             refuses its settings (each decorator checks its own, as when used alone).
@@ -206,6 +243,7 @@ def policy(
         "fallback": fallback,
         "timeout": timeout,
         "cache": cache,
+        "batch": batch,
         "retry": retry,
         "circuit_breaker": circuit_breaker,
         "bulkhead": bulkhead,
