@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from buttress import CacheEntry, CacheKey, CacheScope, CacheStore, cache_result
-from buttress._caching._decorator import refresh_early
+from buttress._caching._policy import refresh_early
 from buttress.testing import FakeClock
 
 positive = st.floats(min_value=1e-6, max_value=1e6)

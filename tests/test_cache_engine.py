@@ -20,7 +20,7 @@ from buttress import (
     LocalStore,
     cache_result,
 )
-from buttress._caching import _decorator
+from buttress._caching import _engine
 from buttress.testing import FakeClock
 
 
@@ -28,13 +28,13 @@ from buttress.testing import FakeClock
 def plans(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The keys of every call that reached the engine (patched before decorating)."""
     seen: list[Any] = []
-    original = _decorator._Cache.plan
+    original = _engine.Engine.plan
 
     def plan(self: Any, key: Any, *rest: Any) -> Any:
         seen.append(key)
         return original(self, key, *rest)
 
-    monkeypatch.setattr(_decorator._Cache, "plan", plan)
+    monkeypatch.setattr(_engine.Engine, "plan", plan)
     return seen
 
 

@@ -22,7 +22,7 @@ from buttress import (
     cache_result,
     events,
 )
-from buttress._caching import _decorator
+from buttress._caching import _shells
 from buttress.testing import FakeClock
 
 
@@ -356,7 +356,7 @@ async def test_a_cancelled_leader_leaves_the_store_flight_even_if_leaving_awaits
 async def test_leaving_a_flight_that_hangs_is_cut_short_and_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_decorator, "_LEAVE_GRACE", 0.2)
+    monkeypatch.setattr(_shells, "LEAVE_GRACE", 0.2)
     store = MemoryStore()
     store.exit_hangs = True
     started = anyio.Event()

@@ -235,9 +235,9 @@ async def test_outputs_the_picture_and_the_prometheus_text(tmp_path: Path) -> No
     assert tally is not None
     function = {"function": "resilient.embed"}
     assert total(found, "buttress_calls_total", **function) == resilient.received
-    assert total(found, "buttress_calls_total", outcome="ok", **function) == (
-        resilient.summary.ok
-    )
+    # A client that timed out may have given up on a call the gateway then finished well.
+    ok = total(found, "buttress_calls_total", outcome="ok", **function)
+    assert resilient.summary.ok <= ok <= resilient.summary.ok + resilient.summary.timeouts
     assert total(found, "buttress_call_duration_seconds_count", **function) == 200
     assert total(found, "buttress_retries_total", **function) == tally.retries > 0
     for result_kind, count in (

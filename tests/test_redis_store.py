@@ -191,18 +191,18 @@ def test_one_store_serves_several_event_loops(stores: Factory) -> None:
 def test_trio_runs_the_sync_client_in_worker_threads(
     stores: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from buttress._caching._redis import _SyncOps
+    from buttress._caching._redis._commands import SyncCommands
 
     store = stores()
     fn = cache_result(store=store)(atriple)
     threads: list[str] = []
-    original = _SyncOps.get
+    original = SyncCommands.get
 
-    def spy(self: _SyncOps, name: str) -> bytes | None:
+    def spy(self: SyncCommands, name: str) -> bytes | None:
         threads.append(threading.current_thread().name)
         return original(self, name)
 
-    monkeypatch.setattr(_SyncOps, "get", spy)
+    monkeypatch.setattr(SyncCommands, "get", spy)
 
     async def main() -> list[int]:
         await fn(2)
@@ -211,7 +211,7 @@ def test_trio_runs_the_sync_client_in_worker_threads(
     assert anyio.run(main, backend="trio") == [2, 2, 2]
     assert len(threads) == 2  # the miss and the hit (taking the lock is another command)
     assert threading.current_thread().name not in threads
-    assert not store._loops  # no redis.asyncio client was made: it cannot run on trio
+    assert not store.connection._loops  # no redis.asyncio client was made: it cannot run on trio
 
 
 def test_a_loop_ended_by_asyncio_run_closes_its_client(stores: Factory) -> None:
@@ -221,10 +221,10 @@ def test_a_loop_ended_by_asyncio_run_closes_its_client(stores: Factory) -> None:
 
     async def main() -> None:
         await fn(1)
-        clients.append(store._async_ops("get").client)
+        clients.append(store.connection.async_("get").client)
 
     asyncio.run(main())
-    assert not store._loops
+    assert not store.connection._loops
     pool = clients[0].connection_pool
     assert all(not connection.is_connected for connection in pool._available_connections)
 

@@ -2,6 +2,56 @@
 
 Everything public is importable from here. Names that need an optional dependency
 (redis, prometheus-client) resolve lazily, so ``import buttress`` stays light.
+
+Architecture
+============
+
+The code is in three layers. A module imports from its own layer and the layers below,
+never from one above, and there is no import cycle, not even one dodged by an import
+inside a function (a module that needs an optional package, such as the Prometheus
+collector, may be imported inside the function that needs it). ``tests/test_architecture.py``
+checks this on every run, from the source, and imports every module first, alone, in a
+fresh interpreter.
+
+core
+    What every decorator builds on, and no decorator: ``_clock`` (the one clock),
+    ``_errors``, ``_settings`` (settings normalised and checked), ``_events`` (the event
+    bus), ``_wrapping`` (sync or async, honest wrappers), ``_declare`` (a decorator built
+    from the one declaration of its settings), ``_signature`` (a function's signature,
+    read once), ``_registry`` (live objects one part reads without importing the part
+    that made them: every circuit breaker).
+
+features
+    One decorator or one family each: ``_retry``; ``_caching/``; ``_validation/``;
+    ``_memory_guard`` with ``_memory_probe``; ``_monitoring/``; ``_policies/`` (circuit
+    breaker, bulkhead, rate limit, timeout, fallback, hedge, retry budget); ``_batching/``
+    (``@batch``). A feature
+    imports the core, and another feature only along a dependency listed below. Features
+    report what they do through events; monitoring counts them, and reads the live
+    breakers' states from the registry: it imports no other feature.
+
+composition
+    What puts features together or in front of users: ``_policy`` (``policy()``, the
+    canonical stack), ``metrics`` and its sinks (``_sinks/``: the Prometheus collector,
+    the DogStatsD sink), ``integrations/`` (aiohttp, FastAPI), ``_demo/`` and
+    ``__main__``, ``testing`` and ``_pytest_plugin``, and this module. Any of them may
+    import any feature; no feature imports them.
+
+The dependencies between features, each one way:
+
+- retry -> policies: ``@retry(budget=...)`` takes a ``RetryBudget`` (``_policies._budget``).
+
+A new module gets its layer in ``tests/test_architecture.py`` (which fails until it has
+one) and here; a new dependency between features is listed in both places too.
+
+Each decorator has an *engine*, the object its settings are compiled into, which makes
+every decision as plain code (``_Retrier``, ``CircuitBreaker``, ``Bulkhead``...), and two
+thin *shells*, ``_sync_shell(engine)`` and ``_async_shell(engine)``, each a
+``WrapperFactory`` whose wrapper (``retry_wrapper``) only calls, waits or locks; ``_wrapping.wrap``
+picks one. A decorator with state hangs its handle on the wrapper under its keyword in
+``policy()`` (``fn.cache``, ``fn.circuit_breaker``, ``fn.rate_limit``...), typed by a
+protocol (``CachedFunction``, ``BreakerFunction``...). A decorator used bare and called
+declares its settings once, as the parameters of one constructor (see ``_declare``).
 """
 
 from __future__ import annotations
@@ -76,6 +126,7 @@ from ._memory_probe import MemoryProbe as MemoryProbe
 from ._memory_probe import MemorySnapshot as MemorySnapshot
 from ._monitoring import CallStats as CallStats
 from ._monitoring import JsonFormatter as JsonFormatter
+from ._monitoring import MonitoredFunction as MonitoredFunction
 from ._monitoring import MonitorHandle as MonitorHandle
 from ._monitoring import MonitoringStats as MonitoringStats
 from ._monitoring import configure_monitoring as configure_monitoring
@@ -94,7 +145,6 @@ from ._policies import CircuitBreaker as CircuitBreaker
 from ._policies import HedgedFunction as HedgedFunction
 from ._policies import Hedger as Hedger
 from ._policies import HedgeStats as HedgeStats
-from ._policies import Policy as Policy
 from ._policies import RateLimitedFunction as RateLimitedFunction
 from ._policies import RateLimiter as RateLimiter
 from ._policies import RateLimiterStats as RateLimiterStats
@@ -104,9 +154,12 @@ from ._policies import bulkhead as bulkhead
 from ._policies import circuit_breaker as circuit_breaker
 from ._policies import fallback as fallback
 from ._policies import hedge as hedge
-from ._policies import policy as policy
 from ._policies import rate_limit as rate_limit
 from ._policies import timeout as timeout
+from ._policy import Policy as Policy
+from ._policy import PolicyFunction as PolicyFunction
+from ._policy import PolicyMethod as PolicyMethod
+from ._policy import policy as policy
 from ._retry import Jitter as Jitter
 from ._retry import retry as retry
 from ._validation import ArraySpec as ArraySpec
@@ -179,9 +232,12 @@ __all__ = [
     "MemoryProbe",
     "MemorySnapshot",
     "MonitorHandle",
+    "MonitoredFunction",
     "MonitoringStats",
     "OutputValidationError",
     "Policy",
+    "PolicyFunction",
+    "PolicyMethod",
     "RateLimitExceeded",
     "RateLimited",
     "RateLimitedFunction",

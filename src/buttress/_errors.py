@@ -86,7 +86,7 @@ class AttemptTimeoutError(ButtressError, TimeoutError):
     """One attempt ran past ``attempt_timeout`` and was cancelled; always retriable."""
 
 
-# --- caching (issues 3 and 4) ----------------------------------------------------------
+# --- caching -------------------------------------------------------------------------
 
 
 class UnkeyableArgumentError(ButtressError, TypeError):
@@ -202,7 +202,7 @@ def _rebuild_unencodable(
     return UnencodableResultError(message, function=function, type_name=type_name, path=path)
 
 
-# --- validation (issue 5) --------------------------------------------------------------
+# --- validation ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +283,7 @@ class OutputValidationError(DataValidationError):
     """A return value failed ``@validate_output``: the function ran, its result is refused."""
 
 
-# --- memory guard (issue 6) ------------------------------------------------------------
+# --- memory guard --------------------------------------------------------------------
 
 
 class MemoryPressureError(RejectedError, MemoryError):
@@ -363,7 +363,7 @@ _MEMORY_PRESSURE_FACTS = (
 )
 
 
-# --- policies (issue 8) ----------------------------------------------------------------
+# --- policies ------------------------------------------------------------------------
 
 
 class CircuitOpenError(RejectedError, ConnectionError):

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from . import _clock, _memory_probe, _settings
+from ._declare import Decorate, declare
 from ._errors import ConfigurationError, MemoryPressureError
 from ._events import MemoryGuardDecision, events
 from ._memory_probe import (
@@ -36,7 +37,7 @@ from ._memory_probe import (
     default_probe,
     gpu_pool,
 )
-from ._wrapping import function_name, wrap
+from ._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["Action", "MemoryGuard", "MemoryGuarded", "memory_guard", "memory_snapshot"]
 
@@ -45,6 +46,7 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 _P2 = ParamSpec("_P2")
 _T2 = TypeVar("_T2")
+Q = ParamSpec("Q")
 
 Action = Literal["raise", "collect", "wait", "warn"]
 _ACTIONS: tuple[Action, ...] = ("raise", "collect", "wait", "warn")
@@ -160,7 +162,8 @@ class MemoryGuard:
 
     Read it to see what a guard does (``fn.memory_guard.max_percent``), what it sees
     (:meth:`snapshot`) and what is reserved (:attr:`reserved`). Its attributes are
-    settings: change them only by decorating again.
+    settings: change them only by decorating again. Its constructor declares
+    ``@memory_guard``'s settings (see :func:`memory_guard` for what each means).
     """
 
     __slots__ = (
@@ -588,7 +591,7 @@ class MemoryGuarded(Protocol[P, T_co]):
 _NOTHING = (0, 0)
 
 
-def _sync_shell(guard: MemoryGuard) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _sync_shell(guard: MemoryGuard) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         sized = guard.sized
@@ -614,7 +617,7 @@ def _sync_shell(guard: MemoryGuard) -> Callable[[Callable[..., Any]], Callable[.
     return build
 
 
-def _async_shell(guard: MemoryGuard) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(guard: MemoryGuard) -> WrapperFactory:
     def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         name = function_name(fn)
         sized = guard.sized
@@ -642,47 +645,27 @@ def _async_shell(guard: MemoryGuard) -> Callable[[Callable[..., Any]], Callable[
     return build
 
 
-@overload
-def memory_guard(fn: Callable[P, T], /) -> MemoryGuarded[P, T]: ...
+class _MemoryGuardDecorator(Protocol[Q]):
+    """``@memory_guard`` bare, or called with the settings ``Q`` first."""
+
+    # The settings are keyword-only: the two forms never match one call.
+    @overload
+    def __call__(self, fn: Callable[P, T], /) -> MemoryGuarded[P, T]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(
+        self, *args: Q.args, **kwargs: Q.kwargs
+    ) -> Callable[[Callable[P, T]], MemoryGuarded[P, T]]: ...
 
 
-@overload
-def memory_guard(
-    *,
-    max_percent: float = 85.0,
-    min_available: int | str | None = None,
-    max_rss: int | str | None = None,
-    action: Action = "raise",
-    wait_timeout: float | timedelta = 10.0,
-    poll_interval: float | timedelta = 0.05,
-    reserve: Reserve = None,
-    gpu: bool | int = False,
-    gpu_max_percent: float = 90.0,
-    sample_interval: float | timedelta = 0.05,
-    gpu_reserve: Reserve = None,
-    probe: MemoryProbe | None = None,
-    gpu_probe: GpuProbe | None = None,
-) -> Callable[[Callable[P, T]], MemoryGuarded[P, T]]: ...
+def _declared(
+    settings: Callable[Q, MemoryGuard],
+) -> Callable[[Callable[[MemoryGuard], Decorate]], _MemoryGuardDecorator[Q]]:
+    return lambda build: declare(settings, build)
 
 
-def memory_guard(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    max_percent: float = 85.0,
-    min_available: int | str | None = None,
-    max_rss: int | str | None = None,
-    action: Action = "raise",
-    wait_timeout: float | timedelta = 10.0,
-    poll_interval: float | timedelta = 0.05,
-    reserve: Reserve = None,
-    gpu: bool | int = False,
-    gpu_max_percent: float = 90.0,
-    sample_interval: float | timedelta = 0.05,
-    gpu_reserve: Reserve = None,
-    probe: MemoryProbe | None = None,
-    gpu_probe: GpuProbe | None = None,
-) -> Any:
+@_declared(MemoryGuard)
+def memory_guard(guard: MemoryGuard) -> Decorate:
     """Admit a call only when memory has room for it: the container's, not the host's.
 
     Memory is read from the process's cgroup (v2 or v1, the tightest limit up the
@@ -727,22 +710,9 @@ def memory_guard(
     a busy guard errs on the side of refusing. A reading is up to ``sample_interval``
     old, and reading and collecting run in the calling thread (microseconds for the
     files under ``/sys``; a full ``gc.collect()`` can take much longer).
+
+    The wrapper carries the guard as ``fn.memory_guard`` (:class:`MemoryGuard`).
     """
-    guard = MemoryGuard(
-        max_percent=max_percent,
-        min_available=min_available,
-        max_rss=max_rss,
-        action=action,
-        wait_timeout=wait_timeout,
-        poll_interval=poll_interval,
-        reserve=reserve,
-        gpu=gpu,
-        gpu_max_percent=gpu_max_percent,
-        sample_interval=sample_interval,
-        gpu_reserve=gpu_reserve,
-        probe=probe,
-        gpu_probe=gpu_probe,
-    )
     sync, async_ = _sync_shell(guard), _async_shell(guard)
 
     def decorate(target: Callable[..., Any]) -> Any:
@@ -750,4 +720,4 @@ def memory_guard(
             target, "memory_guard", sync=sync, async_=async_, attributes={"memory_guard": guard}
         )
 
-    return decorate if fn is None else decorate(fn)
+    return decorate

@@ -1,9 +1,12 @@
 """@retry: exponential backoff with jitter, a deadline, attempt timeouts and Retry-After.
 
-The policy (:class:`_Policy`) and one call's state (:class:`_Run`) are plain code: they
-decide whether to try again and how long to wait. The two shells at the bottom only call,
-catch and sleep. Nothing is allocated for a call that succeeds first time but the clock
-reading that anchors its deadline.
+The engine (:class:`_Retrier`, whose constructor declares the settings) and one call's
+state (:class:`_Run`) are plain code: they decide whether to try again and how long to
+wait. The two shells at the bottom only call, catch and sleep. Nothing is allocated for a
+call that succeeds first time but the clock reading that anchors its deadline.
+
+The retry budget is a policy (:mod:`buttress._policies._budget`) that ``@retry`` consults:
+this feature imports that one, never the other way.
 """
 
 from __future__ import annotations
@@ -14,20 +17,19 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal
 
 import anyio
 
 from . import _clock, _settings
+from ._declare import Decorate, bare_or_called
 from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fatal
 from ._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled, events
 from ._policies._budget import RetryBudget
-from ._wrapping import function_name, wrap
+from ._settings import ExceptionTypes
+from ._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["Jitter", "retry", "retry_after"]
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 Jitter = Literal["full", "equal", "decorrelated"]
 _GaveUp = Literal["attempts", "deadline", "budget"]
@@ -98,8 +100,11 @@ def _seconds_list(delays: list[float]) -> str:
     return ", ".join(f"{delay:.3g}s" for delay in delays) or "nothing"
 
 
-class _Policy:
-    """The compiled settings of one ``@retry``: pure decisions, no I/O, no waiting."""
+class _Retrier:
+    """The engine of one ``@retry``: its compiled settings and pure decisions, no I/O.
+
+    Its constructor declares ``@retry``'s settings (see :func:`retry` for what they mean).
+    """
 
     __slots__ = (
         "attempt_timeout",
@@ -119,17 +124,17 @@ class _Policy:
     def __init__(
         self,
         *,
-        max_retries: int,
-        backoff_factor: float,
-        base_delay: float | timedelta,
-        max_delay: float | timedelta,
-        exceptions: type[BaseException] | tuple[type[BaseException], ...],
-        jitter: Jitter | None,
-        deadline: float | timedelta | None,
-        attempt_timeout: float | timedelta | None,
-        retry_on_result: Callable[[Any], bool] | None,
-        respect_retry_after: bool,
-        on_retry: Callable[[RetryScheduled], object] | None,
+        max_retries: int = 3,
+        backoff_factor: float = 2.0,
+        base_delay: float | timedelta = 0.1,
+        max_delay: float | timedelta = 30.0,
+        exceptions: ExceptionTypes = (Exception,),
+        jitter: Jitter | None = "full",
+        deadline: float | timedelta | None = None,
+        attempt_timeout: float | timedelta | None = None,
+        retry_on_result: Callable[[Any], bool] | None = None,
+        respect_retry_after: bool = True,
+        on_retry: Callable[[RetryScheduled], object] | None = None,
         budget: RetryBudget | None = None,
     ) -> None:
         self.max_retries = _settings.non_negative_int(max_retries, "max_retries")
@@ -181,10 +186,10 @@ class _Policy:
 class _Run:
     """The retry state of one call, created when its first attempt fails."""
 
-    __slots__ = ("attempts", "delays", "function", "policy", "start")
+    __slots__ = ("attempts", "delays", "function", "retrier", "start")
 
-    def __init__(self, policy: _Policy, function: str, start: float) -> None:
-        self.policy = policy
+    def __init__(self, retrier: _Retrier, function: str, start: float) -> None:
+        self.retrier = retrier
         self.function = function
         self.start = start
         self.attempts = 0
@@ -192,15 +197,15 @@ class _Run:
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline, or ``None`` without one."""
-        deadline = self.policy.deadline
+        deadline = self.retrier.deadline
         return None if deadline is None else deadline - (_clock.monotonic() - self.start)
 
     def after_error(self, exc: BaseException) -> float | None:
         """The delay before the next attempt, or ``None``: re-raise ``exc`` as it is."""
         self.attempts += 1
-        if not self.policy.retriable(exc):
+        if not self.retrier.retriable(exc):
             return None
-        hint = retry_after(exc) if self.policy.respect_retry_after else None
+        hint = retry_after(exc) if self.retrier.respect_retry_after else None
         delay, reason = self._next_delay(hint)
         if reason is not None:
             _add_note(exc, self._summary(reason))
@@ -226,18 +231,18 @@ class _Run:
     def _next_delay(
         self, hint: float | None
     ) -> tuple[float, _GaveUp | None]:
-        policy = self.policy
-        if self.attempts > policy.max_retries:
+        retrier = self.retrier
+        if self.attempts > retrier.max_retries:
             return 0.0, "attempts"
-        previous = self.delays[-1] if self.delays else policy.base_delay
-        delay = policy.backoff(self.attempts, previous)
+        previous = self.delays[-1] if self.delays else retrier.base_delay
+        delay = retrier.backoff(self.attempts, previous)
         if hint is not None:
-            delay = min(hint, policy.max_delay)
+            delay = min(hint, retrier.max_delay)
         remaining = self.remaining()
         if remaining is not None and delay >= remaining:
             return delay, "deadline"
         # The budget comes last: only a retry that would really happen spends from it.
-        budget = policy.budget
+        budget = retrier.budget
         if budget is not None and not budget.try_spend():
             return delay, "budget"
         return delay, None
@@ -251,15 +256,15 @@ class _Run:
         if reason == "deadline":
             text += (
                 f"; gave up because the next wait would pass the "
-                f"{self.policy.deadline:g}s deadline"
+                f"{self.retrier.deadline:g}s deadline"
             )
         elif reason == "budget":
-            text += f"; gave up because the retry budget ({self.policy.budget}) is spent"
+            text += f"; gave up because the retry budget ({self.retrier.budget}) is spent"
         return text
 
     def _scheduled(self, delay: float, error: BaseException | None, result: Any) -> None:
         self.delays.append(delay)
-        on_retry = self.policy.on_retry
+        on_retry = self.retrier.on_retry
         if on_retry is None and not events.active:
             return
         record = RetryScheduled(
@@ -303,11 +308,11 @@ _WHY_ASYNC = (
 )
 
 
-def _sync_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _sync_shell(retrier: _Retrier) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
-        check = policy.retry_on_result
-        budget = policy.budget
+        check = retrier.retry_on_result
+        budget = retrier.budget
 
         def retry_wrapper(*args: Any, **kwargs: Any) -> Any:
             start = _clock.monotonic()
@@ -319,7 +324,7 @@ def _sync_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...,
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
                     if run is None:
-                        run = _Run(policy, name, start)
+                        run = _Run(retrier, name, start)
                     delay = run.after_error(exc)
                     if delay is None:
                         raise
@@ -327,7 +332,7 @@ def _sync_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...,
                     if check is None or not check(result):
                         return result
                     if run is None:
-                        run = _Run(policy, name, start)
+                        run = _Run(retrier, name, start)
                     delay = run.after_result(result)
                 _clock.sleep(delay)
 
@@ -336,17 +341,17 @@ def _sync_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...,
     return build
 
 
-def _async_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(retrier: _Retrier) -> WrapperFactory:
     def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         name = function_name(fn)
-        check = policy.retry_on_result
-        budget = policy.budget
-        limit = policy.attempt_timeout
+        check = retrier.retry_on_result
+        budget = retrier.budget
+        limit = retrier.attempt_timeout
 
         async def attempt(run: _Run | None, start: float, args: Any, kwargs: Any) -> Any:
             # Only used with attempt_timeout: bound one attempt, clamped to the deadline.
             assert limit is not None
-            deadline = policy.deadline
+            deadline = retrier.deadline
             budget = limit
             if deadline is not None:
                 budget = min(limit, deadline - (_clock.monotonic() - start))
@@ -370,7 +375,7 @@ def _async_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...
                         result = await attempt(run, start, args, kwargs)
                 except BaseException as exc:
                     if run is None:
-                        run = _Run(policy, name, start)
+                        run = _Run(retrier, name, start)
                     delay = run.after_error(exc)
                     if delay is None:
                         raise
@@ -378,7 +383,7 @@ def _async_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...
                     if check is None or not check(result):
                         return result
                     if run is None:
-                        run = _Run(policy, name, start)
+                        run = _Run(retrier, name, start)
                     delay = run.after_result(result)
                 await _clock.async_sleep(delay)
 
@@ -387,45 +392,8 @@ def _async_shell(policy: _Policy) -> Callable[[Callable[..., Any]], Callable[...
     return build
 
 
-@overload
-def retry(fn: Callable[P, T], /) -> Callable[P, T]: ...
-
-
-@overload
-def retry(
-    *,
-    max_retries: int = 3,
-    backoff_factor: float = 2.0,
-    base_delay: float | timedelta = 0.1,
-    max_delay: float | timedelta = 30.0,
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    jitter: Jitter | None = "full",
-    deadline: float | timedelta | None = None,
-    attempt_timeout: float | timedelta | None = None,
-    retry_on_result: Callable[[Any], bool] | None = None,
-    respect_retry_after: bool = True,
-    on_retry: Callable[[RetryScheduled], object] | None = None,
-    budget: RetryBudget | None = None,
-) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
-
-
-def retry(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    max_retries: int = 3,
-    backoff_factor: float = 2.0,
-    base_delay: float | timedelta = 0.1,
-    max_delay: float | timedelta = 30.0,
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    jitter: Jitter | None = "full",
-    deadline: float | timedelta | None = None,
-    attempt_timeout: float | timedelta | None = None,
-    retry_on_result: Callable[[Any], bool] | None = None,
-    respect_retry_after: bool = True,
-    on_retry: Callable[[RetryScheduled], object] | None = None,
-    budget: RetryBudget | None = None,
-) -> Any:
+@bare_or_called(_Retrier)
+def retry(retrier: _Retrier) -> Decorate:
     """Call the function again when it fails, waiting longer each time.
 
     Makes ``1 + max_retries`` attempts at most. The wait before retry *k* is
@@ -475,25 +443,11 @@ def retry(
     When attempts run out on an error, that error itself is re-raised, unchanged but for
     a PEP 678 note listing the attempts and the waits.
     """
-    policy = _Policy(
-        max_retries=max_retries,
-        backoff_factor=backoff_factor,
-        base_delay=base_delay,
-        max_delay=max_delay,
-        exceptions=exceptions,
-        jitter=jitter,
-        deadline=deadline,
-        attempt_timeout=attempt_timeout,
-        retry_on_result=retry_on_result,
-        respect_retry_after=respect_retry_after,
-        on_retry=on_retry,
-        budget=budget,
-    )
     # attempt_timeout cancels attempts, which a plain function's thread cannot be.
-    sync = _sync_shell(policy) if policy.attempt_timeout is None else None
-    async_ = _async_shell(policy)
+    sync = _sync_shell(retrier) if retrier.attempt_timeout is None else None
+    async_ = _async_shell(retrier)
 
     def decorate(target: Callable[..., Any]) -> Any:
         return wrap(target, "retry", sync=sync, async_=async_, why=_WHY_ASYNC)
 
-    return decorate if fn is None else decorate(fn)
+    return decorate

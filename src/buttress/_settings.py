@@ -16,7 +16,11 @@ from typing import Any
 
 from ._errors import ConfigurationError
 
+#: What an ``exceptions=`` setting accepts: one exception class or a tuple of them.
+ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
+
 __all__ = [
+    "ExceptionTypes",
     "byte_size",
     "choice",
     "exception_types",

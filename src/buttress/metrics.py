@@ -37,12 +37,12 @@ import anyio.to_thread
 
 from ._monitoring._emitter import exporter
 from ._monitoring._stats import counters
+from ._sinks._statsd import DogStatsdSink, tag
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from ._monitoring._prometheus import ButtressCollector
-    from ._monitoring._statsd import DogStatsdSink
+    from ._sinks._prometheus import ButtressCollector
 
 __all__ = [
     "current_registry",
@@ -89,7 +89,7 @@ def enable(registry: CollectorRegistry | None = None) -> CollectorRegistry:
     """
     global _registry, _collector
     client = _prometheus_client()
-    from ._monitoring._prometheus import ButtressCollector
+    from ._sinks._prometheus import ButtressCollector  # imports prometheus-client
 
     target: CollectorRegistry = registry if registry is not None else client.REGISTRY
     with _lock:
@@ -255,8 +255,6 @@ def enable_dogstatsd(
     are dropped (and counted) like log records. Counts never are.
     """
     global _dogstatsd
-    from ._monitoring._statsd import DogStatsdSink, tag
-
     owns = client is None
     if client is None:
         try:

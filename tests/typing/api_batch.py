@@ -11,8 +11,10 @@ from typing_extensions import assert_type
 from buttress import (
     AsyncBatchedFunction,
     BatchedFunction,
+    Batcher,
     BatchStats,
     batch,
+    policy,
 )
 
 
@@ -44,6 +46,7 @@ async def batch_callers() -> None:
     direct = await embed_many(["a", "b"])
     assert_type(direct, Sequence[np.ndarray | BaseException])
     assert_type(embed_many.batcher.stats(), BatchStats)
+    assert_type(embed_many.batch, Batcher)
     assert_type(parse_many.batcher.stats().mean_size, float)
     as_protocol: AsyncBatchedFunction[str, np.ndarray] = embed_many
     sync_protocol: BatchedFunction[bytes, int] = parse_many
@@ -59,3 +62,15 @@ def batch_refusals() -> None:
 
     batch()(two)  # type: ignore[arg-type]
     batch(max_size="8")  # type: ignore[arg-type]
+
+
+@policy(cache=60, batch={"max_size": 32}, retry=2)
+async def embed_with_policy(texts: list[str]) -> list[np.ndarray]:
+    return [np.zeros(3) for _ in texts]
+
+
+async def policy_batch_callers() -> None:
+    assert_type(await embed_with_policy(["a"]), list[np.ndarray])  # the batch call
+    await embed_with_policy.one("a")  # the single-item call (typed loosely)
+    assert_type(embed_with_policy.batch.stats(), BatchStats)
+    assert_type(embed_with_policy.batcher, Batcher)

@@ -364,9 +364,11 @@ class AsyncBatchedFunction(Protocol[I, R_co]):
     """A coroutine function decorated with ``@batch``.
 
     Called with a list, it runs the function at once on that list (nothing is gathered);
-    ``await fn.one(item)`` is the batched single-item call; ``fn.batcher`` the handle.
+    ``await fn.one(item)`` is the batched single-item call; ``fn.batch`` (also
+    ``fn.batcher``) the handle.
     """
 
+    batch: Batcher
     batcher: Batcher
 
     def __call__(
@@ -379,6 +381,7 @@ class AsyncBatchedFunction(Protocol[I, R_co]):
 class BatchedFunction(Protocol[I, R_co]):
     """A plain function decorated with ``@batch``: ``fn.one(item)`` from many threads."""
 
+    batch: Batcher
     batcher: Batcher
 
     def __call__(self, items: list[I], /) -> Sequence[R_co | BaseException]: ...
@@ -485,8 +488,8 @@ def batch(
 
     Each batch sent emits :class:`BatchDispatched` (its size, how long its first item
     waited, what closed it) and :class:`BatchCompleted` when it answers; monitoring turns
-    them into metrics. The wrapper carries ``fn.batcher`` (:class:`Batcher`) with
-    ``.stats()`` (:class:`BatchStats`) and ``fn.one``.
+    them into metrics. The wrapper carries ``fn.batch`` (also ``fn.batcher``, the same
+    :class:`Batcher`) with ``.stats()`` (:class:`BatchStats`), and ``fn.one``.
     """
     size = _settings.positive_int(max_size, "max_size")
     wait = _settings.seconds(max_wait, "max_wait")
@@ -525,7 +528,7 @@ def batch(
             "batch",
             sync=_passthrough_sync,
             async_=_passthrough_async,
-            attributes={"batcher": batcher, "one": one},
+            attributes={"batch": batcher, "batcher": batcher, "one": one},
         )
 
     return decorate

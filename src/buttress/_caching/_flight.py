@@ -15,6 +15,7 @@ function's lock.
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import threading
 import weakref
@@ -37,15 +38,27 @@ __all__ = [
     "AsyncFlights",
     "BaseFlight",
     "Flight",
+    "Outcome",
     "ThreadFlight",
 ]
 
-RUNNING: Final = 0
-DONE: Final = 1  # ``value`` holds the (frozen) result
-FAILED: Final = 2  # ``error`` holds the exception every waiter raises
-ABANDONED: Final = 3  # the computing caller was cancelled; a waiter takes over
-FELL_BACK: Final = 4  # the computation raised ``error``; ``value`` is the expired value
-#                       served in its place (``stale_if_error``)
+class Outcome(enum.Enum):
+    """How a flight ended (or that it has not yet)."""
+
+    RUNNING = "running"
+    DONE = "done"  # ``value`` holds the (frozen) result
+    FAILED = "failed"  # ``error`` holds the exception every waiter raises
+    ABANDONED = "abandoned"  # the computing caller was cancelled; a waiter takes over
+    FELL_BACK = "fell back"  # the computation raised ``error``; ``value`` is the expired
+    #                          value served in its place (``stale_if_error``)
+
+
+# Module-level names: a stampede's waiters each compare one, by identity.
+RUNNING: Final = Outcome.RUNNING
+DONE: Final = Outcome.DONE
+FAILED: Final = Outcome.FAILED
+ABANDONED: Final = Outcome.ABANDONED
+FELL_BACK: Final = Outcome.FELL_BACK
 
 
 class BaseFlight:
@@ -64,7 +77,7 @@ class BaseFlight:
         #: instead of asking a shared store again: served while fresh or within
         #: ``stale_while_revalidate``, waited for otherwise.
         self.found = found
-        self.state = RUNNING
+        self.state: Outcome = RUNNING
         self.value: Any = None
         self.arrays = False
         self.error: BaseException | None = None
@@ -83,7 +96,7 @@ class BaseFlight:
 
     def settle(
         self,
-        state: int,
+        state: Outcome,
         value: Any = None,
         arrays: bool = False,
         error: BaseException | None = None,

@@ -1,4 +1,4 @@
-"""@monitor and everything behind it: summaries, the exporter thread, the metrics.
+"""@monitor and everything behind it: summaries, the exporter thread, the totals.
 
 Layout:
     _decorator   @monitor: the per-function engine (Site) and its sync/async shells
@@ -6,12 +6,15 @@ Layout:
     _logs        the queued call records, request context and the JSON formatter
     _emitter     the bounded queue and the exporter thread (flush, atexit, drops)
     _stats       the plain-Python totals and the counters fed by events
-    _prometheus  the prometheus-client collector (imported by buttress.metrics only)
-    _statsd      the DogStatsD sink (imported by buttress.metrics only)
+
+The metrics sinks that read these totals (Prometheus, DogStatsD) are in
+:mod:`buttress._sinks`, above this package: monitoring imports no sink and no other
+feature (it reads live breakers through :mod:`buttress._registry`).
 """
 
 from __future__ import annotations
 
+from ._decorator import MonitoredFunction as MonitoredFunction
 from ._decorator import MonitorHandle as MonitorHandle
 from ._decorator import monitor as monitor
 from ._emitter import MonitoringStats as MonitoringStats
@@ -27,6 +30,7 @@ __all__ = [
     "CallStats",
     "JsonFormatter",
     "MonitorHandle",
+    "MonitoredFunction",
     "MonitoringStats",
     "configure_monitoring",
     "flush_monitoring",

@@ -20,11 +20,12 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _settings
+from buttress._declare import Decorate, declare
 from buttress._errors import ConfigurationError, is_fatal
-from buttress._wrapping import function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, wrap
 
 from ._emitter import exporter
 from ._logs import CallItem, MessageItem
@@ -42,10 +43,15 @@ from ._stats import (
 )
 from ._summaries import nonfinite, summarize, type_name
 
-__all__ = ["MonitorHandle", "Site", "monitor"]
+__all__ = ["MonitorHandle", "MonitoredFunction", "Site", "monitor"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+T2 = TypeVar("T2")
+S = TypeVar("S")
+P2 = ParamSpec("P2")
+Q = ParamSpec("Q")
 
 #: The logger every ``@monitor`` record goes to.
 logger = logging.getLogger("buttress.monitor")
@@ -107,7 +113,10 @@ def _buckets(value: object) -> tuple[float, ...]:
 
 
 class _Settings:
-    """The compiled arguments of one ``@monitor(...)``."""
+    """The compiled arguments of one ``@monitor(...)``; its constructor declares them.
+
+    See :func:`monitor` for what each setting means.
+    """
 
     __slots__ = (
         "labels",
@@ -124,17 +133,17 @@ class _Settings:
 
     def __init__(
         self,
+        name: str | None = None,
         *,
-        name: str | None,
-        log_level: int | str,
-        log_inputs: bool,
-        log_outputs: bool,
-        sample_rate: float,
-        slow_threshold: object,
-        track_output: Callable[[Any], float] | None,
-        output_buckets: Sequence[float],
-        redact: Mapping[str, Any] | None,
-        labels: Mapping[str, str] | None,
+        log_level: int | str = "INFO",
+        log_inputs: bool = True,
+        log_outputs: bool = True,
+        sample_rate: float = 1.0,
+        slow_threshold: float | timedelta | None = None,
+        track_output: Callable[[Any], float] | None = None,
+        output_buckets: Sequence[float] = OUTPUT_BUCKETS,
+        redact: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
@@ -440,83 +449,105 @@ class Site:
 # --- the shells ----------------------------------------------------------------------
 
 
-def _sync_wrapper(fn: Callable[..., Any], site: Site) -> Callable[..., Any]:
+def _sync_shell(site: Site) -> WrapperFactory:
     stats = site.stats
     lock = stats.lock
     finish = site.finish
 
-    def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
-        lock.acquire()
-        stats.in_flight += 1
-        lock.release()
-        start = _clock.monotonic()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            finish(start, args, kwargs, None, exc)
-            raise
-        finish(start, args, kwargs, result, None)
-        return result
+    def build(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
+            lock.acquire()
+            stats.in_flight += 1
+            lock.release()
+            start = _clock.monotonic()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                finish(start, args, kwargs, None, exc)
+                raise
+            finish(start, args, kwargs, result, None)
+            return result
 
-    return monitor_wrapper
+        return monitor_wrapper
+
+    return build
 
 
-def _async_wrapper(fn: Callable[..., Awaitable[Any]], site: Site) -> Callable[..., Any]:
+def _async_shell(site: Site) -> WrapperFactory:
     stats = site.stats
     lock = stats.lock
     finish = site.finish
 
-    async def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
-        # Counted and timed from inside the coroutine: from when it starts running to
-        # when it returns, raises or is cancelled, not when the coroutine object is made.
-        lock.acquire()
-        stats.in_flight += 1
-        lock.release()
-        start = _clock.monotonic()
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            finish(start, args, kwargs, None, exc)
-            raise
-        finish(start, args, kwargs, result, None)
-        return result
+    def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        async def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
+            # Counted and timed from inside the coroutine: from when it starts running to
+            # when it returns, raises or is cancelled, not when the coroutine object is made.
+            lock.acquire()
+            stats.in_flight += 1
+            lock.release()
+            start = _clock.monotonic()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                finish(start, args, kwargs, None, exc)
+                raise
+            finish(start, args, kwargs, result, None)
+            return result
 
-    return monitor_wrapper
+        return monitor_wrapper
 
-
-@overload
-def monitor(fn: Callable[P, T], /) -> Callable[P, T]: ...
-
-
-@overload
-def monitor(
-    name: str | None = None,
-    *,
-    log_level: int | str = "INFO",
-    log_inputs: bool = True,
-    log_outputs: bool = True,
-    sample_rate: float = 1.0,
-    slow_threshold: float | timedelta | None = None,
-    track_output: Callable[[Any], float] | None = None,
-    output_buckets: Sequence[float] = OUTPUT_BUCKETS,
-    redact: Mapping[str, Any] | None = None,
-    labels: Mapping[str, str] | None = None,
-) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+    return build
 
 
-def monitor(
-    name: Any = None,
-    *,
-    log_level: int | str = "INFO",
-    log_inputs: bool = True,
-    log_outputs: bool = True,
-    sample_rate: float = 1.0,
-    slow_threshold: Any = None,
-    track_output: Callable[[Any], float] | None = None,
-    output_buckets: Sequence[float] = OUTPUT_BUCKETS,
-    redact: Mapping[str, Any] | None = None,
-    labels: Mapping[str, str] | None = None,
-) -> Any:
+class MonitoredFunction(Protocol[P, T_co]):
+    """A function decorated with ``@monitor``: callable as before, plus ``.monitor``."""
+
+    monitor: MonitorHandle
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+    # Decorated methods bind like functions: the instance fills the first parameter.
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> MonitoredFunction[P, T_co]: ...
+
+    @overload
+    def __get__(
+        self: MonitoredFunction[Concatenate[S, P2], T2],
+        instance: S,
+        owner: type[Any] | None = None,
+    ) -> MonitoredFunction[P2, T2]: ...
+
+
+class _Monitor(Protocol[Q]):
+    """``@monitor`` bare, or called with the settings ``Q`` (a name may come first)."""
+
+    # A function is never a name (str or None): the two forms never match one call.
+    @overload
+    def __call__(self, fn: Callable[P, T], /) -> MonitoredFunction[P, T]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(
+        self, *args: Q.args, **kwargs: Q.kwargs
+    ) -> Callable[[Callable[P, T]], MonitoredFunction[P, T]]: ...
+
+
+def _is_target(value: object) -> bool:
+    """Whether ``@monitor``'s first argument is the function (bare use), not a name."""
+    if isinstance(value, (classmethod, staticmethod)):
+        return True
+    return value is not None and not isinstance(value, str) and callable(value)
+
+
+def _declared(
+    settings: Callable[Q, _Settings],
+) -> Callable[[Callable[[_Settings], Decorate]], _Monitor[Q]]:
+    return lambda build: declare(settings, build, is_target=_is_target)
+
+
+@_declared(_Settings)
+def monitor(settings: _Settings) -> Decorate:
     """Log every call as one structured record and count it in the metrics.
 
     Each call ends in one record on the ``buttress.monitor`` logger with, in its
@@ -563,27 +594,9 @@ def monitor(
 
     The wrapped function's exceptions are re-raised unchanged; cancellation is recorded
     as ``cancelled`` and re-raised. The wrapper carries ``.monitor``, a
-    :class:`MonitorHandle` (``fn.monitor.stats()``), which type checkers do not see.
+    :class:`MonitorHandle` (``fn.monitor.stats()``); type checkers see it on the
+    :class:`MonitoredFunction` that ``@monitor`` returns.
     """
-    target = None
-    if isinstance(name, (classmethod, staticmethod)) or (
-        name is not None and not isinstance(name, str)
-    ):
-        if not callable(name) and not isinstance(name, (classmethod, staticmethod)):
-            raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
-        target, name = name, None
-    settings = _Settings(
-        name=name,
-        log_level=log_level,
-        log_inputs=log_inputs,
-        log_outputs=log_outputs,
-        sample_rate=sample_rate,
-        slow_threshold=slow_threshold,
-        track_output=track_output,
-        output_buckets=output_buckets,
-        redact=redact,
-        labels=labels,
-    )
 
     def decorate(target: Any) -> Any:
         inner = target.__func__ if isinstance(target, (classmethod, staticmethod)) else target
@@ -593,9 +606,9 @@ def monitor(
         return wrap(
             target,
             "monitor",
-            sync=lambda fn: _sync_wrapper(fn, site),
-            async_=lambda fn: _async_wrapper(fn, site),
+            sync=_sync_shell(site),
+            async_=_async_shell(site),
             attributes={"monitor": MonitorHandle(site)},
         )
 
-    return decorate if target is None else decorate(target)
+    return decorate

@@ -19,16 +19,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._stats import OUTCOMES
+from ._stats import OUTCOMES, FunctionStats
 from ._summaries import type_name
-
-if TYPE_CHECKING:
-    from ._decorator import Site
 
 __all__ = [
     "CallItem",
+    "CallSite",
     "JsonFormatter",
     "MessageItem",
     "call_id",
@@ -89,6 +87,31 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows onl
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
+class CallSite(Protocol):
+    """What a call record reads of the monitored function it describes.
+
+    ``@monitor``'s engine (``_decorator.Site``) provides it; this module reads it through
+    the protocol, so that the decorator imports the records and never the other way.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def slow_threshold(self) -> float | None: ...
+    @property
+    def logger(self) -> logging.Logger: ...
+    @property
+    def pathname(self) -> str: ...
+    @property
+    def lineno(self) -> int: ...
+    @property
+    def func_name(self) -> str: ...
+    @property
+    def stats(self) -> FunctionStats: ...
+
+
 def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="microseconds")
 
@@ -114,7 +137,7 @@ class CallItem:
 
     def __init__(
         self,
-        site: Site,
+        site: CallSite,
         level: int,
         outcome: int,
         duration: float,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from buttress import _registry
 from buttress._events import (
     BatchCompleted,
     BatchDispatched,
@@ -610,11 +611,9 @@ class EventCounters:
         Breakers are read directly, so one that never changed state shows as closed
         rather than not at all.
         """
-        from buttress._policies._breaker import live_breakers  # _policies imports us
-
         with self._lock:
             states = dict(self._circuits)
-        for breaker in live_breakers():
+        for breaker in _registry.breakers.live():
             states[breaker.name] = breaker.state
         return states
 

@@ -21,8 +21,6 @@ from ._hedge import HedgedFunction as HedgedFunction
 from ._hedge import Hedger as Hedger
 from ._hedge import HedgeStats as HedgeStats
 from ._hedge import hedge as hedge
-from ._pipeline import Policy as Policy
-from ._pipeline import policy as policy
 from ._rate_limit import RateLimitedFunction as RateLimitedFunction
 from ._rate_limit import RateLimiter as RateLimiter
 from ._rate_limit import RateLimiterStats as RateLimiterStats

@@ -16,14 +16,16 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from buttress import _clock, _settings
+from buttress import _clock, _registry, _settings
+from buttress._declare import Decorate, declare
 from buttress._errors import CircuitOpenError, ConfigurationError, RejectedError, is_fatal
 from buttress._events import CircuitRejected, CircuitStateChanged, events
-from buttress._wrapping import function_name, wrap
+from buttress._settings import ExceptionTypes
+from buttress._wrapping import WrapperFactory, function_name, wrap
 
 from ._window import Window
 
@@ -35,6 +37,7 @@ T_co = TypeVar("T_co", covariant=True)
 T2 = TypeVar("T2")
 S = TypeVar("S")
 P2 = ParamSpec("P2")
+Q = ParamSpec("Q")
 
 BreakerState = Literal["closed", "open", "half_open"]
 _CLOSED: Final = "closed"
@@ -79,10 +82,15 @@ class BreakerStats:
     forced: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class _Settings:
-    """One breaker's compiled settings; breakers sharing a name must agree on them."""
+    """The settings of one ``@circuit_breaker(...)``, compiled; its constructor declares them.
 
+    Breakers sharing a name must agree on all of them but the name (equality and the
+    ``repr`` leave it out). See :func:`circuit_breaker` for what each means.
+    """
+
+    name: str | None = field(compare=False, repr=False)
     failure_ratio: float
     minimum_calls: int
     window: float
@@ -93,14 +101,47 @@ class _Settings:
     exceptions: tuple[type[BaseException], ...]
     exclude: tuple[type[BaseException], ...]
 
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        failure_ratio: float = 0.5,
+        minimum_calls: int = 20,
+        window: float | timedelta = 30.0,
+        open_for: float | timedelta = 15.0,
+        half_open_calls: int = 1,
+        slow_call_duration: float | timedelta | None = None,
+        slow_call_ratio: float = 1.0,
+        exceptions: ExceptionTypes = (Exception,),
+        exclude: ExceptionTypes = (),
+    ) -> None:
+        set_ = object.__setattr__  # frozen: set once, here
+        set_(self, "failure_ratio", _settings.ratio(failure_ratio, "failure_ratio"))
+        set_(self, "minimum_calls", _settings.positive_int(minimum_calls, "minimum_calls"))
+        set_(self, "window", _settings.seconds(window, "window", allow_zero=False))
+        set_(self, "open_for", _settings.seconds(open_for, "open_for", allow_zero=False))
+        set_(self, "half_open_calls", _settings.positive_int(half_open_calls, "half_open_calls"))
+        set_(
+            self,
+            "slow_call_duration",
+            _settings.optional_seconds(slow_call_duration, "slow_call_duration", allow_zero=False),
+        )
+        set_(self, "slow_call_ratio", _settings.ratio(slow_call_ratio, "slow_call_ratio"))
+        set_(self, "exceptions", _settings.exception_types(exceptions, "exceptions"))
+        excluded = () if exclude == () else _settings.exception_types(exclude, "exclude")
+        set_(self, "exclude", excluded)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
+        set_(self, "name", name)
+
 
 class CircuitBreaker:
     """The state of one circuit breaker, shared by every function decorated with its name.
 
-    Reach it as ``fn.breaker``. Read :attr:`state` and :meth:`stats`; :meth:`reset` closes
-    it and :meth:`force_open` holds it open (a kill switch) until the next reset. Thread
-    safe, and usable from any number of event loops at once: it holds no loop-bound
-    state.
+    Reach it as ``fn.circuit_breaker`` (or ``fn.breaker``). Read :attr:`state` and
+    :meth:`stats`; :meth:`reset` closes it and :meth:`force_open` holds it open (a kill
+    switch) until the next reset. Thread safe, and usable from any number of event loops
+    at once: it holds no loop-bound state.
     """
 
     __slots__ = (
@@ -134,8 +175,7 @@ class CircuitBreaker:
     def __init__(self, name: str, settings: _Settings) -> None:
         self.name = name
         self.settings = settings
-        with _live_lock:
-            _live.add(self)
+        _registry.breakers.add(self)  # the metrics read every live breaker's state
         self.exceptions = settings.exceptions
         self.exclude = settings.exclude
         self._failure_ratio = settings.failure_ratio
@@ -419,31 +459,19 @@ class CircuitBreaker:
         )
 
 
-# --- every breaker alive, for metrics --------------------------------------------------
-
-_live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
-_live_lock = threading.Lock()
-
-
-def live_breakers() -> list[CircuitBreaker]:
-    """Every breaker still in use, so metrics can show a state no event has reported yet."""
-    with _live_lock:
-        return list(_live)
-
-
 # --- sharing by name -------------------------------------------------------------------
 
-_registry: weakref.WeakValueDictionary[str, CircuitBreaker] = weakref.WeakValueDictionary()
-_registry_lock = threading.Lock()
+_by_name: weakref.WeakValueDictionary[str, CircuitBreaker] = weakref.WeakValueDictionary()
+_by_name_lock = threading.Lock()
 
 
 def _shared(name: str, settings: _Settings) -> CircuitBreaker:
     """The breaker called ``name``, created on first use; settings must match."""
-    with _registry_lock:
-        breaker = _registry.get(name)
+    with _by_name_lock:
+        breaker = _by_name.get(name)
         if breaker is None:
             breaker = CircuitBreaker(name, settings)
-            _registry[name] = breaker
+            _by_name[name] = breaker
         elif breaker.settings != settings:
             raise ConfigurationError(
                 f"name={name!r}: a circuit breaker with this name already exists with "
@@ -456,7 +484,7 @@ def _shared(name: str, settings: _Settings) -> CircuitBreaker:
 # --- the shells --------------------------------------------------------------------------
 
 
-def _sync_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _sync_shell(breaker: CircuitBreaker) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         acquire, record, on_error = breaker.acquire, breaker.record, breaker.on_error
@@ -478,7 +506,7 @@ def _sync_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Calla
     return build
 
 
-def _async_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(breaker: CircuitBreaker) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         acquire, record, on_error = breaker.acquire, breaker.record, breaker.on_error
@@ -501,8 +529,12 @@ def _async_shell(breaker: CircuitBreaker) -> Callable[[Callable[..., Any]], Call
 
 
 class BreakerFunction(Protocol[P, T_co]):
-    """A function decorated with ``@circuit_breaker``: callable as before, plus ``.breaker``."""
+    """A function decorated with ``@circuit_breaker``: callable as before, plus its breaker.
 
+    The breaker is ``.circuit_breaker``, named after the decorator, and ``.breaker``.
+    """
+
+    circuit_breaker: CircuitBreaker
     breaker: CircuitBreaker
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
@@ -523,41 +555,25 @@ class _Decorator(Protocol):
     def __call__(self, fn: Callable[P, T], /) -> BreakerFunction[P, T]: ...
 
 
-@overload
-def circuit_breaker(fn: Callable[P, T], /) -> BreakerFunction[P, T]: ...
+class _CircuitBreaker(Protocol[Q]):
+    """``@circuit_breaker`` bare, or called with the settings ``Q`` first."""
+
+    # The settings are keyword-only: the two forms never match one call.
+    @overload
+    def __call__(self, fn: Callable[P, T], /) -> BreakerFunction[P, T]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, *args: Q.args, **kwargs: Q.kwargs) -> _Decorator: ...
 
 
-@overload
-def circuit_breaker(
-    *,
-    name: str | None = None,
-    failure_ratio: float = 0.5,
-    minimum_calls: int = 20,
-    window: float | timedelta = 30.0,
-    open_for: float | timedelta = 15.0,
-    half_open_calls: int = 1,
-    slow_call_duration: float | timedelta | None = None,
-    slow_call_ratio: float = 1.0,
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    exclude: type[BaseException] | tuple[type[BaseException], ...] = (),
-) -> _Decorator: ...
+def _declared(
+    settings: Callable[Q, _Settings],
+) -> Callable[[Callable[[_Settings], Decorate]], _CircuitBreaker[Q]]:
+    return lambda build: declare(settings, build)
 
 
-def circuit_breaker(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    failure_ratio: float = 0.5,
-    minimum_calls: int = 20,
-    window: float | timedelta = 30.0,
-    open_for: float | timedelta = 15.0,
-    half_open_calls: int = 1,
-    slow_call_duration: float | timedelta | None = None,
-    slow_call_ratio: float = 1.0,
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    exclude: type[BaseException] | tuple[type[BaseException], ...] = (),
-) -> Any:
+@_declared(_Settings)
+def circuit_breaker(settings: _Settings) -> Decorate:
     """Fail fast while a dependency keeps failing; let a few trial calls test its recovery.
 
     Outcomes are counted over a sliding time window of ``window`` seconds (kept in ten
@@ -599,28 +615,12 @@ def circuit_breaker(
         CircuitOpenError: at call time, when the breaker refuses the call. It carries
             ``retry_after``, which ``@retry`` honours like an HTTP ``Retry-After``.
 
-    The wrapper carries the breaker as ``fn.breaker`` (:class:`CircuitBreaker`), with
-    ``.state``, ``.stats()``, ``.reset()`` and ``.force_open()``. Transitions emit
-    :class:`CircuitStateChanged` and refusals :class:`CircuitRejected`.
+    The wrapper carries the breaker as ``fn.circuit_breaker`` (also ``fn.breaker``), a
+    :class:`CircuitBreaker` with ``.state``, ``.stats()``, ``.reset()`` and
+    ``.force_open()``. Transitions emit :class:`CircuitStateChanged` and refusals
+    :class:`CircuitRejected`.
     """
-    excluded: tuple[type[BaseException], ...] = (
-        () if exclude == () else _settings.exception_types(exclude, "exclude")
-    )
-    settings = _Settings(
-        failure_ratio=_settings.ratio(failure_ratio, "failure_ratio"),
-        minimum_calls=_settings.positive_int(minimum_calls, "minimum_calls"),
-        window=_settings.seconds(window, "window", allow_zero=False),
-        open_for=_settings.seconds(open_for, "open_for", allow_zero=False),
-        half_open_calls=_settings.positive_int(half_open_calls, "half_open_calls"),
-        slow_call_duration=_settings.optional_seconds(
-            slow_call_duration, "slow_call_duration", allow_zero=False
-        ),
-        slow_call_ratio=_settings.ratio(slow_call_ratio, "slow_call_ratio"),
-        exceptions=_settings.exception_types(exceptions, "exceptions"),
-        exclude=excluded,
-    )
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
+    name = settings.name
     shared = None if name is None else _shared(name, settings)
 
     def decorate(target: Callable[..., Any]) -> Any:
@@ -631,7 +631,7 @@ def circuit_breaker(
             "circuit_breaker",
             sync=_sync_shell(breaker),
             async_=_async_shell(breaker),
-            attributes={"breaker": breaker},
+            attributes={"circuit_breaker": breaker, "breaker": breaker},
         )
 
-    return decorate if fn is None else decorate(fn)
+    return decorate

@@ -26,7 +26,7 @@ import anyio
 from buttress import _clock, _settings
 from buttress._errors import BulkheadFullError
 from buttress._events import BulkheadRejected, events
-from buttress._wrapping import function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["Bulkhead", "BulkheadFunction", "BulkheadStats", "bulkhead"]
 
@@ -244,7 +244,7 @@ class Bulkhead:
 # --- the shells --------------------------------------------------------------------------
 
 
-def _sync_shell(bulkhead: Bulkhead) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _sync_shell(bulkhead: Bulkhead) -> WrapperFactory:
     def wait(waiter: _Waiter, name: str) -> None:
         assert isinstance(waiter, _ThreadWaiter)
         started = _clock.monotonic()
@@ -275,7 +275,7 @@ def _sync_shell(bulkhead: Bulkhead) -> Callable[[Callable[..., Any]], Callable[.
     return build
 
 
-def _async_shell(bulkhead: Bulkhead) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(bulkhead: Bulkhead) -> WrapperFactory:
     limit = bulkhead.wait_timeout
 
     async def wait(waiter: _Waiter, name: str) -> None:

@@ -9,7 +9,8 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from buttress import _settings
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._events import FallbackUsed, events
-from buttress._wrapping import function_name, wrap
+from buttress._settings import ExceptionTypes
+from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["fallback"]
 
@@ -49,7 +50,7 @@ class _Answer:
         return self.value if factory is None else factory(exc)  # type: ignore[arg-type]
 
 
-def _sync_shell(answer: _Answer) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _sync_shell(answer: _Answer) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
 
@@ -80,7 +81,7 @@ def _close(awaitable: object) -> None:
         close()
 
 
-def _async_shell(answer: _Answer) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(answer: _Answer) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
 
@@ -129,7 +130,7 @@ def fallback(
     value: R,
     /,
     *,
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    exceptions: ExceptionTypes = (Exception,),
 ) -> _SyncOrAsync[R]: ...
 
 
@@ -137,7 +138,7 @@ def fallback(
 def fallback(  # type: ignore[overload-overlap]
     *,
     factory: Callable[[Exception], Coroutine[Any, Any, R]],
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    exceptions: ExceptionTypes = (Exception,),
 ) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T | R]]]: ...
 
 
@@ -145,14 +146,14 @@ def fallback(  # type: ignore[overload-overlap]
 def fallback(
     *,
     factory: Callable[[Exception], R],
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    exceptions: ExceptionTypes = (Exception,),
 ) -> _SyncOrAsync[R]: ...
 
 
 @overload
 def fallback(
     *,
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    exceptions: ExceptionTypes = (Exception,),
 ) -> _SyncOrAsync[None]: ...
 
 
@@ -160,7 +161,7 @@ def fallback(
     value: Any = _UNSET,
     /,
     *,
-    exceptions: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    exceptions: ExceptionTypes = (Exception,),
     factory: Callable[[Exception], Any] | None = None,
 ) -> Any:
     """Return a safe default instead of raising, when the call fails with ``exceptions``.

@@ -27,7 +27,7 @@ import anyio
 from buttress import _clock, _settings
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._events import HedgeStarted, events
-from buttress._wrapping import function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["HedgeStats", "HedgedFunction", "Hedger", "hedge"]
 
@@ -203,7 +203,7 @@ class _Race:
         self.error: BaseException | None = None
 
 
-def _async_shell(hedger: Hedger) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(hedger: Hedger) -> WrapperFactory:
     total = 1 + hedger.max_hedges
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:

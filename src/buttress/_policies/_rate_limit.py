@@ -21,7 +21,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 from buttress import _clock, _settings
 from buttress._errors import ConfigurationError, RateLimitExceeded
 from buttress._events import RateLimited, events
-from buttress._wrapping import function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["RateLimitedFunction", "RateLimiter", "RateLimiterStats", "rate_limit"]
 
@@ -59,7 +59,7 @@ class RateLimiterStats:
 
 
 class RateLimiter:
-    """The state of one ``@rate_limit``; reach it as ``fn.limiter``.
+    """The state of one ``@rate_limit``; reach it as ``fn.rate_limit`` (or ``fn.limiter``).
 
     Thread safe and loop-agnostic; reads time through the ``buttress`` clock, so
     :func:`buttress.testing.testing_mode` makes its waits instant and recorded.
@@ -168,7 +168,7 @@ class RateLimiter:
 # --- the shells --------------------------------------------------------------------------
 
 
-def _sync_shell(limiter: RateLimiter) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         acquire = limiter.acquire
@@ -188,7 +188,7 @@ def _sync_shell(limiter: RateLimiter) -> Callable[[Callable[..., Any]], Callable
     return build
 
 
-def _async_shell(limiter: RateLimiter) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
         acquire = limiter.acquire
@@ -209,8 +209,12 @@ def _async_shell(limiter: RateLimiter) -> Callable[[Callable[..., Any]], Callabl
 
 
 class RateLimitedFunction(Protocol[P, T_co]):
-    """A function decorated with ``@rate_limit``: callable as before, plus ``.limiter``."""
+    """A function decorated with ``@rate_limit``: callable as before, plus its limiter.
 
+    The limiter is ``.rate_limit``, named after the decorator, and ``.limiter``.
+    """
+
+    rate_limit: RateLimiter
     limiter: RateLimiter
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
@@ -280,7 +284,7 @@ def rate_limit(
     not how long calls run (use ``@bulkhead`` to bound concurrency). A caller cancelled
     while waiting gives its start time back when nobody has queued behind it; otherwise
     that start stays unused (the limiter errs toward fewer calls). The wrapper carries
-    ``fn.limiter`` (:class:`RateLimiter`) with ``.stats()``.
+    ``fn.rate_limit`` (also ``fn.limiter``), a :class:`RateLimiter` with ``.stats()``.
     """
     sustained = _settings.number(rate, "rate")
     if sustained <= 0:
@@ -302,7 +306,7 @@ def rate_limit(
             "rate_limit",
             sync=sync,
             async_=async_,
-            attributes={"limiter": limiter},
+            attributes={"rate_limit": limiter, "limiter": limiter},
         )
 
     return decorate

@@ -18,7 +18,7 @@ import anyio
 from buttress import _settings
 from buttress._errors import CallTimeoutError
 from buttress._events import TimedOut, events
-from buttress._wrapping import function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["timeout"]
 
@@ -34,7 +34,7 @@ _WHY = (
 )
 
 
-def _async_shell(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _async_shell(seconds: float) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
 

@@ -8,6 +8,10 @@ the closure itself does only the comparisons. Pydantic checks are the validator'
 ``validate_python``, called with the value alone.
 
 Values never reach a message in full: :func:`describe` summarises them.
+
+The spec classes (:mod:`._specs`) import this module: their pydantic hooks compile them
+here. So this module never imports them; it reads a spec through :class:`ArrayRules` and
+:class:`KeyRules`, and recognises one by its base class, :class:`Marker`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, get_args, get_origin
+from types import EllipsisType
+from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
@@ -27,16 +32,18 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from buttress._errors import ConfigurationError
 
-from ._specs import ArraySpec, Keys, format_shape
-
 __all__ = [
+    "ArrayRules",
     "Dims",
     "Failed",
+    "KeyRules",
+    "Marker",
     "Problem",
     "compile_array",
     "compile_keys",
     "compile_pydantic",
     "describe",
+    "format_shape",
     "pydantic_problems",
 ]
 
@@ -48,6 +55,61 @@ Check = Callable[[Any, "Dims | None"], Any]
 #: C-contiguous ones in slices of this size, which keeps the temporary mask small.
 _SCAN_CHUNK = 1 << 16
 _PYDANTIC_ERROR = "buttress"
+
+
+class Marker:
+    """The base of the spec objects (``ArraySpec``, ``Keys``) that may mark an annotation.
+
+    Annotations holding one are validated with the call's :class:`Dims` as context.
+    """
+
+    __slots__ = ()
+
+
+class ArrayRules(Protocol):
+    """What :func:`compile_array` reads of an ``ArraySpec``."""
+
+    @property
+    def shape(self) -> tuple[int | str | EllipsisType | None, ...] | None: ...
+    @property
+    def dtypes(self) -> tuple[np.dtype[Any], ...] | None: ...
+    @property
+    def ndim(self) -> int | None: ...
+    @property
+    def finite(self) -> bool | Literal["sample"]: ...
+    @property
+    def sample_rate(self) -> float | None: ...
+    @property
+    def min(self) -> float | int | None: ...
+    @property
+    def max(self) -> float | int | None: ...
+    @property
+    def cast(self) -> Literal["safe", "same_kind"] | None: ...
+
+    def describe(self) -> str: ...
+
+    def reshaped(self, shape: tuple[Any, ...]) -> ArrayRules:
+        """The same rules with another shape."""
+        ...
+
+
+class KeyRules(Protocol):
+    """What :func:`compile_keys` reads of a ``Keys``."""
+
+    @property
+    def required(self) -> tuple[Any, ...]: ...
+    @property
+    def optional(self) -> tuple[Any, ...]: ...
+    @property
+    def allow_unknown(self) -> bool: ...
+
+
+def format_shape(shape: tuple[Any, ...]) -> str:
+    """A shape or a shape spec as Python would write it, with ``...`` for Ellipsis."""
+    items = ["..." if entry is Ellipsis else repr(entry) for entry in shape]
+    if len(items) == 1:
+        return f"({items[0]},)"
+    return "(" + ", ".join(items) + ")"
 
 
 class Failed(Exception):
@@ -156,7 +218,7 @@ def _shape_problem(shape: tuple[int, ...], wanted: str, detail: str) -> Problem:
 
 
 def _compile_shape(
-    spec: ArraySpec, where: str | None, wanted: str
+    spec: ArrayRules, where: str | None, wanted: str
 ) -> Callable[[tuple[int, ...], Dims | None], Problem | None] | None:
     """The shape (and ndim) check, or ``None`` when the spec says nothing about shape.
 
@@ -294,7 +356,7 @@ def _range_problems(
     return problems or None
 
 
-def _converter(spec: ArraySpec) -> Callable[[Any], np.ndarray[Any, Any]]:
+def _converter(spec: ArrayRules) -> Callable[[Any], np.ndarray[Any, Any]]:
     """What turns a non-array into an array, or refuses it (``cast=None``)."""
     cast = spec.cast
     if cast is None:
@@ -334,7 +396,7 @@ def _converter(spec: ArraySpec) -> Callable[[Any], np.ndarray[Any, Any]]:
 
 
 def _caster(
-    spec: ArraySpec,
+    spec: ArrayRules,
 ) -> Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] | None:
     """Casts an array of the wrong dtype to ``spec.dtype``, or raises :class:`Failed`."""
     cast = spec.cast
@@ -388,7 +450,7 @@ def _caster(
     return convert
 
 
-def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -> Check:
+def compile_array(spec: ArrayRules, where: str | None, bind_names: bool = True) -> Check:
     """The check for one array: ``where`` (``"argument 'x'"``) names it in messages.
 
     ``where`` is ``None`` for arrays inside pydantic annotations; they read the argument
@@ -410,7 +472,7 @@ def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -
     wanted_shape = format_shape(shape) if shape is not None else ""  # as the user wrote it
     if shape is not None and not bind_names:
         shape = tuple(None if isinstance(entry, str) else entry for entry in shape)
-        spec = _with_shape(spec, shape)
+        spec = spec.reshaped(shape)
     exact = shape if shape is not None and all(isinstance(e, int) for e in shape) else None
     count: int | None = None
     pick: Callable[[tuple[int, ...]], Any] | None = None
@@ -507,19 +569,6 @@ def compile_array(spec: ArraySpec, where: str | None, bind_names: bool = True) -
     return check_array
 
 
-def _with_shape(spec: ArraySpec, shape: tuple[Any, ...]) -> ArraySpec:
-    return ArraySpec(
-        shape,
-        spec.dtypes,
-        ndim=spec.ndim,
-        finite=spec.finite,
-        sample_rate=spec.sample_rate,
-        min=spec.min,
-        max=spec.max,
-        cast=spec.cast,
-    )
-
-
 def _exact_shape_problem(
     actual: tuple[int, ...], exact: tuple[Any, ...], wanted: str
 ) -> Problem:
@@ -548,7 +597,7 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def compile_keys(spec: Keys) -> Check:
+def compile_keys(spec: KeyRules) -> Check:
     """The check for one dict: required keys present, no unknown key unless allowed."""
     required = frozenset(spec.required)
     allowed = frozenset(spec.required + spec.optional)
@@ -609,7 +658,7 @@ def _dims_of(context: Any) -> Dims | None:
     return context if isinstance(context, Dims) else None
 
 
-def pydantic_array_schema(spec: ArraySpec) -> core_schema.CoreSchema:
+def pydantic_array_schema(spec: ArrayRules) -> core_schema.CoreSchema:
     """The pydantic core schema of an ArraySpec used inside an annotation."""
     check = compile_array(spec, None)
 
@@ -622,7 +671,7 @@ def pydantic_array_schema(spec: ArraySpec) -> core_schema.CoreSchema:
     return core_schema.with_info_plain_validator_function(validate)
 
 
-def pydantic_keys_schema(spec: Keys, inner: core_schema.CoreSchema) -> core_schema.CoreSchema:
+def pydantic_keys_schema(spec: KeyRules, inner: core_schema.CoreSchema) -> core_schema.CoreSchema:
     """The pydantic core schema of Keys used inside an annotation: after ``inner``."""
     check = compile_keys(spec)
 
@@ -654,9 +703,6 @@ def pydantic_problems(error: ValidationError) -> list[Problem]:
     return problems
 
 
-_MARKERS = (ArraySpec, Keys)
-
-
 def mentions_markers(annotation: Any, seen: set[int] | None = None) -> bool:
     """Whether an ArraySpec or Keys hides anywhere inside ``annotation``.
 
@@ -667,10 +713,10 @@ def mentions_markers(annotation: Any, seen: set[int] | None = None) -> bool:
     if id(annotation) in seen:
         return False
     seen.add(id(annotation))
-    if isinstance(annotation, _MARKERS):
+    if isinstance(annotation, Marker):
         return True
     if get_origin(annotation) is Annotated:
-        if any(isinstance(meta, _MARKERS) for meta in annotation.__metadata__):
+        if any(isinstance(meta, Marker) for meta in annotation.__metadata__):
             return True
         return mentions_markers(annotation.__origin__, seen)
     if any(mentions_markers(arg, seen) for arg in get_args(annotation)):
@@ -679,7 +725,7 @@ def mentions_markers(annotation: Any, seen: set[int] | None = None) -> bool:
         return False
     if issubclass(annotation, BaseModel):
         for field in annotation.model_fields.values():
-            if any(isinstance(meta, _MARKERS) for meta in field.metadata):
+            if any(isinstance(meta, Marker) for meta in field.metadata):
                 return True
             if mentions_markers(field.annotation, seen):
                 return True

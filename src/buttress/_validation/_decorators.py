@@ -12,10 +12,12 @@ import sys
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from typing_extensions import TypeAliasType
 
+from buttress import _declare
+from buttress._declare import Decorate, bare_or_called, declare
 from buttress._errors import (
     ConfigurationError,
     DataValidationError,
@@ -30,6 +32,7 @@ from ._specs import ArraySpec, Keys
 __all__ = ["OnError", "validate_input", "validate_output"]
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 T = TypeVar("T")
 E = TypeVar("E", bound=DataValidationError)
 
@@ -97,6 +100,18 @@ def _passthrough_async(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
 
 Namespace = Callable[[], Mapping[str, Any] | None]
 V = TypeVar("V")
+
+
+def _definition_frame() -> types.FrameType:
+    """The frame applying the decorator: the decorated definition's, or whoever applies it.
+
+    Called by ``decorate``, which is called either there (``@validate_input(...)``) or,
+    in bare use, by the decorator that :mod:`buttress._declare` built (skipped here).
+    """
+    frame = sys._getframe(2)
+    while frame.f_back is not None and frame.f_globals.get("__name__") == _declare.__name__:
+        frame = frame.f_back
+    return frame
 
 
 def _resolved(build: Callable[[Mapping[str, Any] | None], V], namespace: Namespace) -> V:
@@ -196,29 +211,38 @@ def _input_shells(
     return build_sync, build_async
 
 
-@overload
-def validate_input(fn: Callable[P, T], /) -> Callable[P, T]: ...
+class _InputSettings:
+    """The settings of one ``@validate_input(...)``, compiled; its constructor declares them.
+
+    See :func:`validate_input` for what each means.
+    """
+
+    __slots__ = ("handler", "specs")
+
+    def __init__(
+        self,
+        *,
+        on_error: OnError[InputValidationError] | None = None,
+        default: Any = _MISSING,
+        specs: Mapping[str, Any] | None = None,
+        **argument_specs: Any,
+    ) -> None:
+        self.handler = _handler("validate_input", on_error, default)
+        chosen: dict[str, Any] | None = None
+        if specs is not None or argument_specs:
+            chosen = dict(specs or {})
+            clash = chosen.keys() & argument_specs.keys()
+            if clash:
+                raise ConfigurationError(
+                    f"@validate_input: {', '.join(sorted(clash))} given both in specs= and "
+                    "as keywords"
+                )
+            chosen.update(argument_specs)
+        self.specs = chosen
 
 
-@overload
-def validate_input(
-    *,
-    on_error: OnError[InputValidationError] | None = None,
-    default: Any = ...,
-    specs: Mapping[str, Any] | None = None,
-    **argument_specs: Any,
-) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
-
-
-def validate_input(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    on_error: OnError[InputValidationError] | None = None,
-    default: Any = _MISSING,
-    specs: Mapping[str, Any] | None = None,
-    **argument_specs: Any,
-) -> Any:
+@bare_or_called(_InputSettings)
+def validate_input(settings: _InputSettings) -> Decorate:
     """Check a function's arguments before it runs; bad data never reaches the model.
 
     Bare (``@validate_input``), every annotated parameter is checked against its
@@ -258,17 +282,6 @@ def validate_input(
         TypeError: at decoration, for a generator function or a callable without a
             readable signature.
     """
-    handler = _handler("validate_input", on_error, default)
-    chosen: dict[str, Any] | None = None
-    if specs is not None or argument_specs:
-        chosen = dict(specs or {})
-        clash = chosen.keys() & argument_specs.keys()
-        if clash:
-            raise ConfigurationError(
-                f"@validate_input: {', '.join(sorted(clash))} given both in specs= and as "
-                "keywords"
-            )
-        chosen.update(argument_specs)
     # Annotations may name classes local to the function that decorates (a test, a
     # factory): its frame is kept while decorating and read only if a name is missing.
     frames: list[types.FrameType] = []
@@ -276,19 +289,16 @@ def validate_input(
     def namespace() -> Mapping[str, Any] | None:
         return dict(frames[-1].f_locals) if frames else None
 
-    sync, async_ = _input_shells(chosen, handler, namespace)
+    sync, async_ = _input_shells(settings.specs, settings.handler, namespace)
 
     def decorate(target: Callable[..., Any]) -> Any:
-        # Called from the decorated definition, or from validate_input in bare use.
-        frames.append(sys._getframe(1 if fn is None else 2))
+        frames.append(_definition_frame())
         try:
             return wrap(target, "validate_input", sync=sync, async_=async_)
         finally:
             frames.pop()
 
-    if fn is None:
-        return decorate
-    return decorate(fn)
+    return decorate
 
 
 # --- output --------------------------------------------------------------------------------
@@ -386,27 +396,47 @@ OutputSpec = (
 )
 
 
-@overload
-def validate_output(  # type: ignore[overload-overlap]  # a class is a spec, not the target
-    spec: OutputSpec = ...,
-    /,
-    *,
-    on_error: OnError[OutputValidationError] | None = None,
-    default: Any = ...,
-) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+class _OutputSettings:
+    """The settings of one ``@validate_output(...)``; its constructor declares them.
+
+    See :func:`validate_output` for what each means.
+    """
+
+    __slots__ = ("handler", "spec")
+
+    def __init__(
+        self,
+        spec: OutputSpec = _MISSING,
+        /,
+        *,
+        on_error: OnError[OutputValidationError] | None = None,
+        default: Any = _MISSING,
+    ) -> None:
+        self.spec: Any = spec
+        self.handler = _handler("validate_output", on_error, default)
 
 
-@overload
-def validate_output(fn: Callable[P, T], /) -> Callable[P, T]: ...
+class _ValidateOutput(Protocol[Q]):
+    """``@validate_output`` bare, or called with the settings ``Q`` (a spec may come first)."""
+
+    # Called first: a class (a pydantic model, ``int``) is a spec, not the target.
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, *args: Q.args, **kwargs: Q.kwargs
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
 
 
-def validate_output(
-    spec: Any = _MISSING,
-    /,
-    *,
-    on_error: OnError[OutputValidationError] | None = None,
-    default: Any = _MISSING,
-) -> Any:
+def _declared(
+    settings: Callable[Q, _OutputSettings],
+) -> Callable[[Callable[[_OutputSettings], Decorate]], _ValidateOutput[Q]]:
+    return lambda build: declare(settings, build, is_target=_is_target)
+
+
+@_declared(_OutputSettings)
+def validate_output(settings: _OutputSettings) -> Decorate:
     """Check what a function returns: no NaN probabilities, the right shape, values in range.
 
     ``@validate_output(spec)`` checks the return value against ``spec`` (any spec
@@ -434,23 +464,18 @@ def validate_output(
         ConfigurationError: at decoration, for a spec that cannot work, no spec and no
             return annotation, or contradictory ``on_error``/``default``.
     """
-    target = None
-    if spec is not _MISSING and _is_target(spec):
-        target, spec = spec, _MISSING
-    handler = _handler("validate_output", on_error, default)
     frames: list[types.FrameType] = []
 
     def namespace() -> Mapping[str, Any] | None:
         return dict(frames[-1].f_locals) if frames else None
 
-    sync, async_ = _output_shells(spec, handler, namespace)
+    sync, async_ = _output_shells(settings.spec, settings.handler, namespace)
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        # Called from the decorated definition, or from validate_output in bare use.
-        frames.append(sys._getframe(1 if target is None else 2))
+        frames.append(_definition_frame())
         try:
             return wrap(fn, "validate_output", sync=sync, async_=async_)
         finally:
             frames.pop()
 
-    return decorate if target is None else decorate(target)
+    return decorate

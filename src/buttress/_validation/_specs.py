@@ -18,12 +18,14 @@ import numpy as np
 from buttress._errors import ConfigurationError
 from buttress._settings import ratio
 
+from ._checks import Marker, format_shape, pydantic_array_schema, pydantic_keys_schema
+
 if TYPE_CHECKING:
     from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
     from pydantic.json_schema import JsonSchemaValue
     from pydantic_core import CoreSchema
 
-__all__ = ["ArraySpec", "Cast", "Dimension", "Keys", "format_shape"]
+__all__ = ["ArraySpec", "Cast", "Dimension", "Keys"]
 
 #: One entry of a shape: a size, ``None`` (any size), a name, or ``...`` (any leading dims).
 Dimension = int | str | None | EllipsisType
@@ -32,14 +34,6 @@ _CASTS: tuple[Cast | None, ...] = (None, "safe", "same_kind")
 
 #: The sample rate ``finite="sample"`` uses when none is given.
 DEFAULT_SAMPLE_RATE = 0.1
-
-
-def format_shape(shape: tuple[Any, ...]) -> str:
-    """A shape or a shape spec as Python would write it, with ``...`` for Ellipsis."""
-    items = ["..." if entry is Ellipsis else repr(entry) for entry in shape]
-    if len(items) == 1:
-        return f"({items[0]},)"
-    return "(" + ", ".join(items) + ")"
 
 
 def _dtype(value: object, name: str) -> np.dtype[Any]:
@@ -64,7 +58,7 @@ def _bound(value: object, name: str) -> float | int | None:
     return number
 
 
-class ArraySpec:
+class ArraySpec(Marker):
     """What a numpy array must look like: shape, dtype, finiteness and value range.
 
     Use it as a spec (``@validate_input(x=ArraySpec(("batch", 768), "float32"))``), or as
@@ -235,6 +229,19 @@ class ArraySpec:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"ArraySpec is immutable; cannot set {name!r}")
 
+    def reshaped(self, shape: tuple[Dimension, ...]) -> ArraySpec:
+        """The same spec with another ``shape``."""
+        return ArraySpec(
+            shape,
+            self.dtypes,
+            ndim=self.ndim,
+            finite=self.finite,
+            sample_rate=self.sample_rate,
+            min=self.min,
+            max=self.max,
+            cast=self.cast,
+        )
+
     def _key(self) -> tuple[Any, ...]:
         return (
             self.shape,
@@ -290,8 +297,6 @@ class ArraySpec:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> CoreSchema:
-        from ._checks import pydantic_array_schema
-
         return pydantic_array_schema(self)
 
     def __get_pydantic_json_schema__(
@@ -317,7 +322,7 @@ class ArraySpec:
         return result
 
 
-class Keys:
+class Keys(Marker):
     """Which keys a plain dict must have, and which it may have.
 
     Args:
@@ -393,6 +398,4 @@ class Keys:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> CoreSchema:
-        from ._checks import pydantic_keys_schema
-
         return pydantic_keys_schema(self, handler(source))

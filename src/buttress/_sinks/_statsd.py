@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._emitter import exporter
-from ._logs import CallItem
-from ._stats import (
+from buttress._monitoring._emitter import exporter
+from buttress._monitoring._logs import CallItem
+from buttress._monitoring._stats import (
     CIRCUIT_STATES,
     FAMILIES,
     GAUGES,

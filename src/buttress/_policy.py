@@ -1,5 +1,7 @@
 """policy(): one decorator that stacks the others in the canonical order.
 
+This is the composition layer: it imports every feature and no feature imports it.
+
 The order (outermost first) is DESIGN.md's, with ``@batch`` between the cache and retry::
 
     monitor > validate_input > fallback > timeout > cache_result > batch > retry
@@ -20,26 +22,39 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, final, overload
 
-from buttress._batching import batch as _batch
-from buttress._caching import cache_result
-from buttress._errors import ConfigurationError
-from buttress._memory_guard import memory_guard
-from buttress._monitoring import monitor
-from buttress._retry import retry
-from buttress._validation import validate_input, validate_output
+from ._batching import Batcher
+from ._batching import batch as _batch
+from ._caching import CacheHandle, cache_result
+from ._errors import ConfigurationError
+from ._memory_guard import MemoryGuard, memory_guard
+from ._monitoring import MonitorHandle, monitor
+from ._policies import (
+    Bulkhead,
+    CircuitBreaker,
+    RateLimiter,
+    bulkhead,
+    circuit_breaker,
+    fallback,
+    rate_limit,
+    timeout,
+)
+from ._retry import retry
+from ._validation import validate_input, validate_output
 
-from ._breaker import circuit_breaker
-from ._bulkhead import bulkhead
-from ._fallback import fallback
-from ._rate_limit import rate_limit
-from ._timeout import timeout
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
-__all__ = ["Policy", "policy"]
+__all__ = ["Policy", "PolicyFunction", "PolicyMethod", "policy"]
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
+PH = ParamSpec("PH")
 T = TypeVar("T")
+T2 = TypeVar("T2")
+T_co = TypeVar("T_co", covariant=True)
+S = TypeVar("S")
 
 Setting = bool | Mapping[str, Any] | int | float | str | timedelta | None
 Decorator = Callable[[Callable[..., Any]], Any]
@@ -120,6 +135,96 @@ class _Layer:
         return f"{self.name}({inner})"
 
 
+class _Handles(Protocol[PH, T_co]):
+    """The handles of a policy's layers, each under its layer's keyword and typed.
+
+    Only the layers the policy stacks have one: reading another raises
+    ``AttributeError``, as reading any attribute a function lacks does (``fn.policy.layers``
+    lists the layers). ``cache`` takes the arguments ``PH`` of the function as defined
+    (``self`` first, for a method).
+    """
+
+    @property
+    def policy(self) -> Policy:
+        """The policy that decorated the function."""
+        ...
+
+    @property
+    def monitor(self) -> MonitorHandle: ...
+
+    @property
+    def cache(self) -> CacheHandle[PH, T_co]: ...
+
+    @property
+    def circuit_breaker(self) -> CircuitBreaker: ...
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The same as ``circuit_breaker``."""
+        ...
+
+    @property
+    def bulkhead(self) -> Bulkhead: ...
+
+    @property
+    def rate_limit(self) -> RateLimiter: ...
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The same as ``rate_limit``."""
+        ...
+
+    @property
+    def memory_guard(self) -> MemoryGuard: ...
+
+    @property
+    def batch(self) -> Batcher:
+        """With ``batch``: the batcher's handle (``stats()``)."""
+        ...
+
+    @property
+    def batcher(self) -> Batcher:
+        """The same as ``batch``."""
+        ...
+
+    @property
+    def one(self) -> Callable[..., Any]:
+        """With ``batch``: the single-item call, through the layers above ``batch``."""
+        ...
+
+
+class PolicyFunction(_Handles[P, T_co], Protocol[P, T_co]):
+    """A function decorated with a :class:`Policy`: callable as before, plus the handles.
+
+    ``fn.cache``, ``fn.circuit_breaker``, ``fn.bulkhead``, ``fn.rate_limit``,
+    ``fn.memory_guard`` and ``fn.monitor`` are the handles of the layers of those names,
+    typed as each decorator types its own; ``fn.policy`` is the policy. A layer the policy
+    does not stack has no handle: reading it raises ``AttributeError``.
+
+    Looked up on an instance, a decorated method is a :class:`PolicyMethod`: called
+    without ``self``, while its ``.cache`` still takes ``self`` first.
+    """
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None, /) -> Self: ...
+
+    @overload
+    def __get__(
+        self: PolicyFunction[Concatenate[S, P2], T2],
+        instance: S,
+        owner: type[Any] | None = None,
+        /,
+    ) -> PolicyMethod[P2, T2, Concatenate[S, P2]]: ...
+
+
+class PolicyMethod(_Handles[PH, T_co], Protocol[P, T_co, PH]):
+    """A method decorated with a :class:`Policy`, looked up on an instance."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+
 #: The handles of layers that stand above ``batch`` (on ``fn.one``), copied onto the
 #: batch function so that ``fn.cache`` works with or without batching.
 _ITEM_HANDLES = ("monitor", "cache")
@@ -153,20 +258,28 @@ class Policy:
         """The keywords of the layers switched on, outermost first."""
         return tuple(layer.name for layer in self._layers)
 
-    def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]:
+    def __call__(self, fn: Callable[P, T], /) -> PolicyFunction[P, T]:
+        """Decorate ``fn`` with a fresh decorator per layer; it carries the layers' handles.
+
+        With ``batch``, ``fn`` is a batch function (a list of items in, one result per
+        item out): the layers below ``batch`` wrap it, each batch call going through
+        them; the layers above wrap ``fn.one``, the single-item call.
+        """
         names = self.layers
         if "batch" not in names:
-            return _stack(self._layers, fn)  # type: ignore[no-any-return]
-        # fn takes a list of items. The layers below batch wrap it (each batch call goes
-        # through them); the layers above wrap the single-item call, fn.one.
-        cut = names.index("batch")
-        batched = self._layers[cut].decorator()(_stack(self._layers[cut + 1 :], fn))
-        one = _stack(self._layers[:cut], batched.one)
-        batched.one = one
-        for handle in _ITEM_HANDLES:  # reachable on the batch function too
-            if hasattr(one, handle):
-                setattr(batched, handle, getattr(one, handle))
-        return batched  # type: ignore[no-any-return]
+            wrapped = _stack(self._layers, fn)
+        else:
+            cut = names.index("batch")
+            wrapped = self._layers[cut].decorator()(_stack(self._layers[cut + 1 :], fn))
+            inner = getattr(wrapped, "__func__", wrapped)
+            one = inner.one = _stack(self._layers[:cut], inner.one)
+            for handle in _ITEM_HANDLES:  # reachable on the batch function too
+                if hasattr(one, handle):
+                    setattr(inner, handle, getattr(one, handle))
+        # Each layer's wrapper copies the handles of those below it (functools.wraps), so
+        # the outermost has them all; a classmethod or staticmethod holds them on __func__.
+        getattr(wrapped, "__func__", wrapped).policy = self
+        return wrapped  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return "policy(" + " > ".join(repr(layer) for layer in self._layers) + ")"
@@ -229,7 +342,8 @@ def policy(
     caller's whole wait. The layers below wrap the batch function and work per batch call:
     one retry re-sends the batch, the breaker counts batches, the bulkhead and rate limit
     admit batches, ``validate_output`` checks the whole result (give it a spec for the
-    list). ``fn.cache`` and ``fn.monitor`` reach the handles of the per-item layers.
+    list). ``fn.cache`` and ``fn.monitor`` reach the handles of the per-item layers,
+    ``fn.batcher`` the batcher's.
 
     Raises:
         ConfigurationError: a layer's setting is of the wrong kind, or a decorator

@@ -19,8 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ._emitter import exporter
-from ._stats import (
+from buttress._monitoring._emitter import exporter
+from buttress._monitoring._stats import (
     CIRCUIT_STATES,
     DURATION_BUCKETS,
     FAMILIES,

@@ -1,0 +1,228 @@
+"""One decorated function's cache: its keys, storage, counters and flights.
+
+:class:`CacheCore` is what the engine (:mod:`._engine`), the shells (:mod:`._shells`) and
+the handle (``fn.cache``, :mod:`._handle`) share: it builds keys, keeps entries in the
+in-process table (or hands them to the store), counts and reports each call's result,
+and invalidates. It decides nothing about a call; the engine does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, Final, Literal, final
+
+from buttress import _clock
+from buttress._events import CacheAccess, CacheEviction, CacheStoreFailed, events
+from buttress._wrapping import function_module, function_name
+
+from ._flight import AsyncFlights, ThreadFlight
+from ._keys import BindError, CacheKey, CacheScope, KeyBuilder
+from ._local import LocalTable
+from ._policy import Policy
+from ._stats import CacheStats, Counters
+from ._store import CacheEntry
+from ._values import copy_arrays, freeze
+
+__all__ = ["CacheCore", "Result"]
+
+logger = logging.getLogger("buttress.cache")
+
+#: Store failures are logged at most once per this many seconds per function.
+_LOG_INTERVAL: Final = 60.0
+
+#: How one call was answered; each call that reads the cache counts exactly one.
+Result = Literal["hit", "miss", "join", "stale"]
+
+
+@final
+class CacheCore:
+    """One decorated function: its keys, storage, counters and flights."""
+
+    __slots__ = (
+        "_last_log",
+        "builder",
+        "counters",
+        "flights",
+        "fn",
+        "generation",
+        "lock",
+        "name",
+        "policy",
+        "scope",
+        "store",
+        "table",
+        "thread_flights",
+    )
+
+    def __init__(self, policy: Policy, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.name = function_name(fn)
+        self.policy = policy
+        self.builder = KeyBuilder(fn, self.name, policy.key)
+        self.counters = Counters()
+        self.scope = CacheScope(
+            self.name, self.builder.names, self._evicted, module=function_module(fn)
+        )
+        self.store = policy.store
+        scope = self.scope
+        self.table: LocalTable | None = (
+            LocalTable(policy.maxsize, policy.max_bytes, lambda _key: scope)
+            if self.store is None
+            else None
+        )
+        # guards thread flights and orders invalidation against storing; reentrant because
+        # an event subscriber (run while it is held) may call fn.cache.clear()
+        self.lock = threading.RLock()
+        self.thread_flights: dict[Hashable, ThreadFlight] = {}
+        self.flights = AsyncFlights(self.name)
+        # bumped by invalidate() and clear(): a computation that started before must not
+        # store what it read before the invalidation
+        self.generation = 0
+        self._last_log = -math.inf
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        """The local key of a call (raises BindError or UnkeyableArgumentError)."""
+        builder = self.builder
+        if not kwargs and len(args) == builder.arity:
+            key = args + builder.tail if builder.tail else args
+            try:
+                hash(key)
+            except TypeError:
+                return builder.build(args, kwargs)
+            return key
+        return builder.build(args, kwargs)
+
+    def bound_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        """Like :meth:`key`, for the handle: a call that fits no signature is an error."""
+        try:
+            return self.key(args, kwargs)
+        except BindError:
+            raise TypeError(
+                f"these arguments do not fit the signature of {self.name}(): "
+                f"args={args!r:.200}, kwargs={kwargs!r:.200}"
+            ) from None
+
+    def store_key(self, key: Hashable) -> CacheKey:
+        """The key as the store sees it."""
+        return CacheKey(self.scope, key)
+
+    # --- reporting ----------------------------------------------------------------------
+
+    def note(self, result: Result, error: BaseException | None = None) -> None:
+        """Count one call's result and report it (``error``: why a stale value was served).
+
+        Called exactly once per call that read the cache; the shells count their own
+        fresh hits the same way, inline.
+        """
+        counters = self.counters
+        if result == "join":  # the commonest here: hits are mostly counted by the shells
+            counters.joins += 1
+        elif result == "miss":
+            counters.misses += 1
+        elif result == "hit":
+            counters.hits += 1
+        else:
+            counters.stale += 1
+        if events.active:
+            events.emit(CacheAccess(function=self.name, result=result, error=error))
+
+    def _evicted(self, reason: str, count: int) -> None:
+        if reason == "expired":
+            self.counters.expirations += count
+        else:
+            self.counters.evictions += count
+        if events.active:
+            why: Literal["size", "bytes", "expired"] = (
+                "expired" if reason == "expired" else "bytes" if reason == "bytes" else "size"
+            )
+            events.emit(CacheEviction(function=self.name, reason=why, count=count))
+
+    def store_failed(self, operation: str, exc: Exception) -> None:
+        """A store failed and the call goes on without it: count, report, log (rarely)."""
+        self.counters.store_errors += 1
+        store_name = getattr(self.store, "name", type(self.store).__name__)
+        if events.active:
+            events.emit(
+                CacheStoreFailed(
+                    function=self.name, store=store_name, operation=operation, error=exc
+                )
+            )
+        now = _clock.monotonic()
+        if now - self._last_log >= _LOG_INTERVAL:
+            self._last_log = now
+            logger.warning(
+                "cache store %r failed on %s for %s(); the call goes on uncached "
+                "(further failures are counted in fn.cache.stats() and logged at most "
+                "every %gs): %r",
+                store_name,
+                operation,
+                self.name,
+                _LOG_INTERVAL,
+                exc,
+            )
+
+    # --- values -------------------------------------------------------------------------
+
+    def deliver(self, value: Any, arrays: bool) -> Any:
+        """What one caller receives: ``value``, or a private copy of its arrays."""
+        if arrays and self.policy.copy_arrays:
+            return copy_arrays(value)
+        return value
+
+    def new_entry(self, value: Any, start: float, end: float) -> tuple[CacheEntry, bool]:
+        """The entry for a fresh result, and whether it should be stored."""
+        frozen, arrays, size = freeze(value)
+        entry = CacheEntry(
+            frozen,
+            stored_at=end,
+            ttl=self.policy.ttl,
+            duration=end - start,
+            size=size,
+            arrays=arrays,
+        )
+        return entry, self.policy.storable(value)
+
+    def put_local(self, key: Hashable, entry: CacheEntry, generation: int) -> None:
+        """Keep ``entry`` in the in-process table, unless an invalidation came since
+        ``generation`` was read (the computation may have read what it invalidated)."""
+        assert self.table is not None
+        keep = self.policy.keep
+        until = math.inf if keep is None else entry.stored_at + keep
+        with self.lock:
+            if generation == self.generation:
+                self.table.put(key, entry, until)
+
+    # --- invalidation and statistics (the handle's operations) ---------------------------
+
+    def invalidate(self, key: Hashable) -> bool | None:
+        """Forget ``key`` in the in-process table; ``None`` when a store holds the entries
+        (the caller then deletes ``store_key(key)`` through the store's sync or async
+        interface). Either way, running computations will not store their result."""
+        with self.lock:
+            self.generation += 1
+            if self.table is None:
+                return None
+            return self.table.delete(key)
+
+    def clear(self) -> bool:
+        """Empty the in-process table; ``False`` when a store holds the entries (the
+        caller then clears ``scope`` in the store)."""
+        with self.lock:
+            self.generation += 1
+            if self.table is None:
+                return False
+            self.table.clear()
+            return True
+
+    def stats(self) -> CacheStats:
+        if self.table is not None:
+            self.table.purge()
+            return self.counters.snapshot(len(self.table), self.table.nbytes)
+        assert self.store is not None
+        usage = self.store.usage(self.scope)
+        return self.counters.snapshot(*((None, None) if usage is None else usage))
