@@ -76,13 +76,19 @@ def wrapper_chain(fn: Any) -> list[str]:
 def test_the_resilient_fetch_is_one_policy_in_the_canonical_order() -> None:
     gateway = ResilientGateway("http://127.0.0.1:9/x")
     assert gateway.layer_names == (
-        "monitor", "validate", "cache", "retry", "circuit_breaker", "bulkhead",
-        "memory_guard", "attempt_timeout", "validate_output", "batch",
+        "monitor", "validate", "cache", "batch", "retry", "circuit_breaker", "bulkhead",
+        "memory_guard", "attempt_timeout", "validate_output",
     )  # fmt: skip
+    # Per text, above the batching...
     assert wrapper_chain(gateway.fetch) == [
         "monitor_wrapper",
         "validate_input_wrapper",
         "cache_wrapper",
+        "one",
+    ]
+    # ...and per upstream request, below it.
+    assert wrapper_chain(gateway.batched) == [
+        "batch_wrapper",
         "retry_wrapper",
         "circuit_breaker_wrapper",
         "bulkhead_wrapper",
@@ -92,12 +98,12 @@ def test_the_resilient_fetch_is_one_policy_in_the_canonical_order() -> None:
         "embed",
     ]
     assert repr(gateway.policy).startswith("policy(monitor(")
-    # The handles of the layers reach the outermost wrapper.
+    # The handles of the layers reach the outermost wrappers.
     assert gateway.fetch.cache.stats().hits == 0  # type: ignore[attr-defined]
-    assert gateway.fetch.breaker.state == "closed"  # type: ignore[attr-defined]
-    # Beneath the policy, the texts fetched at the same moment share upstream requests.
-    assert gateway.batched.batcher.stats().max_size == gateway.settings.batch_size
-    assert gateway.batched.one.__qualname__ == "resilient.embed.one"
+    assert gateway.batched.breaker.state == "closed"
+    assert gateway.batched.cache is gateway.fetch.cache  # type: ignore[attr-defined]
+    assert gateway.batched.batch.stats().max_size == gateway.settings.batch_size
+    assert gateway.fetch.__qualname__ == "resilient.embed.one"
 
 
 def test_settings_give_up_before_the_client_and_cache_for_the_run() -> None:
@@ -108,6 +114,7 @@ def test_settings_give_up_before_the_client_and_cache_for_the_run() -> None:
     assert settings.breaker_open_for < 2.0
     assert settings.cache_ttl == 20.0
     assert "cache(ttl=20.0" in repr(resilience_policy(settings))
+    assert "batch(max_size=32, max_wait=0.005)" in repr(resilience_policy(settings))
 
 
 def test_a_policy_that_cannot_work_is_refused_when_built() -> None:
@@ -325,7 +332,7 @@ async def test_the_breaker_opens_in_an_outage_and_closes_after_it() -> None:
     seen: list[Event] = []
     statuses: list[tuple[float, int]] = []
     async with resilient(upstream, settings=settings) as (session, gateway):
-        breaker = gateway.fetch.breaker  # type: ignore[attr-defined]
+        breaker = gateway.batched.breaker
         with events.subscribe(seen.append), anyio.fail_after(30):
             origin = time.monotonic()
             upstream.begin(origin)
@@ -343,9 +350,9 @@ async def test_the_breaker_opens_in_an_outage_and_closes_after_it() -> None:
     assert 503 in {status for _, status in statuses}
     assert tally.breaker_openings >= 1
     assert tally.breaker_rejections > 0
-    # Refused attempts never reached the upstream.
+    # Refused attempts never reached the upstream; each request is a batch or a retry.
     assert upstream.total == gateway.stats.upstream_calls
-    assert upstream.total == tally.cache_misses + tally.retries - tally.breaker_rejections
+    assert upstream.total == tally.batches + tally.retries - tally.breaker_rejections
     changes = [(e.old, e.new) for e in seen if isinstance(e, CircuitStateChanged)]
     assert changes[0] == ("closed", "open")
     assert changes[-1] == ("half_open", "closed")
@@ -383,7 +390,9 @@ async def test_every_event_of_a_run_names_the_tallied_function() -> None:
             upstream.release()
     kinds = {type(event).__name__ for event in seen}
     assert {"CacheAccess", "RetryScheduled", "ValidationFailed", "CircuitStateChanged"} <= kinds
-    assert {event.function for event in seen} == {"named.embed"} == {gateway.tally.function}
+    # The per-text layers name the single-text call, the per-request ones the batch function.
+    assert {event.function for event in seen} == {"named.embed", "named.embed.one"}
+    assert gateway.tally.function == "named.embed"
     breakers = {getattr(event, "breaker", None) for event in seen} - {None}
     assert breakers == {"named.embed"}
     counts = gateway.tally.counts()
@@ -424,5 +433,5 @@ def test_two_resilient_gateways_are_told_apart() -> None:
     first = ResilientGateway("http://127.0.0.1:9/x", name="one")
     second = ResilientGateway("http://127.0.0.1:9/x", name="two")
     assert first.tally.function != second.tally.function
-    assert first.fetch.__qualname__ == first.tally.function
-    assert first.fetch.breaker is not second.fetch.breaker  # type: ignore[attr-defined]
+    assert first.fetch.__qualname__ == first.tally.function + ".one"
+    assert first.batched.breaker is not second.batched.breaker

@@ -6,11 +6,11 @@ Both serve ``GET /embed?text=...`` on 127.0.0.1 and answer ``{"text", "embedding
   whatever happens (a 503, a hang, a NaN vector) to its client.
 - :class:`ResilientGateway` fetches through one :func:`buttress.policy`, which stacks the
   decorators in the canonical order: :func:`resilience_policy` builds it from
-  :class:`ResilienceSettings`. Beneath the policy, ``@batch`` gathers the texts being
-  fetched at the same moment into one upstream request (``POST {"texts": [...]}``):
-  the policy works per text (a text whose vector came back wrong is retried alone, and
-  the texts of a failed request each retry and regroup into new requests), while the
-  upstream sees few requests.
+  :class:`ResilienceSettings`. Its ``batch`` layer gathers the texts being fetched at
+  the same moment into one upstream request (``POST {"texts": [...]}``): the layers
+  above it work per text (monitoring, input validation, the cache), the layers below per
+  request (retry, the breaker, the bulkhead, the memory guard, the attempt timeout and
+  output validation), so that the breaker judges the upstream by its requests.
 
 What the decorators do is counted by :class:`EventTally`, which listens on
 ``buttress.events`` for the events of one decorated function.
@@ -22,7 +22,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import aiohttp
 import anyio
@@ -106,7 +106,7 @@ class ResilienceSettings:
         breaker_minimum_calls: ...once it holds at least this many attempts.
         breaker_open_for: an open breaker fails calls at once for this long, then lets
             one trial call through.
-        max_concurrent: texts being fetched at once (the bulkhead)...
+        max_concurrent: upstream requests in flight at once (the bulkhead)...
         max_waiting: ...and attempts that may queue for a slot.
         batch_size: texts per upstream request at most (``@batch``'s ``max_size``; 1
             fetches every text in a request of its own)...
@@ -158,15 +158,18 @@ class ResilienceSettings:
 def resilience_policy(settings: ResilienceSettings) -> Policy:
     """The resilient gateway's decorators, as one :func:`buttress.policy`.
 
-    Outermost first: monitor, validate (input), cache (single-flight), retry,
-    circuit_breaker, bulkhead, memory_guard, attempt_timeout, validate_output. Output
-    validation is innermost, so an invalid vector is a failed attempt: retried, counted
-    by the breaker, never cached.
+    Outermost first, per text: monitor, validate (input), cache (single-flight); then
+    batch; then per upstream request: retry, circuit_breaker, bulkhead, memory_guard,
+    attempt_timeout, validate_output. Output validation is innermost, so a request that
+    brought back an invalid vector is a failed attempt: retried, counted by the breaker,
+    never cached.
     """
+    vector = Annotated[np.ndarray, ArraySpec(shape=(settings.dim,), dtype="float32", finite=True)]
     return policy(
         monitor={"slow_threshold": settings.deadline / 2},
-        validate={"text": Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]},
+        validate={"item": Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]},
         cache={"ttl": settings.cache_ttl, "maxsize": 100_000},
+        batch={"max_size": settings.batch_size, "max_wait": settings.batch_wait},
         retry={
             "max_retries": settings.max_retries,
             "base_delay": settings.base_delay,
@@ -188,10 +191,10 @@ def resilience_policy(settings: ResilienceSettings) -> Policy:
             "max_waiting": settings.max_waiting,
             "wait_timeout": settings.attempt_timeout,
         },
-        # A vector's JSON and its parsing take well under a MiB per call.
-        memory_guard={"max_percent": 95.0, "reserve": "1MiB"},
+        # A batch's JSON and its parsing take a few MiB at most.
+        memory_guard={"max_percent": 95.0, "reserve": "4MiB"},
         attempt_timeout=settings.attempt_timeout,
-        validate_output={"spec": ArraySpec(shape=(settings.dim,), dtype="float32", finite=True)},
+        validate_output={"spec": list[vector]},
     )
 
 
@@ -200,9 +203,10 @@ class EventTally:
     """What buttress's decorators did for one decorated function, counted from events.
 
     ``start()`` subscribes to ``buttress.events`` and counts the events whose ``function``
-    is ``function`` (every decorator names the function it wraps by its qualified name,
-    the breaker included, since each layer's wrapper carries the original's name);
-    ``stop()`` unsubscribes.
+    is ``function``, or ``function + ".one"`` for a batch function's single-item call
+    (every decorator names the function it wraps by its qualified name, the breaker
+    included, since each layer's wrapper carries the original's name); ``stop()``
+    unsubscribes.
     """
 
     function: str
@@ -241,7 +245,7 @@ class EventTally:
             self._subscription = None
 
     def _count(self, event: Event) -> None:
-        if event.function != self.function:
+        if event.function != self.function and event.function != self.function + ".one":
             return
         if isinstance(event, RetryScheduled):
             self.retries += 1
@@ -407,17 +411,19 @@ class PlainGateway(Gateway):
 class ResilientGateway(Gateway):
     """Fetches through a :func:`buttress.policy`; see :func:`resilience_policy`.
 
-    Beneath the policy, each attempt for a text joins an upstream request with the other
-    texts being fetched at that moment (``@batch``, sized by ``settings.batch_size`` and
-    ``settings.batch_wait``); ``batched`` is that batch function.
+    The policy decorates the batch function, which makes one upstream request for a list
+    of texts; ``batched`` is the decorated batch function and ``fetch`` its single-text
+    call, ``batched.one``. A policy without a ``batch`` layer decorates a single-text
+    fetch instead, and the texts it fetches at the same moment are still batched beneath
+    it (``@batch`` sized by ``settings.batch_size`` and ``settings.batch_wait``).
 
     Args:
         upstream_url: the embeddings endpoint.
         policy: the decorators; by default ``resilience_policy(settings)``.
         settings: used for the default policy, and for the batching.
-        name: names the gateway; its decorated function (and its batch function) is
-            ``<name>.embed``, which is how events, logs and metrics tell this gateway's
-            calls from anyone else's.
+        name: names the gateway; its batch function is ``<name>.embed`` (its single-text
+            call ``<name>.embed.one``), which is how events, logs and metrics tell this
+            gateway's calls from anyone else's.
     """
 
     kind = "resilient"
@@ -434,24 +440,32 @@ class ResilientGateway(Gateway):
         self.settings = settings if settings is not None else ResilienceSettings()
         self.policy = policy if policy is not None else resilience_policy(self.settings)
 
-        async def embed_batch(texts: list[str]) -> list[Vector]:
+        async def embed(texts: list[str]) -> list[Vector]:
             return await self._fetch_batch(texts)
 
-        async def embed(text: str) -> Vector:
-            return await self.batched.one(text)
+        # Set before decorating: each decorator reads the name once, when it wraps.
+        embed.__qualname__ = f"{self.name}.embed"
+        self.batched: Any
+        if "batch" in self.policy.layers:
+            self.batched = self.policy(embed)
+            self.fetch: Fetch = self.batched.one
+        else:
+            batched = batch(
+                max_size=self.settings.batch_size, max_wait=self.settings.batch_wait
+            )(embed)
+            self.batched = batched
 
-        # Set before decorating: each decorator reads the name once, when it wraps. The
-        # two share it, so that one tally counts the events of both.
-        embed.__qualname__ = embed_batch.__qualname__ = f"{self.name}.embed"
-        self.batched = batch(
-            max_size=self.settings.batch_size, max_wait=self.settings.batch_wait
-        )(embed_batch)
-        self.fetch: Fetch = self.policy(embed)
+            async def embed_one(text: str) -> Vector:
+                return await batched.one(text)
+
+            embed_one.__qualname__ = f"{self.name}.embed.one"
+            self.fetch = self.policy(embed_one)
         self.tally = EventTally(embed.__qualname__)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        return (*self.policy.layers, "batch")
+        layers = self.policy.layers
+        return layers if "batch" in layers else (*layers, "batch")
 
     async def start(self) -> None:
         self.tally.start()
