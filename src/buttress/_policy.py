@@ -2,7 +2,7 @@
 
 This is the composition layer: it imports every feature and no feature imports it.
 
-The order (outermost first) is DESIGN.md's, with ``@batch`` between the cache and retry::
+The order (outermost first), explained in docs/decorators/policy.md::
 
     monitor > validate_input > fallback > timeout > cache_result > batch > retry
             > circuit_breaker > bulkhead > rate_limit > memory_guard > attempt_timeout

@@ -51,6 +51,7 @@ class FakeClock:
         self._now = float(start)
         self._lock = threading.Lock()
         self.auto_advance = auto_advance
+        #: Every duration a sleep asked for, in seconds, in order.
         self.sleeps: list[float] = []
 
     def __repr__(self) -> str:

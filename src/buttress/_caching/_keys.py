@@ -10,7 +10,7 @@ Two forms of one key:
   process, on every machine and Python version (never ``hash()``), for stores shared
   between processes (Redis). It is computed only when such a store asks for it.
 
-What is equal (documented in the README): two calls share an entry when, after binding to
+What is equal (see docs/decorators/cache.md): two calls share an entry when, after binding to
 the signature with defaults applied, every argument compares equal under Python's ``==``
 with these refinements: lists, tuples, dicts, sets and their contents are compared by
 structure (a list never equals a tuple; dict order does not matter); numpy arrays by dtype,

@@ -554,7 +554,7 @@ def monitor(settings: _Settings) -> Decorate:
     ``extra``: ``function``, ``call_id``, ``start_time`` (ISO 8601, UTC), ``duration``
     (seconds), ``outcome`` (``"ok"``, ``"error"`` or ``"cancelled"``), ``slow``,
     ``error_type`` and ``error_message``, ``inputs`` and ``output`` (summaries, never
-    raw payloads: see the README), ``context`` (from :data:`request_context`), and
+    raw payloads), ``context`` (from :data:`request_context`), and
     ``labels`` and ``tracked_output`` when set. Records are built by a background thread
     from a bounded queue: the call itself does no I/O, and when the queue is full records
     are dropped and counted rather than waited for.

@@ -86,7 +86,7 @@ class RateLimiter:
         self.max_wait = max_wait
         #: Seconds between calls at the sustained rate.
         self.interval = per / rate
-        #: How far ahead of its even spacing a call may start: the room for the burst.
+        #: How far ahead of its even spacing a call may start (the room for the burst).
         self.tolerance = (burst - 1) * self.interval
         self._lock = threading.Lock()
         self._tat = -math.inf  # no call yet: the first ``burst`` calls go at once

@@ -3,7 +3,6 @@
 ::
 
     from aiohttp import web
-from aiohttp.typedefs import Middleware
     from buttress.integrations.aiohttp import metrics_handler, metrics_middleware
 
     app = web.Application(middlewares=[metrics_middleware()])   # serves /metrics too

@@ -1,4 +1,4 @@
-"""The README's validation example and examples/validated_ranker.py run as documented."""
+"""The validation page's example and examples/validated_ranker.py run as documented."""
 
 from __future__ import annotations
 
@@ -9,23 +9,21 @@ import runpy
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "decorators" / "validation.md"
 
 
-def test_readme_validation_example_runs_as_documented() -> None:
-    text = README.read_text()
-    section = text[text.index("## @validate_input and @validate_output") :]
-    section = section[: section.index("\n## ", 1)]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+def test_the_validation_page_example_runs_as_documented() -> None:
+    """Also run by tests/test_docs.py; here its error message is pinned line by line."""
+    code = re.search(r"```python\n(.*?)```", PAGE.read_text(), re.DOTALL)
     assert code is not None
     source = code.group(1)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(compile(source, str(README), "exec"), {"__name__": "readme_example"})
+        exec(compile(source, str(PAGE), "exec"), {"__name__": "docs_example"})
     lines = printed.getvalue().splitlines()
-    # Every "# ..." line after a print in the example is what it prints.
+    # Every "#> ..." line in the example is what it prints.
     documented = [
-        line[2:] for line in source.splitlines() if line.startswith("# rank(): ")
+        line[3:] for line in source.splitlines() if line.startswith("#> rank(): ")
     ]
     assert documented, "the example documents its error message"
     assert [line for line in lines if line.startswith("rank(): ")] == documented
