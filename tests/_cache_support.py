@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from buttress import CacheAccess, CacheStats, events
+from buttress import CacheAccess, CacheStats, cache_result, events
 
 KINDS = ("hit", "miss", "join", "stale")
 
@@ -24,6 +26,19 @@ def accesses(function: str) -> Iterator[list[CacheAccess]]:
 
     with events.subscribe(record, CacheAccess):
         yield seen
+
+
+def calls_of(fn: Callable[..., Any]) -> tuple[Any, list[Any]]:
+    """``fn`` under ``@cache_result(ttl=None)``, and the list of the calls that reached it."""
+    calls: list[Any] = []
+
+    def body(*args: Any, **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        return fn(*args, **kwargs)
+
+    body.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    body.__name__ = fn.__name__
+    return cache_result(ttl=None)(body), calls
 
 
 def by_kind(seen: Iterable[CacheAccess]) -> dict[str, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 
 import anyio
@@ -146,27 +145,6 @@ def test_wrappers_are_honest() -> None:
     assert not inspect.iscoroutinefunction(cached_plain)
     assert inspect.iscoroutinefunction(cached_coroutine)
     assert cached_plain.__wrapped__ is plain  # type: ignore[attr-defined]
-
-
-def test_partials_and_callable_objects() -> None:
-    calls: list[int] = []
-
-    def scale(factor: int, x: int) -> int:
-        calls.append(x)
-        return factor * x
-
-    double = cache_result(functools.partial(scale, 2))
-    assert double(3) == double(x=3) == 6
-    assert calls == [3]
-
-    class Scorer:
-        def __call__(self, text: str) -> int:
-            calls.append(len(text))
-            return len(text)
-
-    score = cache_result(Scorer())
-    assert score("abc") == score(text="abc") == 3
-    assert calls == [3, 3]
 
 
 def test_generators_are_refused() -> None:

@@ -1,4 +1,4 @@
-"""@cache_result keys: binding to the signature, canonical forms, non-collisions, stable bytes."""
+"""@cache_result keys: canonical forms, non-collisions, stable bytes (binding: test_signature)."""
 
 from __future__ import annotations
 
@@ -17,88 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _cache_support import calls_of as counted
 from buttress import CacheKey, CacheScope, UnkeyableArgumentError, cache_result
 from buttress._caching._keys import KeyBuilder, canonical, stable_bytes
-
-
-def counted(fn: Any) -> tuple[Any, list[Any]]:
-    """Decorate ``fn`` with @cache_result(ttl=None); return it and the list of its calls."""
-    calls: list[Any] = []
-
-    def body(*args: Any, **kwargs: Any) -> Any:
-        calls.append((args, kwargs))
-        return fn(*args, **kwargs)
-
-    body.__signature__ = __import__("inspect").signature(fn)  # type: ignore[attr-defined]
-    body.__name__ = fn.__name__
-    return cache_result(ttl=None)(body), calls
-
-
-# --- binding --------------------------------------------------------------------------
-
-
-def test_positional_keyword_and_default_forms_share_one_entry() -> None:
-    f, calls = counted(lambda a, b=2: a + b)
-    assert [f(1, b=2), f(1, 2), f(b=2, a=1), f(1), f(a=1)] == [3] * 5
-    assert len(calls) == 1
-    assert f(1, 3) == 4
-    assert len(calls) == 2
-
-
-def test_keyword_only_defaults_and_var_arguments() -> None:
-    def g(a: int, *rest: int, scale: int = 1, **options: int) -> int:
-        return (a + sum(rest) + sum(options.values())) * scale
-
-    f, calls = counted(g)
-    assert f(1) == f(1, scale=1) == 1
-    assert len(calls) == 1
-    assert f(1, 2) == 3  # *rest differs
-    assert f(1, x=2) == 3  # **options differ
-    assert f(1, x=2) == f(1, **dict(x=2))  # noqa: C408 - the mapping form on purpose
-    assert len(calls) == 3
-    assert f(1, y=2) == 3  # another name in **options is another key
-    assert len(calls) == 4
-
-
-def test_keyword_only_defaults_on_the_fast_path() -> None:
-    def g(a: int, *, scale: int = 2) -> int:
-        return a * scale
-
-    f, calls = counted(g)
-    assert f(3) == f(3, scale=2) == f(a=3) == 6
-    assert len(calls) == 1
-    assert f(3, scale=3) == 9
-    assert len(calls) == 2
-
-
-def test_positional_only_parameters() -> None:
-    def g(a: int, /, b: int = 0) -> int:
-        return a + b
-
-    f, calls = counted(g)
-    assert f(1) == f(1, 0) == f(1, b=0) == 1
-    assert len(calls) == 1
-
-
-def test_a_call_that_does_not_fit_the_signature_raises_the_functions_own_error() -> None:
-    f, _ = counted(lambda a: a)
-    with pytest.raises(TypeError, match="argument"):
-        f(1, 2)
-    with pytest.raises(TypeError):
-        f(b=1)
-    with pytest.raises(TypeError):
-        f(1, a=1)
-
-
-@pytest.mark.anyio
-async def test_async_call_that_does_not_fit_raises_its_own_error() -> None:
-    @cache_result
-    async def f(a: int) -> int:
-        return a
-
-    with pytest.raises(TypeError):
-        await f(1, 2)  # type: ignore[call-arg]
-
 
 # --- structure ------------------------------------------------------------------------
 
@@ -375,25 +296,10 @@ class Model:
         self.version = version
         self.calls = 0
 
-    @cache_result(ttl=None)
-    def predict(self, x: int) -> str:
-        self.calls += 1
-        return f"{self.version}:{x}"
-
     @cache_result(ttl=None, key=lambda self, x: (self.version, x))
     def by_version(self, x: int) -> str:
         self.calls += 1
         return f"{self.version}:{x}"
-
-
-def test_self_is_keyed_by_identity_so_each_instance_has_its_own_entries() -> None:
-    a, b = Model("v1"), Model("v1")
-    assert a.predict(1) == a.predict(1) == "v1:1"
-    assert a.calls == 1
-    assert b.predict(1) == "v1:1"
-    assert b.calls == 1  # same content, another instance: another entry
-    assert Model.predict.cache.invalidate(a, 1) is True
-    assert a.predict.cache.invalidate(a, 1) is False
 
 
 def test_key_can_replace_identity_with_what_matters() -> None:
@@ -401,27 +307,6 @@ def test_key_can_replace_identity_with_what_matters() -> None:
     a.by_version(1)
     b.by_version(1)
     assert a.calls + b.calls == 1
-
-
-def test_classmethods_and_staticmethods() -> None:
-    class Tools:
-        calls = 0
-
-        @classmethod
-        @cache_result
-        def make(cls, x: int) -> int:
-            cls.calls += 1
-            return x * 2
-
-        @staticmethod
-        @cache_result
-        def pure(x: int) -> int:
-            Tools.calls += 1
-            return x * 3
-
-    assert Tools.make(2) == Tools.make(2) == 4
-    assert Tools.pure(2) == Tools().pure(2) == 6
-    assert Tools.calls == 2
 
 
 # --- the stable encoding -----------------------------------------------------------------

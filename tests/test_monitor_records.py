@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import random
@@ -356,61 +355,6 @@ def test_redact_must_name_parameters() -> None:
     @monitor(redact={"anything": "x"})
     def g(**kwargs: object) -> None:
         pass
-
-
-def test_varargs_are_numbered(records: Records) -> None:
-    @monitor
-    def total(first: int, *rest: float, scale: float = 1.0) -> float:
-        return (first + sum(rest)) * scale
-
-    total(1, 2.0, 3.5, scale=2.0)
-    assert flush_monitoring()
-    assert records[0].inputs == {  # type: ignore[attr-defined]
-        "first": {"type": "int"},
-        "rest[0]": {"type": "float", "finite": True},
-        "rest[1]": {"type": "float", "finite": True},
-        "scale": {"type": "float", "finite": True},
-    }
-
-
-def test_methods_classmethods_staticmethods_and_partials(records: Records) -> None:
-    class Model:
-        @monitor
-        def predict(self, x: int) -> int:
-            return x + 1
-
-        @monitor
-        @classmethod
-        def load(cls, path: str) -> str:
-            return path
-
-        @monitor
-        @staticmethod
-        def version(major: int) -> str:
-            return f"v{major}"
-
-    def scale(factor: int, x: int) -> int:
-        return factor * x
-
-    double = monitor(functools.partial(scale, 2))
-    assert Model().predict(1) == 2
-    assert Model.load("weights.bin") == "weights.bin"
-    assert Model.version(3) == "v3"
-    assert double(x=4) == 8
-    assert flush_monitoring()
-    inputs = [r.inputs for r in records]  # type: ignore[attr-defined]
-    assert inputs == [
-        {"x": {"type": "int"}},
-        {"path": {"type": "str", "length": 11}},
-        {"major": {"type": "int"}},
-        {"x": {"type": "int"}},
-    ]
-    names = [r.function for r in records]  # type: ignore[attr-defined]
-    assert names[0].endswith("Model.predict")
-    assert names[1].endswith("Model.load")
-    assert names[3].endswith("<locals>.scale")
-    assert records[3].pathname == __file__
-    assert records[3].funcName == "scale"
 
 
 def test_request_context_is_captured(records: Records) -> None:

@@ -98,7 +98,7 @@ def test_names_shared_by_star_args_items() -> None:
     with pytest.raises(InputValidationError) as caught:
         stack(f32(2, 3), f32(4, 3))
     (problem,) = caught.value.errors
-    assert (problem.argument, problem.path) == ("args", (1,))
+    assert (problem.argument, problem.path) == ("arrays", (1,))
     assert "but 'batch' is 2" in problem.message
 
 

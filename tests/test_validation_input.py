@@ -1,8 +1,7 @@
-"""@validate_input: annotations and explicit specs, pydantic coercion, keys, argument binding."""
+"""@validate_input: annotations and explicit specs, pydantic coercion, keys."""
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Annotated, Any, Literal
 
@@ -159,38 +158,6 @@ def test_keys_of_a_broken_mapping_become_a_problem() -> None:
     ]
 
 
-def test_every_parameter_kind() -> None:
-    @validate_input
-    def call(a: int, /, b: int, *args: int, c: int, d: int = 0, **kwargs: int) -> Any:
-        return a, b, args, c, d, kwargs
-
-    assert call("1", "2", "3", "4", c="5", e="6") == (1, 2, (3, 4), 5, 0, {"e": 6})
-    assert call(1, b=2, c=3, d="4") == (1, 2, (), 3, 4, {})
-    # A positional-only name given as a keyword goes to **kwargs.
-    assert call(1, 2, c=3, a="9") == (1, 2, (), 3, 0, {"a": 9})
-    with pytest.raises(InputValidationError) as caught:
-        call("x", "y", 3, "z", c="w", d=4, e="v")
-    assert [(p.argument, p.path) for p in caught.value.errors] == [
-        ("a", ()),
-        ("b", ()),
-        ("c", ()),
-        ("args", (1,)),
-        ("e", ()),
-    ]
-
-
-def test_defaults_are_not_validated_and_binding_errors_stay_the_functions() -> None:
-    @validate_input
-    def call(x: int, y: int = "not an int") -> Any:  # type: ignore[assignment]
-        return x, y
-
-    assert call(1) == (1, "not an int")
-    with pytest.raises(TypeError, match="missing 1 required positional argument"):
-        call()  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="unexpected keyword argument"):
-        call(1, z=2)  # type: ignore[call-arg]
-
-
 def test_wrapper_is_honest() -> None:
     def original(x: int, *, flag: bool = False) -> int:
         """Docs."""
@@ -207,64 +174,6 @@ def test_wrapper_is_honest() -> None:
         return x
 
     assert inspect.iscoroutinefunction(validate_input(coroutine))
-
-
-def test_methods_classmethods_staticmethods_partials_and_callables() -> None:
-    class Ranker:
-        def __init__(self, size: int) -> None:
-            self.size = size
-
-        @validate_input
-        def rank(self, x: Annotated[np.ndarray, ArraySpec((None,))], k: int) -> Any:
-            return self, x, k
-
-        @validate_input(k=int)
-        @classmethod
-        def build(cls, k: Any) -> Any:
-            return cls, k
-
-        @validate_input
-        @staticmethod
-        def score(k: int) -> int:
-            return k
-
-        @validate_input
-        def __call__(self, k: int) -> int:
-            return k * self.size
-
-    ranker = Ranker(2)
-    assert ranker.rank(np.zeros(3), "4")[2] == 4
-    assert Ranker.build("5") == (Ranker, 5)
-    assert Ranker.score("6") == 6
-    assert ranker.score("6") == 6
-    assert ranker("7") == 14
-    with pytest.raises(InputValidationError) as caught:
-        ranker.rank(np.zeros((3, 3)), "x")
-    assert [p.argument for p in caught.value.errors] == ["x", "k"]
-    assert str(caught.value).startswith("test_methods_")  # the qualified name
-    assert "Ranker.rank(): argument 'x'" in str(caught.value)
-
-    def scale(factor: float, x: int) -> float:
-        return factor * x
-
-    halve = validate_input(functools.partial(scale, 0.5))
-    assert halve("4") == 2.0
-    with pytest.raises(InputValidationError, match="argument 'x'"):
-        halve("four")
-
-    class Doubler:
-        def __call__(self, x: int) -> int:
-            return 2 * x
-
-    doubled = validate_input(Doubler())
-    assert doubled("21") == 42
-
-    class Point:
-        def __init__(self, x: int, y: int) -> None:
-            self.x, self.y = x, y
-
-    point = validate_input(Point)("1", "2")
-    assert (point.x, point.y) == (1, 2)
 
 
 class Later(BaseModel):

@@ -15,6 +15,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from ._signature import signature_of
+
 __all__ = ["WrapperFactory", "function_module", "function_name", "is_async_callable", "wrap"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,6 +91,7 @@ def wrap(
         TypeError: ``target`` is not callable, or is of a kind the decorator refuses.
     """
     if isinstance(target, (classmethod, staticmethod)):
+        signature_of(target)  # remembers the kind of method, which decides the receiver
         inner = wrap(
             target.__func__,
             decorator,

@@ -26,7 +26,6 @@ import datetime
 import decimal
 import enum
 import hashlib
-import inspect
 import math
 import struct
 import sys
@@ -35,6 +34,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, final
 
 from buttress._errors import UnkeyableArgumentError
+from buttress._signature import MISSING, Misfit, signature_of
 
 __all__ = ["CacheKey", "CacheScope", "KeyBuilder", "canonical", "stable_bytes"]
 
@@ -415,12 +415,7 @@ def _unkeyable_error(
     function: str, argument: str, exc: _Unkeyable, *, stable: bool = False
 ) -> UnkeyableArgumentError:
     type_name = type(exc.value).__qualname__
-    if argument == "key=":
-        where = "the result of key="
-    elif argument.startswith("argument "):
-        where = argument  # positional argument of a callable without a signature
-    else:
-        where = f"argument {argument!r}"
+    where = "the result of key=" if argument == "key=" else f"argument {argument!r}"
     if stable:
         problem = (
             f"a {type_name} in {where} cannot go into a store shared between processes: "
@@ -440,19 +435,25 @@ def _unkeyable_error(
 
 # --- binding calls to the signature ---------------------------------------------------
 
-_MISSING: Final = object()
-
-
-class BindError(Exception):
-    """The call does not fit the signature; the function itself will say how."""
-
-
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+#: Raised by :meth:`KeyBuilder.build` for a call that does not fit the signature.
+BindError = Misfit
 
 
 @final
 class KeyBuilder:
     """Turns one call's arguments into its local key; compiled once, at decoration.
+
+    The call is bound by the function's shared :class:`~buttress._signature.CallSignature`;
+    what a key is made of is the cache's own policy, all of it here:
+
+    * defaults are filled in: ``f(1)`` and ``f(1, b=2)``, with ``b=2`` the default, are one
+      entry (the defaults are made canonical once, at decoration);
+    * the receiver (``self``, ``cls``) is an argument like any other: a plain object is
+      keyed by identity, so each instance has its own entries (``key=`` says otherwise);
+    * a call that does not fit the signature raises :data:`BindError`: the wrapper then
+      calls the function uncached, so that it raises its own ``TypeError``;
+    * a callable without a readable signature is keyed on the raw call (its positional
+      arguments and its keywords, no defaults).
 
     Attributes:
         arity: when a call passes exactly this many positional arguments and no keyword
@@ -463,18 +464,7 @@ class KeyBuilder:
         names: the parameters, in key order (for error messages).
     """
 
-    __slots__ = (
-        "_custom",
-        "_defaults",
-        "_function",
-        "_index",
-        "_positional",
-        "_var_keyword",
-        "_var_positional",
-        "arity",
-        "names",
-        "tail",
-    )
+    __slots__ = ("_custom", "_defaults", "_function", "_signature", "arity", "names", "tail")
 
     def __init__(
         self,
@@ -487,50 +477,25 @@ class KeyBuilder:
         self.arity = -1
         self.tail: tuple[Any, ...] = ()
         self.names: tuple[str, ...] = ()
-        self._positional = 0
-        self._index: dict[str, int] = {}
-        self._defaults: list[Any] = []
-        self._var_positional = False
-        self._var_keyword = False
+        self._defaults: tuple[Any, ...] = ()
+        signature = self._signature = signature_of(target)
         if custom is not None:
             self.names = ("key=",)
             return
-        try:
-            signature = inspect.signature(target)
-        except (TypeError, ValueError):  # no signature (some builtins): key on the raw call
-            self._positional = -1
+        if not signature.readable:
             return
-        names: list[str] = []
-        for parameter in signature.parameters.values():
-            kind = parameter.kind
-            if kind is inspect.Parameter.VAR_POSITIONAL:
-                self._var_positional = True
-                continue
-            if kind is inspect.Parameter.VAR_KEYWORD:
-                self._var_keyword = True
-                continue
-            if kind in _POSITIONAL:
-                self._positional += 1
-            if kind is not inspect.Parameter.POSITIONAL_ONLY:
-                self._index[parameter.name] = len(names)
-            names.append(parameter.name)
-            default = parameter.default
-            if default is inspect.Parameter.empty:
-                self._defaults.append(_MISSING)
-            else:
-                try:
-                    self._defaults.append(canonical(default))
-                except _Unkeyable as exc:
-                    self._defaults.append(exc)  # raised if a call ever relies on it
-        self.names = tuple(names)
-        keyword_defaults = self._defaults[self._positional :]
+        self.names = signature.names
+        # MISSING (required), a canonical default, or the _Unkeyable raised if a call
+        # ever relies on that default
+        self._defaults = tuple(_canonical_default(d) for d in signature.defaults)
+        keyword_defaults = self._defaults[signature.positional :]
         if (
-            not self._var_positional
-            and not self._var_keyword
-            and all(d is not _MISSING and not isinstance(d, _Unkeyable) for d in keyword_defaults)
+            signature.var_positional is None
+            and signature.var_keyword is None
+            and all(d is not MISSING and not isinstance(d, _Unkeyable) for d in keyword_defaults)
         ):
-            self.arity = self._positional
-            self.tail = tuple(keyword_defaults)
+            self.arity = signature.positional
+            self.tail = keyword_defaults
 
     def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
         """The local key of a call.
@@ -546,63 +511,66 @@ class KeyBuilder:
                 return canonical(result)
             except _Unkeyable as exc:
                 raise _unkeyable_error(self._function, "key=", exc) from None
-        if self._positional < 0:
+        signature = self._signature
+        if not signature.readable:
             return self._unbound(args, kwargs)
-        values = list(self._defaults)
-        provided = [False] * len(values)
-        positional = self._positional
-        extra: tuple[Any, ...] = ()
-        if len(args) > positional:
-            if not self._var_positional:
-                raise BindError
-            extra = args[positional:]
-            args = args[:positional]
-        for position, value in enumerate(args):
-            values[position] = value
-            provided[position] = True
-        extra_keywords: dict[str, Any] = {}
-        for name, value in kwargs.items():
-            index = self._index.get(name)
-            if index is None:
-                if not self._var_keyword:
-                    raise BindError
-                extra_keywords[name] = value
-            elif provided[index]:
-                raise BindError  # got multiple values for one argument
-            else:
-                values[index] = value
-                provided[index] = True
+        values, extra, extra_keywords = signature.bind(args, kwargs)
+        defaults = self._defaults
         parts: list[Any] = []
-        names = self.names
         for position, value in enumerate(values):
-            if provided[position]:
-                parts.append(self._canonical(names[position], value))
-            elif value is _MISSING:
-                raise BindError
-            elif isinstance(value, _Unkeyable):
-                raise _unkeyable_error(self._function, names[position], value)
+            if value is MISSING:
+                value = defaults[position]  # canonical since decoration
+                if isinstance(value, _Unkeyable):
+                    raise _unkeyable_error(self._function, signature.names[position], value)
+                parts.append(value)
             else:
-                parts.append(value)  # a default, made canonical at decoration
-        if self._var_positional:
-            parts.append((VARARGS, *[self._canonical("*args", v) for v in extra]))
-        if self._var_keyword:
-            parts.append(
-                (
-                    VARKW,
-                    frozenset(
-                        [(k, self._canonical(k, v)) for k, v in extra_keywords.items()]
-                    ),
-                )
-            )
+                try:
+                    parts.append(canonical(value))
+                except _Unkeyable as exc:
+                    raise self._error(position, exc) from None
+        if signature.var_positional is not None:
+            parts.append((VARARGS, *self._positional(extra, signature.positional)))
+        if signature.var_keyword is not None:
+            parts.append((VARKW, frozenset(self._keywords(extra_keywords))))
         return tuple(parts)
 
-    def _canonical(self, name: str, value: Any) -> Hashable:
-        try:
-            return canonical(value)
-        except _Unkeyable as exc:
-            raise _unkeyable_error(self._function, name, exc) from None
+    def _positional(self, values: tuple[Any, ...], first: int) -> list[Hashable]:
+        """The canonical forms of positional arguments, the first at position ``first``."""
+        result = []
+        for position, value in enumerate(values, first):
+            try:
+                result.append(canonical(value))
+            except _Unkeyable as exc:
+                raise self._error(position, exc) from None
+        return result
+
+    def _keywords(self, values: Mapping[str, Any]) -> list[tuple[str, Hashable]]:
+        """``(keyword, canonical form)`` pairs of keyword arguments."""
+        result = []
+        for name, value in values.items():
+            try:
+                result.append((name, canonical(value)))
+            except _Unkeyable as exc:
+                raise self._error(name, exc) from None
+        return result
+
+    def _error(self, where: int | str, exc: _Unkeyable) -> UnkeyableArgumentError:
+        """The error for the argument at a position or keyword, named as displayed."""
+        signature = self._signature
+        if isinstance(where, int):
+            name = signature.argument_name(where)
+        else:
+            name = signature.keyword_name(where)
+        return _unkeyable_error(self._function, name, exc)
 
     def _unbound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-        positional = [self._canonical(f"argument {i}", v) for i, v in enumerate(args)]
-        keywords = frozenset([(k, self._canonical(k, v)) for k, v in kwargs.items()])
-        return (UNBOUND, tuple(positional), keywords)
+        return (UNBOUND, tuple(self._positional(args, 0)), frozenset(self._keywords(kwargs)))
+
+
+def _canonical_default(default: Any) -> Any:
+    if default is MISSING:
+        return MISSING
+    try:
+        return canonical(default)
+    except _Unkeyable as exc:
+        return exc

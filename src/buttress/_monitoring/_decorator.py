@@ -25,6 +25,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 from buttress import _clock, _settings
 from buttress._declare import Decorate, declare
 from buttress._errors import ConfigurationError, is_fatal
+from buttress._signature import CallSignature, signature_of
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 from ._emitter import exporter
@@ -168,24 +169,6 @@ class _Settings:
         self.labels = _labels(labels)
 
 
-def _signature(fn: Callable[..., Any]) -> tuple[tuple[str, ...], str | None, bool, set[str]]:
-    """(positional names, *args name, skip the first (self/cls), every parameter name)."""
-    try:
-        parameters = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):  # a builtin or an odd callable: number the values
-        return (), None, False, set()
-    kinds = inspect.Parameter
-    positional = tuple(
-        p.name for p in parameters if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
-    )
-    varargs = next((p.name for p in parameters if p.kind is kinds.VAR_POSITIONAL), None)
-    skip_first = bool(positional) and positional[0] in ("self", "cls")
-    names = {p.name for p in parameters}
-    if any(p.kind is kinds.VAR_KEYWORD for p in parameters):
-        names.add("**")
-    return positional, varargs, skip_first, names
-
-
 class MonitorHandle:
     """What ``fn.monitor`` gives access to on a monitored function."""
 
@@ -218,6 +201,7 @@ class Site:
     __slots__ = (
         "func_name",
         "labels",
+        "lean_limit",
         "level",
         "lineno",
         "log_inputs",
@@ -229,15 +213,17 @@ class Site:
         "positional",
         "redact",
         "sample_rate",
+        "signature",
         "skip_first",
         "slow_threshold",
         "stats",
         "track_output",
-        "varargs",
         "warned",
     )
 
-    def __init__(self, settings: _Settings, fn: Callable[..., Any]) -> None:
+    def __init__(
+        self, settings: _Settings, fn: Callable[..., Any], signature: CallSignature
+    ) -> None:
         self.name = settings.name or function_name(fn)
         self.labels = settings.labels
         self.level = settings.level
@@ -250,9 +236,21 @@ class Site:
         self.redact = settings.redact
         self.logger = logger
         self.warned = False
-        self.positional, self.varargs, self.skip_first, names = _signature(fn)
-        if self.redact and names and "**" not in names:
-            unknown = sorted(set(self.redact) - names - {"return"})
+        # The monitor's policy towards the shared signature, all of it here: inputs are
+        # what the caller passed (defaults left out), by display name; the receiver is
+        # neither summarised nor scanned; without a readable signature, values are
+        # numbered; a call that does not fit is recorded like any other.
+        self.signature = signature
+        self.positional = signature.names[: signature.positional]
+        self.skip_first = signature.receiver is not None
+        # The lean summary names positional values by zipping: not with redact, nor when
+        # a keyword could land in **kwargs under a positional-only parameter's name.
+        lean = self.redact is None and not (signature.positional_only and signature.var_keyword)
+        self.lean_limit = len(self.positional) if lean else -1
+        if self.redact:
+            unknown = sorted(
+                name for name in self.redact if name != "return" and not signature.accepts(name)
+            )
             if unknown:
                 raise ConfigurationError(
                     f"redact names {', '.join(map(repr, unknown))}, which "
@@ -369,8 +367,7 @@ class Site:
 
     def _inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = self.positional
-        count = len(names)
-        if self.redact is None and len(args) <= count:  # the common case, kept lean
+        if len(args) <= self.lean_limit:  # the common case, kept lean
             inputs = {
                 name: summarize(value)
                 for name, value in zip(names, args)  # noqa: B905 - args may be fewer
@@ -380,6 +377,9 @@ class Site:
             for name, value in kwargs.items():
                 inputs[name] = summarize(value)
             return inputs
+        signature = self.signature
+        count = len(names)
+        group = signature.var_positional_name
         inputs = {}
         for index, value in enumerate(args):
             if index < count:
@@ -387,12 +387,10 @@ class Site:
                     continue
                 name = names[index]
                 inputs[name] = self._summary(name, value)
-            else:
-                group = self.varargs or "args"
-                summary = self._summary(group, value)
-                inputs[f"{group}[{index - count}]"] = summary
+            else:  # redacted as a whole group, shown one by one
+                inputs[signature.argument_name(index)] = self._summary(group, value)
         for name, value in kwargs.items():
-            inputs[name] = self._summary(name, value)
+            inputs[signature.keyword_name(name)] = self._summary(name, value)
         return inputs
 
     def _scan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -602,7 +600,7 @@ def monitor(settings: _Settings) -> Decorate:
         inner = target.__func__ if isinstance(target, (classmethod, staticmethod)) else target
         if not callable(inner):
             raise TypeError(f"@monitor needs a callable to decorate, got {target!r}")
-        site = Site(settings, inner)
+        site = Site(settings, inner, signature_of(target))
         return wrap(
             target,
             "monitor",

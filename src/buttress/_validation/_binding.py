@@ -4,8 +4,10 @@
 its position, its keyword name and its check. The closure it returns walks the slots:
 no ``inspect.Signature.bind`` per call, no dict of every argument, nothing allocated when
 every value passes unchanged. Arguments the caller left out keep their defaults, which
-are not validated; binding mistakes (a missing argument, one too many) are left for the
-function itself to report, as it would without the decorator.
+are not validated; a call that does not fit the signature (a missing argument, one too
+many) is not validated but left for the function itself to report, as it would without
+the decorator: the fit is asked only when a check fails, so the passing path pays nothing
+for it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import types
 import typing
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +31,7 @@ from buttress._errors import (
     ValidationProblem,
 )
 from buttress._events import ValidationFailed, events
+from buttress._signature import CallSignature, signature_of
 
 from ._checks import (
     Dims,
@@ -175,14 +179,41 @@ def _annotated_object(target: Any) -> Any:
     return type(inner).__call__
 
 
-def hints_of(target: Any, namespace: Mapping[str, Any] | None) -> dict[str, Any]:
+def _without(source: Any, name: str) -> Any:
+    """A stand-in for ``source`` that typing reads the same, minus ``name``'s annotation."""
+    annotations = getattr(source, "__annotations__", None)
+    if not isinstance(annotations, Mapping) or name not in annotations:
+        return source
+    inner = source
+    while hasattr(inner, "__wrapped__"):  # where typing looks for the globals
+        inner = inner.__wrapped__
+    stand_in = types.SimpleNamespace(
+        __annotations__={key: value for key, value in annotations.items() if key != name},
+        __globals__=getattr(inner, "__globals__", {}),
+        __type_params__=getattr(source, "__type_params__", ()),
+    )
+    # Python 3.10 reads the defaults too (a None default makes a hint Optional).
+    for attribute in ("__code__", "__defaults__", "__kwdefaults__"):
+        if hasattr(source, attribute):
+            setattr(stand_in, attribute, getattr(source, attribute))
+    return stand_in
+
+
+def hints_of(
+    target: Any, namespace: Mapping[str, Any] | None, *, skip: str | None = None
+) -> dict[str, Any]:
     """The resolved annotations of ``target``, extras (``Annotated``) kept.
+
+    ``skip`` names a parameter whose annotation is not evaluated at all (the receiver's,
+    which may name the class being defined, or ``Self``).
 
     Raises:
         NameError: an annotation names something not defined (yet).
         ConfigurationError: annotations that cannot be evaluated for another reason.
     """
     source = _annotated_object(target)
+    if skip is not None:
+        source = _without(source, skip)
     try:
         return typing.get_type_hints(
             source, localns=dict(namespace) if namespace else None, include_extras=True
@@ -236,19 +267,22 @@ def compile_input(
         ConfigurationError: a spec naming no parameter, or a spec that cannot work.
         TypeError: a callable whose signature cannot be read.
     """
-    try:
-        signature = inspect.signature(target)
-    except (TypeError, ValueError) as exc:
+    signature = signature_of(target)
+    # Validation's policy towards the shared signature, all of it here:
+    # - no readable signature: refused, since specs are attached to parameter names;
+    # - the receiver's annotation (self: Self) is not read: Python bound the receiver;
+    # - defaults are not validated (the walk only looks at what the call passed);
+    # - a call that does not fit the signature is not validated: see _build_input.
+    if not signature.readable:
         raise TypeError(
-            f"@validate_input cannot read the signature of {function}: {exc}"
-        ) from None
-    parameters = list(signature.parameters.values())
+            f"@validate_input cannot read the signature of {function}: {signature.problem}"
+        )
+    parameters = signature.parameters
     if specs is None:
-        hints = hints_of(target, namespace)
+        hints = hints_of(target, namespace, skip=signature.receiver)
         chosen = {p.name: hints[p.name] for p in parameters if p.name in hints}
     else:
-        names = {p.name for p in parameters}
-        unknown = [name for name in specs if name not in names]
+        unknown = [name for name in specs if name not in {p.name for p in parameters}]
         if unknown:
             listed = ", ".join(p.name for p in parameters) or "none"
             raise ConfigurationError(
@@ -258,9 +292,8 @@ def compile_input(
         chosen = dict(specs)
 
     slots: list[_Slot] = []
-    var_args: tuple[int, Compiled] | None = None
+    var_args: tuple[int, str, Compiled] | None = None
     var_kwargs: Compiled | None = None
-    keywords: set[str] = set()
     every: list[Compiled] = []
     # A *args or **kwargs spec applies to many values: its names count as repeated.
     shared = _sharing(
@@ -269,10 +302,7 @@ def compile_input(
         if p.name in chosen
         for _ in range(2 if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) else 1)
     )
-    for position, parameter in enumerate(parameters):
-        kind = parameter.kind
-        if kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-            keywords.add(parameter.name)
+    for parameter in parameters:
         if parameter.name not in chosen:
             continue
         compiled = compile_spec(
@@ -284,14 +314,16 @@ def compile_input(
         if compiled is None:
             continue
         every.append(compiled)
+        kind = parameter.kind
         if kind == parameter.VAR_POSITIONAL:
-            var_args = (position, compiled)
+            var_args = (signature.positional, parameter.name, compiled)
         elif kind == parameter.VAR_KEYWORD:
             var_kwargs = compiled
         else:
+            position = signature.position(parameter.name)
             slots.append(
                 _Slot(
-                    _KEYWORD_ONLY if kind == parameter.KEYWORD_ONLY else position,
+                    _KEYWORD_ONLY if position is None else position,
                     None if kind == parameter.POSITIONAL_ONLY else parameter.name,
                     compiled.check,
                     compiled.with_dims,
@@ -301,17 +333,15 @@ def compile_input(
     if not slots and var_args is None and var_kwargs is None:
         return None
     needs_dims = any(compiled.names for compiled in every)
-    return _build_input(
-        function, tuple(slots), var_args, var_kwargs, frozenset(keywords), needs_dims
-    )
+    return _build_input(function, signature, tuple(slots), var_args, var_kwargs, needs_dims)
 
 
 def _build_input(
     function: str,
+    signature: CallSignature,
     slots: tuple[_Slot, ...],
-    var_args: tuple[int, Compiled] | None,
+    var_args: tuple[int, str, Compiled] | None,
     var_kwargs: Compiled | None,
-    keywords: frozenset[str],
     needs_dims: bool,
 ) -> Validator:
     """The thorough validator, or a lean one in front of it when the call allows.
@@ -320,9 +350,19 @@ def _build_input(
     ``*args``/``**kwargs``. Without those, the lean walk only calls the checks; at the
     first failure the thorough walk takes over from the next argument on, to find the
     other problems (no check runs twice: a sampled scan must not be redrawn).
-    """
 
-    def fail(problems: list[ValidationProblem]) -> typing.NoReturn:
+    Neither walk binds the call. Only when a check fails is the call's fit asked: a call
+    that does not fit the signature is not validated but handed on unchanged, and the
+    function raises its own ``TypeError`` (the shared rule of :mod:`buttress._signature`).
+    """
+    keywords = signature.keywords
+    fits = signature.fits
+
+    def fail(
+        args: tuple[Any, ...], kwargs: dict[str, Any], problems: list[ValidationProblem]
+    ) -> Any:
+        if not fits(args, kwargs):
+            return args  # the function says what is wrong with the call
         _report(function, "input", tuple(problems))
         raise InputValidationError(function, problems)
 
@@ -356,14 +396,14 @@ def _build_input(
                 else:
                     kwargs[key] = result  # type: ignore[index]  # key is set: not positional
         if var_args is not None and count > var_args[0]:
-            start, (check, with_dims, _) = var_args
+            start, group, (check, with_dims, _) = var_args
             for index in range(start, count):
                 value = args[index]
                 try:
                     result = check(value, dims) if with_dims else check(value)
                 except (Failed, ValidationError) as exc:
                     failures = failures or []
-                    failures.extend(_problems(exc, "args", (index - start,)))
+                    failures.extend(_problems(exc, group, (index - start,)))
                     continue
                 if result is not value:
                     if replaced is None:
@@ -378,12 +418,12 @@ def _build_input(
                     result = check(value, dims) if with_dims else check(value)
                 except (Failed, ValidationError) as exc:
                     failures = failures or []
-                    failures.extend(_problems(exc, key))
+                    failures.extend(_problems(exc, signature.keyword_name(key)))
                     continue
                 if result is not value:
                     kwargs[key] = result  # replacing a value while iterating is allowed
         if failures is not None:
-            fail(failures)
+            return fail(args, kwargs, failures)
         return args if replaced is None else replaced
 
     if needs_dims or var_args is not None or var_kwargs is not None:
@@ -415,14 +455,15 @@ def _build_input(
                         kwargs[key] = result
         except (Failed, ValidationError) as exc:
             failures = _problems(exc, slots[number].argument)
-            return thorough(args, kwargs, number + 1, failures)  # raises
+            return thorough(args, kwargs, number + 1, failures)  # raises, or misfit
         return args if replaced is None else replaced
 
     return lean
 
 
 def _lean_one(
-    slot: _Slot, fail: Callable[[list[ValidationProblem]], typing.NoReturn]
+    slot: _Slot,
+    fail: Callable[[tuple[Any, ...], dict[str, Any], list[ValidationProblem]], Any],
 ) -> Validator:
     """The lean walk unrolled for the most common case: one checked argument."""
     index, key, check, _, argument = slot
@@ -433,7 +474,7 @@ def _lean_one(
             try:
                 result = check(value)
             except (Failed, ValidationError) as exc:
-                fail(_problems(exc, argument))
+                return fail(args, kwargs, _problems(exc, argument))
             if result is value:
                 return args
             replaced = list(args)
@@ -444,7 +485,7 @@ def _lean_one(
             try:
                 result = check(value)
             except (Failed, ValidationError) as exc:
-                fail(_problems(exc, argument))
+                return fail(args, kwargs, _problems(exc, argument))
             if result is not value:
                 kwargs[key] = result
         return args

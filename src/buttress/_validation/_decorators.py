@@ -24,6 +24,7 @@ from buttress._errors import (
     InputValidationError,
     OutputValidationError,
 )
+from buttress._signature import signature_of
 from buttress._wrapping import function_name, is_async_callable, wrap
 
 from ._binding import Validator, compile_input, compile_output, hints_of
@@ -328,7 +329,7 @@ def _output_shells(
         def build(names: Mapping[str, Any] | None) -> Callable[[Any], Any] | None:
             chosen = spec
             if chosen is _MISSING:
-                hints = hints_of(fn, names)
+                hints = hints_of(fn, names, skip=signature_of(fn).receiver)
                 if "return" not in hints:
                     raise ConfigurationError(
                         f"@validate_output: {name}() has no return annotation; give a spec: "
