@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import sys
 import threading
 import types
@@ -38,6 +37,7 @@ import numpy as np
 
 from buttress import _clock, _settings
 from buttress._errors import ConfigurationError, is_fatal
+from buttress._signature import signature_of
 from buttress._wrapping import function_module, function_name, is_async_callable, wrap
 
 from ._engine import DROPPED, OPEN, START, WAKE, Batch, Batcher, Slot
@@ -279,24 +279,20 @@ def _passthrough_async(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _check_signature(fn: Callable[..., Any], name: str) -> None:
     """Refuse at decoration a function that cannot be called with the list alone."""
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # no signature to read (some builtins): trust it
-        return
-    try:
-        signature.bind([])
-    except TypeError:
-        hint = ""
-        first = next(iter(signature.parameters), "")
-        if first in ("self", "cls"):
-            hint = (
-                "; for a method, decorate it per instance: "
-                "self.embed_many = batch(...)(self._embed_many)"
-            )
-        raise TypeError(
-            f"@batch needs a function called with one argument, the list of items; "
-            f"{name}{signature} cannot be called that way{hint}"
-        ) from None
+    signature = signature_of(fn)
+    if not signature.readable or signature.fits(([],), {}):
+        return  # (no signature to read, as for some builtins: trust it)
+    hint = ""
+    if signature.names[:1] in (("self",), ("cls",)):
+        hint = (
+            "; for a method, decorate it per instance: "
+            "self.embed_many = batch(...)(self._embed_many)"
+        )
+    parameters = ", ".join(str(parameter) for parameter in signature.parameters)
+    raise TypeError(
+        f"@batch needs a function called with one argument, the list of items; "
+        f"{name}({parameters}) cannot be called that way{hint}"
+    )
 
 
 _SEQUENCES = (list, tuple, Sequence, typing.List, typing.Tuple)  # noqa: UP006 - old spellings
@@ -342,10 +338,10 @@ def _describe_one(one: Callable[..., Any], fn: Callable[..., Any]) -> None:
         hints = typing.get_type_hints(fn)
     except Exception:  # forward references that do not resolve, odd callables
         return
-    try:
-        first = next(iter(inspect.signature(fn).parameters))
-    except (StopIteration, TypeError, ValueError):
+    names = signature_of(fn).names
+    if not names:
         return
+    first = names[0]
     annotations: dict[str, Any] = {}
     if first in hints:
         annotations["item"] = _element(hints[first])
