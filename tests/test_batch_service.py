@@ -277,5 +277,5 @@ async def test_the_whole_stack_in_process_on_both_backends() -> None:
     }
     sent = [text for call in calls[1:] for text in call]
     assert sorted(sent) == sorted(set(texts))  # 8 distinct texts, each sent once...
-    assert calls[0] == calls[1]  # ...after the failed first batch was retried as it was
+    assert calls.count(calls[0]) == 2  # ...after the failed first batch was retried as it was
     assert embed_many.batcher.stats().items == 8
