@@ -1,14 +1,18 @@
 """RedisStore beside cashews' and aiocache's Redis backends, on a private redis-server.
 
-Three comparisons, measured in one run against the same server (started here on a free
+Five comparisons, measured in one run against the same server (started here on a free
 port, stopped at the end; skipped with a message when no redis-server is installed):
 
 * hit latency of an async function with one int argument, beside the bare await and a
   raw ``redis.asyncio`` GET (the floor: one round trip), and with ``local_ttl`` (no round
   trip at all);
 * miss latency: every call a new key, so each one looks up, computes (nothing) and stores;
-  buttress also takes and releases the cross-process lock, with ``single_flight=False``
-  it does not;
+  buttress also takes and releases the cross-process lock (in the same two round trips),
+  with ``single_flight=False`` it takes none;
+* the commands (round trips) a miss and a hit send, counted by the server (``MONITOR``);
+* the wake-up across processes: one process computes a key while another waits for it;
+  from the end of the holder's computation (its write follows at once) to the waiter's
+  call returning, and the commands sent while the waiter waited;
 * hit latency of a plain function through redis-py's sync client, beside a raw GET.
 
 The async rows of a comparison share one event loop (peers' clients are bound to the loop
@@ -22,19 +26,24 @@ import asyncio
 import gc
 import itertools
 import logging
+import os
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import _redis_wakeup as wakeup
 import buttress
-from _harness import Comparison
+from _harness import Comparison, median_of
 
 TTL = 600
 Setup = Callable[[str], Awaitable[tuple[Callable[[int], Awaitable[Any]], Callable[[], Any]]]]
@@ -247,18 +256,19 @@ def _misses(url: str, quick: bool) -> Comparison:
         "Redis cache miss, async function with one int argument",
         note=(
             "Every call a new key: look up, compute (nothing), store. buttress also takes "
-            "the cross-process lock (one script: SET NX and GET) and stores the value with "
-            "the lock's release (one script); rows interleaved in one event loop."
+            "the cross-process lock in the look-up (one script: GET, and SET NX when "
+            "nothing is stored) and lets go of it with the write (one script); rows "
+            "interleaved in one event loop."
         ),
     )
     rows: list[tuple[str, str, Setup, str]] = [
         ("bare await", "bare", _bare(), ""),
-        ("buttress.RedisStore", "ours", _ours(), "3 round trips"),
+        ("buttress.RedisStore", "ours", _ours(), "2 round trips, with the lock"),
         (
             "buttress.RedisStore, single_flight=False",
             "ours",
             _ours(single_flight=False),
-            "no lock: 2 round trips",
+            "no lock: 2 round trips (GET, SET)",
         ),
         *[(name, "peer", setup, "") for name, setup in _peers()],
     ]
@@ -315,6 +325,249 @@ def _sync_hits(url: str, quick: bool) -> Comparison:
     return comparison
 
 
+# --- round trips and wake-ups, counted by the server ----------------------------------------
+
+
+@contextmanager
+def _monitor(url: str) -> Iterator[Counter[str]]:
+    """Count the commands clients send inside the block (``MONITOR``), leaving out those a
+    Lua script runs (part of its one ``EVALSHA``) and a new connection's handshake."""
+    import redis
+
+    seen: Counter[str] = Counter()
+    watcher = redis.Redis.from_url(url, socket_timeout=30)
+    marker = redis.Redis.from_url(url, socket_timeout=5)
+    started, stopped = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        try:
+            with watcher.monitor() as monitor:
+                marker.echo("bench-start")
+                counting = False
+                while True:
+                    entry = monitor.next_command()
+                    words = entry["command"].split()
+                    if words[:2] == ["ECHO", "bench-start"]:
+                        counting = True
+                        started.set()
+                    elif words[:2] == ["ECHO", "bench-stop"]:
+                        return
+                    elif counting and entry.get("client_type") != "lua":
+                        command = words[0].lower()
+                        if command not in {"hello", "client", "auth", "select", "ping"}:
+                            seen[command] += 1
+        finally:
+            started.set()
+            stopped.set()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield seen
+    finally:
+        marker.echo("bench-stop")
+        stopped.wait(10)
+        thread.join(10)
+        marker.close()
+        watcher.close()
+
+
+def _describe(seen: Counter[str], calls: int) -> str:
+    return ", ".join(
+        f"{name.upper()} {count / calls:g}" for name, count in sorted(seen.items())
+    )
+
+
+def _cashews_locked() -> Setup | None:
+    try:
+        from cashews import Cache
+    except ImportError:
+        return None
+
+    async def setup(url: str) -> Any:
+        cache = Cache()
+        cache.setup(url)
+        await cache.init()
+        return cache(ttl=TTL, lock=True)(_work), cache.close
+
+    return setup
+
+
+def _round_trips(url: str, quick: bool) -> Comparison:
+    comparison = Comparison(
+        "Redis commands per call, async function with one int argument",
+        unit="commands/miss",
+        mode="ratio",
+        note=(
+            "Commands each call sends, as the server saw them (MONITOR; each is its own "
+            "round trip: no row pipelines here). A miss is a new key, a hit the same keys "
+            "again. Commands a Lua script runs are part of its EVALSHA."
+        ),
+    )
+    rows: list[tuple[str, str, Setup]] = [
+        ("buttress.RedisStore", "ours", _ours()),
+        ("buttress.RedisStore, single_flight=False", "ours", _ours(single_flight=False)),
+        *[(name, "peer", setup) for name, setup in _peers()],
+    ]
+    locked = _cashews_locked()
+    if locked is not None:
+        rows.append(("cashews (redis://, lock=True)", "peer", locked))
+    calls = 5 if quick else 20
+    _flush(url)
+
+    async def measure() -> list[tuple[str, str, float, float, str, str]]:
+        results = []
+        for index, (name, kind, setup) in enumerate(rows):
+            fn, cleanup = await setup(url)
+            await fn(1)  # connections open, scripts loaded
+            keys = range(1000 * (index + 1), 1000 * (index + 1) + calls)
+            with _monitor(url) as missed:
+                for key in keys:
+                    await fn(key)
+            with _monitor(url) as hit:
+                for key in keys:
+                    await fn(key)
+            result = cleanup()
+            if asyncio.iscoroutine(result):
+                await result
+            results.append(
+                (
+                    name,
+                    kind,
+                    sum(missed.values()) / calls,
+                    sum(hit.values()) / calls,
+                    _describe(missed, calls),
+                    _describe(hit, calls),
+                )
+            )
+        return results
+
+    for name, kind, misses, hits, miss_commands, hit_commands in asyncio.run(measure()):
+        comparison.add(
+            name,
+            misses,
+            kind,
+            extra={"commands/hit": hits, "a miss": miss_commands, "a hit": hit_commands},
+        )
+    return comparison
+
+
+def _waiter(implementation: str, url: str) -> subprocess.Popen[str]:
+    here = Path(__file__).resolve().parent
+    source = Path(buttress.__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(source), str(here), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
+    code = "import sys, _redis_wakeup; _redis_wakeup.main(*sys.argv[1:])"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, implementation, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise RuntimeError(f"the {implementation} waiter did not start")
+    return process
+
+
+def _wakeups(url: str, quick: bool) -> Comparison:
+    comparison = Comparison(
+        "Cross-process wake-up: the holder's write to a waiting process's return",
+        unit="ms",
+        mode="ratio",
+        note=(
+            "One process computes a key (holding the implementation's lock) while another "
+            "process calls the same key and waits; the figure is the time from the end of "
+            "the holder's computation (its write follows) to the waiter's call returning "
+            "(one clock, CLOCK_MONOTONIC). `commands/s` is what was sent while the waiter "
+            "waited."
+        ),
+    )
+    implementations = [
+        ("buttress.RedisStore (BLMOVE wake-up)", "ours", "buttress"),
+        ("buttress.RedisStore (polling fallback)", "ours", "buttress-poll"),
+    ]
+    for module, name in (("cashews", "cashews (redis://, lock=True)"), ("aiocache", "")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        implementations.append((name or "aiocache (RedLock)", "peer", module))
+    rounds, hold = (2, 0.1) if quick else (9, 0.3)
+    _flush(url)
+    alone = []
+    for index, (name, kind, implementation) in enumerate(implementations):
+        latencies, rate, computed = asyncio.run(
+            _hold(implementation, url, 10_000 * (index + 1), rounds, hold)
+        )
+        if computed:  # no cross-process wait at all: nothing to time
+            alone.append(name)
+            continue
+        comparison.add(name, median_of(latencies), kind, extra={"commands/s": rate})
+    if alone:
+        comparison.note += (
+            f" Not in the table: {', '.join(alone)}, whose waiting process did not wait "
+            "for the holder but computed the value itself (aiocache's RedLock wakes the "
+            "waiters of its own process only; another process finds no lock event to wait "
+            "on and goes ahead)."
+        )
+    return comparison
+
+
+async def _hold(
+    implementation: str, url: str, base: int, rounds: int, hold: float
+) -> tuple[list[float], float, bool]:
+    """Hold keys ``base..`` in this process while a waiter process asks for them: the
+    latencies (ms), the commands sent per second while it waited, and whether the waiter
+    ever computed the value itself."""
+    fn, cleanup = await wakeup.IMPLEMENTATIONS[implementation](url)
+    waiter = _waiter(implementation, url)
+    assert waiter.stdin is not None
+    assert waiter.stdout is not None
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    sent: Counter[str] = Counter()
+    computed = False
+    try:
+        for round_ in range(rounds + 1):
+            counting = round_ == rounds  # a last round under MONITOR, for the commands
+            wakeup.GATE = asyncio.Event()
+            holding = asyncio.ensure_future(fn(base + round_))
+            await asyncio.sleep(0.05)  # the holder has its lock
+            with _monitor(url) if counting else _nothing() as seen:
+                waiter.stdin.write(f"{base + round_}\n")
+                waiter.stdin.flush()
+                await asyncio.sleep(hold)  # the waiter waits
+            wakeup.GATE.set()
+            await holding
+            ended = wakeup.ENDED[-1]
+            line = await loop.run_in_executor(None, waiter.stdout.readline)
+            returned, itself = line.split()
+            computed = computed or itself == "1"
+            if counting:
+                sent = seen
+            else:
+                latencies.append((float(returned) - ended) * 1000)
+    finally:
+        wakeup.GATE = None
+        waiter.stdin.close()
+        waiter.wait(30)
+        result = cleanup()
+        if asyncio.iscoroutine(result):
+            await result
+    return latencies, sum(sent.values()) / hold, computed
+
+
+@contextmanager
+def _nothing() -> Iterator[Counter[str]]:
+    yield Counter()
+
+
 def collect(quick: bool) -> list[Comparison]:
     with _redis_server() as url:
         if url is None:
@@ -325,4 +578,10 @@ def collect(quick: bool) -> list[Comparison]:
             )
             return []
         logging.getLogger("buttress.cache").setLevel(logging.ERROR)
-        return [_hits(url, quick), _misses(url, quick), _sync_hits(url, quick)]
+        return [
+            _hits(url, quick),
+            _misses(url, quick),
+            _round_trips(url, quick),
+            _wakeups(url, quick),
+            _sync_hits(url, quick),
+        ]

@@ -8,6 +8,9 @@
          -d '{"texts": ["a cat", "a kitten"], "normalize": true}'
     curl http://127.0.0.1:8000/metrics        # and /docs for the schema
 
+    # traces and metrics to an OpenTelemetry collector (OTLP over HTTP), too:
+    python examples/fastapi_gateway.py --otlp http://127.0.0.1:4318
+
 What it shows:
 
 - decorators go *below* ``@app.get``/``@app.post``: FastAPI then registers the decorated
@@ -18,7 +21,11 @@ What it shows:
   validation), on one long-lived object reached through ``Depends``;
 - exception handlers turning buttress's refusals into HTTP statuses (503 with Retry-After
   from an open breaker, 504, 502), ``add_metrics_route()`` for ``/metrics`` and
-  ``RequestContextMiddleware`` for request ids in every monitor record.
+  ``RequestContextMiddleware`` for request ids in every monitor record;
+- with ``--otlp URL``, OpenTelemetry (``buttress.otel``): a server span per request that
+  continues the caller's ``traceparent``, a span per monitored call with its retries and
+  cache result on it, and the metrics, all sent over OTLP/HTTP (needs
+  ``pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import math
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import aiohttp
 import numpy as np
@@ -47,6 +54,7 @@ from buttress import (
     OutputValidationError,
     bulkhead,
     monitor,
+    otel,
     policy,
     timeout,
 )
@@ -176,6 +184,30 @@ def create_app(upstream: str | None = None) -> FastAPI:
     return app
 
 
+def export_otlp(endpoint: str, service: str = "embedding-gateway") -> tuple[Any, Any]:
+    """Send buttress' traces and metrics over OTLP/HTTP to ``endpoint`` (a collector's base
+    URL, such as ``http://127.0.0.1:4318``); return the SDK's tracer and meter providers.
+
+    The SDK and the exporter are the application's choice: buttress needs only the API.
+    """
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    base = endpoint.rstrip("/")
+    resource = Resource.create({"service.name": service})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{base}/v1/traces")))
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(f"{base}/v1/metrics"))
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    otel.enable(tracer_provider, meter_provider)
+    return tracer_provider, meter_provider
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -184,10 +216,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--upstream",
         help="the embedding service, GET URL?text=...; by default a toy one is started",
     )
+    parser.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="send traces and metrics to this OTLP/HTTP endpoint (http://host:4318)",
+    )
     args = parser.parse_args(argv)
     # @monitor logs failed calls at ERROR (and every call at INFO, if you want them).
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(args.upstream), host=args.host, port=args.port, log_level="info")
+    providers = None
+    if args.otlp:
+        from opentelemetry import metrics, trace
+
+        providers = export_otlp(args.otlp)
+        # Global too: the application's own spans and instrumented clients use them.
+        trace.set_tracer_provider(providers[0])
+        metrics.set_meter_provider(providers[1])
+    try:
+        uvicorn.run(create_app(args.upstream), host=args.host, port=args.port, log_level="info")
+    finally:
+        if providers is not None:  # send what is still buffered
+            for provider in providers:
+                provider.shutdown()
     return 0
 
 

@@ -19,8 +19,8 @@ reader would paste them into one file:
   (``docs_cleanup.enter_context(UvicornThread(app))``).
 
 What a page changes in the process is undone after it: logging handlers and levels,
-buttress' metrics (disabled again if the page enabled them), @monitor's exporter thread
-(stopped again if the page started it).
+buttress' metrics and OpenTelemetry (disabled again if the page enabled them), @monitor's
+exporter thread (stopped again if the page started it).
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def run(path: Path, fixtures: dict[str, object] | None = None) -> tuple[int, int
     with contextlib.ExitStack() as cleanup:
         cleanup.enter_context(_logging_restored())
         cleanup.callback(_metrics_restored(), None)
+        cleanup.callback(_otel_restored(), None)
         cleanup.callback(_exporter_restored(), None)
         cleanup.callback(sys.modules.pop, name, None)
         document.namespace.update(fixtures or {})
@@ -199,6 +200,19 @@ def _exporter_restored() -> object:
     def restore(_: object) -> None:
         if not was_running and monitoring_stats().running:
             exporter.stop(10.0)
+
+    return restore
+
+
+def _otel_restored() -> object:
+    """A callback that turns buttress.otel off again if the page turned it on."""
+    from buttress import otel
+
+    before = otel.is_enabled()
+
+    def restore(_: object) -> None:
+        if not before and otel.is_enabled():
+            otel.disable()
 
     return restore
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,11 @@ def no_stray_threads() -> Iterator[None]:
         if time.monotonic() > deadline:
             raise AssertionError(f"threads left running: {stray}")
         time.sleep(0.01)
+
+
+def named(fn: Any) -> str:
+    """``module.qualname`` of ``fn``: the ``name=`` that makes a closure share its keys."""
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def raw_client(url: str) -> redis.Redis:
@@ -203,6 +209,59 @@ def wait_for(predicate: Any, timeout: float = 60.0, message: str = "") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting: {message}")
         time.sleep(0.01)
+
+
+#: What a client sends when it opens a connection: not the store's operations.
+_HANDSHAKE = frozenset({"hello", "client", "auth", "select", "readonly", "ping"})
+
+
+@contextmanager
+def commands_sent(url: str) -> Iterator[Counter[str]]:
+    """Count the commands clients send to Redis inside the block (through ``MONITOR``),
+    each a round trip; commands a Lua script runs are not counted (they are part of its
+    one ``EVALSHA``), nor what a new connection sends before its first command."""
+    seen: Counter[str] = Counter()
+    client = redis.Redis.from_url(url, socket_timeout=30)
+    marker = redis.Redis.from_url(url, socket_timeout=5)
+    started, stopped = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            with client.monitor() as monitor:
+                marker.echo("buttress-start")
+                counting = False
+                while True:
+                    entry = monitor.next_command()
+                    words = entry["command"].split()
+                    if words[:2] == ["ECHO", "buttress-start"]:
+                        counting = True
+                        started.set()
+                    elif words[:2] == ["ECHO", "buttress-stop"]:
+                        return
+                    elif counting and entry.get("client_type") != "lua":
+                        command = words[0].lower()
+                        if command not in _HANDSHAKE:
+                            seen[command] += 1
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+            started.set()
+        finally:
+            stopped.set()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    assert started.wait(10), "MONITOR did not start"
+    try:
+        yield seen
+    finally:
+        marker.echo("buttress-stop")
+        assert stopped.wait(10), "MONITOR did not stop"
+        thread.join(10)
+        marker.close()
+        client.close()
+        if failures:
+            raise failures[0]
 
 
 def command_calls(client: redis.Redis, command: str) -> int:

@@ -6,11 +6,13 @@
 - :class:`UvicornThread`: an ASGI app served by a real uvicorn server in a thread.
 - :func:`aiohttp_serving`: an aiohttp application served in the test's own event loop.
 - :class:`Script`: an example started as a script, with its output read line by line.
+- :func:`example_module`: a fresh import of an example, to serve its app in the test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import queue
 import signal
@@ -21,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any
 
 import uvicorn
@@ -30,6 +33,25 @@ from buttress._demo.upstream import Faults, Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+
+
+@contextmanager
+def example_module(name: str) -> Iterator[ModuleType]:
+    """A fresh import of ``examples/<name>.py`` (its own decorators' state: a breaker, a
+    cache), with the examples folder on ``sys.path`` for the modules it imports."""
+    sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered while in use: pydantic resolves the models' annotations through it.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+        sys.path.remove(str(EXAMPLES))
 
 
 @contextmanager

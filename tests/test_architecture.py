@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "buttress._registry": CORE,
     "buttress._declare": CORE,
     "buttress._signature": CORE,
+    "buttress._tracing": CORE,
     # features: one decorator (or one family) each
     "buttress._retry": FEATURES,
     "buttress._caching": FEATURES,
@@ -66,11 +67,13 @@ LAYERS: dict[str, int] = {
     "buttress._monitoring": FEATURES,
     "buttress._policies": FEATURES,
     "buttress._batching": FEATURES,
+    "buttress._redis": FEATURES,
     # composition: what puts features together or in front of users
     "buttress": COMPOSITION,
     "buttress.__main__": COMPOSITION,
     "buttress._policy": COMPOSITION,
     "buttress.metrics": COMPOSITION,
+    "buttress.otel": COMPOSITION,
     "buttress._sinks": COMPOSITION,
     "buttress.integrations": COMPOSITION,
     "buttress._demo": COMPOSITION,
@@ -88,11 +91,13 @@ FEATURE_OF: dict[str, str] = {
     "buttress._monitoring": "monitoring",
     "buttress._policies": "policies",
     "buttress._batching": "batching",
+    "buttress._redis": "redis",
 }
 
 #: The only imports from one feature into another: (importer, imported) -> why.
 FEATURE_DEPENDENCIES: dict[tuple[str, str], str] = {
     ("retry", "policies"): "@retry(budget=...) takes a RetryBudget (_policies._budget)",
+    ("caching", "redis"): "RedisStore runs over the shared Redis connection (_redis)",
 }
 
 #: Import names of the optional dependencies (the extras in pyproject.toml): a module

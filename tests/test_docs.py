@@ -35,6 +35,7 @@ sys.path.remove(str(DOCS / "_ext"))
 PUBLIC_MODULES = (
     "buttress",
     "buttress.metrics",
+    "buttress.otel",
     "buttress.testing",
     "buttress.integrations.aiohttp",
     "buttress.integrations.fastapi",

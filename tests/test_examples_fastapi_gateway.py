@@ -3,9 +3,7 @@ demo's misbehaving embedding service; and the script itself, run once."""
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 
 from _monitor_support import fresh_monitoring, parse, value
-from _servers import EXAMPLES, Script, UvicornThread, upstream_in_a_thread
+from _servers import Script, UvicornThread, example_module, upstream_in_a_thread
 from buttress._demo.upstream import Faults, draw_call, vector_for
 
 DIM = 384
@@ -44,20 +42,8 @@ def _fresh() -> Iterator[None]:
 def example() -> Iterator[ModuleType]:
     """A fresh import of the example, so each test has its own breaker (a class-level
     decorator's state)."""
-    sys.path.insert(0, str(EXAMPLES))
-    path = EXAMPLES / "fastapi_gateway.py"
-    spec = importlib.util.spec_from_file_location("fastapi_gateway", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Registered while in use: pydantic resolves the models' annotations through it.
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with example_module("fastapi_gateway") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
-        sys.path.remove(str(EXAMPLES))
 
 
 def served_ok(text: str, attempts: int = 4) -> bool:

@@ -54,8 +54,14 @@ def test_the_docs_snippet_runs_alone(redis_url: str) -> None:
     section = (ROOT / "docs" / "decorators" / "redis.md").read_text()
     start = section.index("```python\n") + len("```python\n")
     code = section[start : section.index("```", start)]
+    # The snippet keeps the default timeout (0.25 s), which a busy 2-core test machine can
+    # exceed (the store then fails open and writes nothing): give it a loaded machine's.
+    prelude = (
+        "import functools, buttress\n"
+        "buttress.RedisStore = functools.partial(buttress.RedisStore, timeout=5.0)\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
+        [sys.executable, "-W", "error", "-c", prelude + code],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "REDIS_URL": redis_url},

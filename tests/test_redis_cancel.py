@@ -3,6 +3,7 @@ to expire, so another replica computes without waiting for ``lock_ttl``."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import redis
 import redis.asyncio
 
 from _cache_support import accesses, by_kind, counted
-from _redis_support import no_stray_threads, raw_client  # noqa: F401  (a fixture)
+from _redis_support import named, no_stray_threads, raw_client  # noqa: F401  (a fixture)
 from buttress import CacheKey, CacheScope, RedisStore, cache_result
 
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_stray_threads")]
@@ -44,7 +45,7 @@ async def _cancel_while_computing(
 
     hang.__qualname__ = embed.__qualname__
     hang.__module__ = embed.__module__
-    leader = cache_result(ttl=60, store=store)(hang)
+    leader = cache_result(ttl=60, store=store, name=named(embed))(hang)
     scope = anyio.CancelScope()
 
     async def lead() -> None:
@@ -130,7 +131,7 @@ async def test_a_cancelled_leader_lets_a_waiting_replica_take_over_at_once(
 
     hang.__qualname__ = embed.__qualname__
     hang.__module__ = embed.__module__
-    a = cache_result(ttl=60, store=first)(hang)
+    a = cache_result(ttl=60, store=first, name=named(embed))(hang)
     b = cache_result(ttl=60, store=second)(embed)
     results: list[int] = []
     scope = anyio.CancelScope()
@@ -161,3 +162,43 @@ async def test_a_cancelled_leader_lets_a_waiting_replica_take_over_at_once(
             await store.aclose()
             store.close()
         client.close()
+
+
+async def slowly(x: int) -> int:
+    await anyio.sleep(0.2)
+    return x
+
+
+@pytest.mark.anyio
+async def test_every_call_counts_once_when_callers_are_cancelled(redis_url: str) -> None:
+    # 10 callers of a cold key at once, 5 of them cancelled after 0-10 ms: while they read
+    # Redis, or while they wait for the leader. Each call counts once, however it ended.
+    store = RedisStore(redis_url, timeout=5)
+    fn = cache_result(ttl=60, store=store)(slowly)
+    rng = random.Random(13)
+    rounds = 6
+    try:
+        with accesses(slowly.__qualname__) as seen:
+            for key in range(rounds):
+                scopes = [anyio.CancelScope() for _ in range(10)]
+
+                async def call(scope: anyio.CancelScope, key: int = key) -> None:
+                    with scope:
+                        assert await fn(key) == key
+
+                async def cancel(scope: anyio.CancelScope, after: float) -> None:
+                    await anyio.sleep(after)
+                    scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    for scope in scopes:
+                        tg.start_soon(call, scope)
+                    for scope in scopes[5:]:
+                        tg.start_soon(cancel, scope, rng.uniform(0, 0.01))
+        stats = fn.cache.stats()
+        assert sum(counted(stats).values()) == 10 * rounds
+        assert by_kind(seen) == counted(stats)  # one event per call, of the same kind
+        assert stats.misses >= rounds  # each key computed (a cancelled leader's waiter too)
+    finally:
+        await store.aclose()
+        store.close()

@@ -21,6 +21,7 @@ from _redis_support import (
     command_calls,
     digest,
     expected_value,
+    named,
     no_stray_threads,  # noqa: F401  (a fixture)
     raw_client,
     start_worker,
@@ -143,8 +144,8 @@ def test_the_lock_is_renewed_while_a_long_computation_runs(redis_url: str) -> No
         return x * 2
 
     slow.__qualname__ = "work"
-    a = cache_result(store=first)(slow)
-    b = cache_result(store=second)(slow)
+    a = cache_result(store=first, name=named(work))(slow)
+    b = cache_result(store=second, name=named(work))(slow)
     results: list[int] = []
     thread = threading.Thread(target=lambda: results.append(a(21)), name="replica-a")
     thread.start()
@@ -174,8 +175,8 @@ async def test_the_lock_is_renewed_while_a_long_coroutine_runs(redis_url: str) -
         return x * 2
 
     slow.__qualname__ = "work"
-    a = cache_result(store=first)(slow)
-    b = cache_result(store=second)(slow)
+    a = cache_result(store=first, name=named(work))(slow)
+    b = cache_result(store=second, name=named(work))(slow)
     results: list[int] = []
 
     async def call(fn: Any) -> None:
@@ -208,8 +209,8 @@ def test_when_the_holder_fails_a_waiter_computes_itself(redis_url: str) -> None:
         return x
 
     flaky.__qualname__ = "work"
-    a = cache_result(store=first)(flaky)
-    b = cache_result(store=second)(flaky)
+    a = cache_result(store=first, name=named(work))(flaky)
+    b = cache_result(store=second, name=named(work))(flaky)
     errors: list[BaseException] = []
 
     def run_a() -> None:
@@ -274,8 +275,8 @@ def test_a_coroutine_blocking_its_event_loop_keeps_its_lock(redis_url: str) -> N
         return x * 2
 
     heavy.__qualname__ = "work"
-    a = cache_result(store=first)(heavy)
-    b = cache_result(store=second)(heavy)
+    a = cache_result(store=first, name=named(work))(heavy)
+    b = cache_result(store=second, name=named(work))(heavy)
     results: list[int] = []
     thread = threading.Thread(target=lambda: results.append(anyio.run(a, 4)), name="replica-a")
     thread.start()

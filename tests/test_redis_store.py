@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from _redis_support import (
     Embedding,
+    named,
     no_stray_threads,  # noqa: F401  (a fixture)
     raw_client,
 )
@@ -94,14 +95,17 @@ def test_replicas_share_values_under_namespaced_keys(stores: Factory, client: re
         return triple(x)
 
     counted.__qualname__ = "triple"
-    one = cache_result(ttl=30, store=stores(namespace="svc", version=3))(counted)
-    two = cache_result(ttl=30, store=stores(namespace="svc", version=3))(counted)
+    same = named(triple)  # a closure captured calls: named, it shares triple's keys
+    one = cache_result(ttl=30, store=stores(namespace="svc", version=3), name=same)(counted)
+    two = cache_result(ttl=30, store=stores(namespace="svc", version=3), name=same)(counted)
     assert one(7) == [7, 7, 7]
     assert two(7) == [7, 7, 7]  # read from Redis: computed by the other replica
     assert calls == [7]
     digest = CacheKey(CacheScope("triple", module=__name__), (7,)).digest()
-    assert client.keys() == [f"svc:3:{__name__}.triple:{digest}".encode()]
-    other_version = cache_result(ttl=30, store=stores(namespace="svc", version=4))(counted)
+    assert client.keys() == [f"svc:3:{__name__}.triple:{{{digest}}}".encode()]
+    other_version = cache_result(ttl=30, store=stores(namespace="svc", version=4), name=same)(
+        counted
+    )
     assert other_version(7) == [7, 7, 7]
     assert calls == [7, 7]  # a new version never reads the old one's values
 
@@ -191,26 +195,27 @@ def test_one_store_serves_several_event_loops(stores: Factory) -> None:
 def test_trio_runs_the_sync_client_in_worker_threads(
     stores: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from buttress._caching._redis._commands import SyncCommands
+    from buttress._redis import Script
 
     store = stores()
     fn = cache_result(store=store)(atriple)
-    threads: list[str] = []
-    original = SyncCommands.get
+    threads: list[tuple[str, str]] = []
+    original = Script.run
 
-    def spy(self: SyncCommands, name: str) -> bytes | None:
-        threads.append(threading.current_thread().name)
-        return original(self, name)
+    def spy(self: Script, client: Any, keys: Any, args: Any) -> Any:
+        threads.append((self.name, threading.current_thread().name))
+        return original(self, client, keys, args)
 
-    monkeypatch.setattr(SyncCommands, "get", spy)
+    monkeypatch.setattr(Script, "run", spy)
 
     async def main() -> list[int]:
         await fn(2)
         return await fn(2)
 
     assert anyio.run(main, backend="trio") == [2, 2, 2]
-    assert len(threads) == 2  # the miss and the hit (taking the lock is another command)
-    assert threading.current_thread().name not in threads
+    # the miss: read-or-lock, then store-and-release; the hit: read-or-lock
+    assert [name for name, _ in threads] == ["lookup", "store", "lookup"]
+    assert threading.current_thread().name not in {thread for _, thread in threads}
     assert not store.connection._loops  # no redis.asyncio client was made: it cannot run on trio
 
 
@@ -221,7 +226,7 @@ def test_a_loop_ended_by_asyncio_run_closes_its_client(stores: Factory) -> None:
 
     async def main() -> None:
         await fn(1)
-        clients.append(store.connection.async_("get").client)
+        clients.append(store.connection.async_client("get"))
 
     asyncio.run(main())
     assert not store.connection._loops
@@ -352,7 +357,9 @@ def test_early_refresh_recomputes_a_fresh_value_before_it_expires(
     stores: Factory, buttress_clock: FakeClock
 ) -> None:
     compute, _ = _slow_counter(buttress_clock, 2.0)
-    eager = cache_result(ttl=30, store=stores(early_refresh_beta=1e9))(compute)
+    eager = cache_result(ttl=30, store=stores(early_refresh_beta=1e9), name=named(compute))(
+        compute
+    )
     assert eager(1) == 1
     assert eager(1) == 2  # ~certain at this beta: the caller refreshed it
     stats = eager.cache.stats()
@@ -363,7 +370,9 @@ def test_early_refresh_is_rare_far_from_expiry(stores: Factory, buttress_clock: 
     # A computation of 1 s: far from expiry the chance is exp(-3600); with a millisecond
     # left (the wall-clock stamp in Redis is kept to the millisecond) it is exp(-0.001).
     compute, _ = _slow_counter(buttress_clock, 1.0)
-    fn = cache_result(ttl=3600, store=stores(early_refresh_beta=1.0))(compute)
+    fn = cache_result(ttl=3600, store=stores(early_refresh_beta=1.0), name=named(compute))(
+        compute
+    )
     for _ in range(50):
         assert fn(1) == 1  # exp(-3600): never
     assert fn.cache.stats().refreshes == 0
@@ -377,7 +386,7 @@ def test_while_another_process_refreshes_the_current_value_is_served_at_once(
 ) -> None:
     store = stores(early_refresh_beta=1e9)
     compute, calls = _slow_counter(buttress_clock, 2.0)
-    fn = cache_result(ttl=30, store=store)(compute)
+    fn = cache_result(ttl=30, store=store, name=named(compute))(compute)
     fn(1)
     name = store.key_name(_key(compute, 1))
     client.set(name + ":lock", "another replica", px=10_000)  # it is refreshing
@@ -392,7 +401,9 @@ def test_stale_while_revalidate_serves_at_once_while_another_process_refreshes(
 ) -> None:
     store = stores()
     compute, _ = _slow_counter(buttress_clock, 0.0)
-    fn = cache_result(ttl=10, stale_while_revalidate=60, store=store)(compute)
+    fn = cache_result(ttl=10, stale_while_revalidate=60, store=store, name=named(compute))(
+        compute
+    )
     fn(1)
     buttress_clock.advance(20)
     client.set(store.key_name(_key(compute, 1)) + ":lock", "another replica", px=10_000)
@@ -414,7 +425,7 @@ def test_a_failed_early_refresh_serves_the_value_that_is_still_fresh(
             raise outcome
         return int(outcome)
 
-    fn = cache_result(ttl=30, store=stores(early_refresh_beta=1e9))(flaky)
+    fn = cache_result(ttl=30, store=stores(early_refresh_beta=1e9), name=named(flaky))(flaky)
     assert fn(1) == 5
     assert fn(1) == 5  # the refresh raised; the value it refreshed is still fresh
     stats = fn.cache.stats()

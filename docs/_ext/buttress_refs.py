@@ -29,15 +29,15 @@ from docutils import nodes
 #: Modules whose names are shown as plain text (no inventory offline).
 EXTERNAL_MODULES = (
     "aiohttp", "anyio", "asyncio", "builtins", "collections", "concurrent", "contextlib",
-    "contextvars", "datetime", "fastapi", "logging", "numpy", "os", "pathlib", "prometheus_client",
-    "pydantic", "redis", "starlette", "threading", "types", "typing", "typing_extensions",
-    "web",
+    "contextvars", "datetime", "fastapi", "logging", "numpy", "opentelemetry", "os", "pathlib",
+    "prometheus_client", "pydantic", "redis", "starlette", "threading", "types", "typing",
+    "typing_extensions", "web",
 )
 #: Names type hints use unqualified (imported under ``TYPE_CHECKING`` or type variables);
 #: ``DogStatsdSink`` is what ``metrics.enable_dogstatsd()`` returns, not public API itself.
 EXTERNAL_NAMES = frozenset({
-    "APIRouter", "ASGIApp", "CollectorRegistry", "DogStatsdSink", "FastAPI", "Middleware",
-    "P", "R", "T",
+    "APIRouter", "ASGIApp", "CollectorRegistry", "DogStatsdSink", "FastAPI", "MeterProvider",
+    "Middleware", "P", "R", "T", "TracerProvider",
     "ellipsis",  # how Sphinx 7 spells types.EllipsisType
 })
 
@@ -60,6 +60,7 @@ def _public_names() -> dict[str, str]:
         "buttress.integrations.aiohttp",
         "buttress.testing",
         "buttress.metrics",
+        "buttress.otel",
         "buttress",
     ):
         module = importlib.import_module(module_name)

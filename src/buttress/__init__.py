@@ -1,7 +1,8 @@
 """buttress: resilience decorators for machine-learning inference, sync and async.
 
 Everything public is importable from here. Names that need an optional dependency
-(redis, prometheus-client) resolve lazily, so ``import buttress`` stays light.
+(redis, prometheus-client, opentelemetry) resolve lazily or live in submodules
+(``buttress.metrics``, ``buttress.otel``), so ``import buttress`` stays light.
 
 Architecture
 ============
@@ -19,13 +20,15 @@ core
     bus), ``_wrapping`` (sync or async, honest wrappers), ``_declare`` (a decorator built
     from the one declaration of its settings), ``_signature`` (a function's signature,
     read once), ``_registry`` (live objects one part reads without importing the part
-    that made them: every circuit breaker).
+    that made them: every circuit breaker), ``_tracing`` (the hook ``@monitor`` and
+    ``@hedge`` open spans through, ``None`` until OpenTelemetry is enabled).
 
 features
     One decorator or one family each: ``_retry``; ``_caching/``; ``_validation/``;
     ``_memory_guard`` with ``_memory_probe``; ``_monitoring/``; ``_policies/`` (circuit
     breaker, bulkhead, rate limit, timeout, fallback, hedge, retry budget); ``_batching/``
-    (``@batch``). A feature
+    (``@batch``); and ``_redis/``, the Redis connection that features keeping fleet-wide
+    state in Redis share (clients of any topology, timeouts, failures, scripts). A feature
     imports the core, and another feature only along a dependency listed below. Features
     report what they do through events; monitoring counts them, and reads the live
     breakers' states from the registry: it imports no other feature.
@@ -33,13 +36,16 @@ features
 composition
     What puts features together or in front of users: ``_policy`` (``policy()``, the
     canonical stack), ``metrics`` and its sinks (``_sinks/``: the Prometheus collector,
-    the DogStatsD sink), ``integrations/`` (aiohttp, FastAPI), ``_demo/`` and
-    ``__main__``, ``testing`` and ``_pytest_plugin``, and this module. Any of them may
-    import any feature; no feature imports them.
+    the DogStatsD sink, the OpenTelemetry sink), ``otel`` (which switches the
+    OpenTelemetry sink on and installs its tracer in ``_tracing``), ``integrations/``
+    (aiohttp, FastAPI), ``_demo/`` and ``__main__``, ``testing`` and
+    ``_pytest_plugin``, and this module. Any of them may import any feature; no feature
+    imports them.
 
 The dependencies between features, each one way:
 
 - retry -> policies: ``@retry(budget=...)`` takes a ``RetryBudget`` (``_policies._budget``).
+- caching -> redis: ``RedisStore`` runs over the shared Redis connection (``_redis``).
 
 A new module gets its layer in ``tests/test_architecture.py`` (which fails until it has
 one) and here; a new dependency between features is listed in both places too.
@@ -99,6 +105,7 @@ from ._events import BatchCompleted as BatchCompleted
 from ._events import BatchDispatched as BatchDispatched
 from ._events import BatchRejected as BatchRejected
 from ._events import BulkheadRejected as BulkheadRejected
+from ._events import BulkheadWaited as BulkheadWaited
 from ._events import CacheAccess as CacheAccess
 from ._events import CacheEviction as CacheEviction
 from ._events import CacheStoreFailed as CacheStoreFailed
@@ -108,6 +115,7 @@ from ._events import Event as Event
 from ._events import EventBus as EventBus
 from ._events import FallbackUsed as FallbackUsed
 from ._events import HedgeStarted as HedgeStarted
+from ._events import HedgeWon as HedgeWon
 from ._events import MemoryGuardDecision as MemoryGuardDecision
 from ._events import RateLimited as RateLimited
 from ._events import RetryBudgetExhausted as RetryBudgetExhausted
@@ -191,6 +199,7 @@ __all__ = [
     "BulkheadFunction",
     "BulkheadRejected",
     "BulkheadStats",
+    "BulkheadWaited",
     "ButtressError",
     "CacheAccess",
     "CacheEntry",
@@ -218,6 +227,7 @@ __all__ = [
     "GpuProbe",
     "HedgeStarted",
     "HedgeStats",
+    "HedgeWon",
     "HedgedFunction",
     "Hedger",
     "InputValidationError",

@@ -25,6 +25,7 @@ __all__ = [
     "BatchDispatched",
     "BatchRejected",
     "BulkheadRejected",
+    "BulkheadWaited",
     "CacheAccess",
     "CacheEviction",
     "CacheStoreFailed",
@@ -34,6 +35,7 @@ __all__ = [
     "EventBus",
     "FallbackUsed",
     "HedgeStarted",
+    "HedgeWon",
     "MemoryGuardDecision",
     "RateLimited",
     "RetryBudgetExhausted",
@@ -185,7 +187,21 @@ class CircuitRejected(Event):
 
 @dataclass(frozen=True, slots=True)
 class BulkheadRejected(Event):
-    """A bulkhead refused a call: no free slot and no room to wait (or the wait timed out)."""
+    """A bulkhead refused a call: no free slot and no room to wait (or the wait timed out).
+
+    ``reason`` is ``"full"`` (refused at once) or ``"timeout"`` (refused after waiting
+    ``waited`` seconds for a slot).
+    """
+
+    reason: Literal["full", "timeout"] = "full"
+    waited: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadWaited(Event):
+    """A call waited ``waited`` seconds in a bulkhead's queue, then got a slot."""
+
+    waited: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +231,16 @@ class HedgeStarted(Event):
     """``@hedge`` started attempt number ``attempt`` (2 for the first hedge)."""
 
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeWon(Event):
+    """A hedged call was answered by attempt number ``attempt`` (1: the first one) of
+    the ``attempts`` it started; the others were cancelled. Emitted only for calls that
+    started at least one hedge."""
+
+    attempt: int
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)

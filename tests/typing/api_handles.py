@@ -23,6 +23,7 @@ from buttress import (
     Policy,
     RateLimiter,
     RateLimiterStats,
+    cache_result,
     circuit_breaker,
     memory_guard,
     monitor,
@@ -117,6 +118,8 @@ def settings_are_checked() -> None:
     circuit_breaker(failure_ratio="high")  # type: ignore[call-overload]
     validate_input(on_error=3)  # type: ignore[call-overload]
     validate_output(on_error=3)  # type: ignore[call-overload]
+    cache_result(ttl="1m")  # type: ignore[call-overload]
+    cache_result(tll=60)  # type: ignore[call-overload]
 
 
 # --- every handle under its decorator's own name, typed --------------------------------

@@ -9,8 +9,10 @@ Where to look:
   hit; ``_steps``: the steps engines and drivers speak in; ``_core``: one function's keys,
   storage, counters and flights; ``_flight``: single-flight within a process;
 * ``_handle``: ``fn.cache`` and the decorated function's static types;
-* ``_keys``: cache keys; ``_store``: the store protocol; ``_local``: the in-process table and
-  ``LocalStore``; ``_values``: freezing results; ``_codec`` and ``_redis``: ``RedisStore``.
+* ``_keys``: cache keys; ``_naming``: the names functions go by in a store shared between
+  processes; ``_store``: the store protocol; ``_local``: the in-process table and
+  ``LocalStore``; ``_values``: freezing results; ``_codec`` and ``_redis``: ``RedisStore``
+  (over the shared connection of ``buttress._redis``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from buttress._wrapping import function_module, function_name
 from ._flight import AsyncFlights, ThreadFlight
 from ._keys import BindError, CacheKey, CacheScope, KeyBuilder
 from ._local import LocalTable
+from ._naming import shared_name
 from ._policy import Policy
 from ._stats import CacheStats, Counters
 from ._store import CacheEntry
@@ -63,10 +64,14 @@ class CacheCore:
         self.policy = policy
         self.builder = KeyBuilder(fn, self.name, policy.key)
         self.counters = Counters()
-        self.scope = CacheScope(
-            self.name, self.builder.names, self._evicted, module=function_module(fn)
-        )
         self.store = policy.store
+        if self.store is not None and self.store.shared_between_processes:
+            function, module = shared_name(fn, policy.name)  # may refuse fn
+        elif policy.name is not None:
+            function, module = policy.name, ""
+        else:
+            function, module = self.name, function_module(fn)
+        self.scope = CacheScope(function, self.builder.names, self._evicted, module=module)
         scope = self.scope
         self.table: LocalTable | None = (
             LocalTable(policy.maxsize, policy.max_bytes, lambda _key: scope)

@@ -8,58 +8,47 @@ handle (:mod:`._handle`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from buttress._wrapping import wrap
+from buttress._declare import Decorate, declare
+from buttress._errors import ConfigurationError
+from buttress._wrapping import function_name, wrap
 
 from ._handle import CachedFunction, CacheHandle
 from ._policy import Policy
 from ._shells import async_shell, sync_shell
-from ._store import CacheStore
 
 __all__ = ["cache_result"]
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 R = TypeVar("R")
 
 
-@overload
-def cache_result(fn: Callable[P, R], /) -> CachedFunction[P, R]: ...
+class _Decorator(Protocol):
+    def __call__(self, fn: Callable[P, R], /) -> CachedFunction[P, R]: ...
 
 
-@overload
-def cache_result(
-    *,
-    ttl: float | timedelta | None = 60.0,
-    maxsize: int = 10_000,
-    max_bytes: int | str | None = None,
-    key: Callable[..., Hashable] | None = None,
-    single_flight: bool = True,
-    cache_none: bool = True,
-    store: CacheStore | None = None,
-    copy_arrays: bool = False,
-    stale_while_revalidate: float | timedelta = 0,
-    stale_if_error: float | timedelta = 0,
-) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+class _CacheResult(Protocol[Q]):
+    """``@cache_result`` bare, or called with the settings ``Q`` first."""
+
+    # The settings are keyword-only: the two forms never match one call.
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> CachedFunction[P, R]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, *args: Q.args, **kwargs: Q.kwargs) -> _Decorator: ...
 
 
-def cache_result(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    ttl: float | timedelta | None = 60.0,
-    maxsize: int = 10_000,
-    max_bytes: int | str | None = None,
-    key: Callable[..., Hashable] | None = None,
-    single_flight: bool = True,
-    cache_none: bool = True,
-    store: CacheStore | None = None,
-    copy_arrays: bool = False,
-    stale_while_revalidate: float | timedelta = 0,
-    stale_if_error: float | timedelta = 0,
-) -> Any:
+def _declared(
+    settings: Callable[Q, Policy],
+) -> Callable[[Callable[[Policy], Decorate]], _CacheResult[Q]]:
+    return lambda build: declare(settings, build)
+
+
+@_declared(Policy)
+def cache_result(policy: Policy) -> Decorate:
     """Remember results by arguments for ``ttl`` seconds; compute each key once at a time.
 
     Arguments are bound to the signature with defaults applied, so ``f(1, b=2)``,
@@ -96,9 +85,17 @@ def cache_result(
         stale_if_error: for this long after expiry, a refresh that fails is answered with
             the expired value instead of the error (counted in ``stale``, the error
             reported on the ``CacheAccess`` event).
+        name: the name a store shared between processes (``RedisStore``) keeps the
+            function's entries under, in place of ``module.qualname`` (followed, for a
+            function that captured values, by a digest of them). Give one to a closure
+            that captured something no other process can compare (a client, a model
+            object), which the decorator refuses otherwise: closures made by one factory
+            share a qualified name, and must never read each other's entries.
 
     Raises:
-        ConfigurationError: at decoration, for a setting that cannot work.
+        ConfigurationError: at decoration, for a setting that cannot work, or for a
+            function a shared store could not tell from another of the same name
+            (see ``name``).
         TypeError: at decoration, for a generator function.
         UnkeyableArgumentError: at call time (a ``TypeError``), for an argument that
             cannot be keyed; it names the argument and points at ``key=``.
@@ -107,20 +104,18 @@ def cache_result(
     ``invalidate(*args, **kwargs)``, ``clear()``, their async forms ``ainvalidate`` and
     ``aclear``, and ``bypass(*args, **kwargs)`` to call the function itself once.
     """
-    policy = Policy(
-        ttl=ttl,
-        maxsize=maxsize,
-        max_bytes=max_bytes,
-        key=key,
-        single_flight=single_flight,
-        cache_none=cache_none,
-        store=store,
-        copy_arrays=copy_arrays,
-        stale_while_revalidate=stale_while_revalidate,
-        stale_if_error=stale_if_error,
-    )
+    name = policy.name
+    named: list[Any] = []
 
     def decorate(target: Callable[..., Any]) -> Any:
+        if name is not None:
+            if named and named[0] is not target:
+                raise ConfigurationError(
+                    f"name={name!r} names one function, and this @cache_result already "
+                    f"caches {function_name(named[0])}: give each function its own "
+                    "cache_result(name=...)"
+                )
+            named.append(target)
         handle: CacheHandle[Any, Any] = CacheHandle()
         return wrap(
             target,
@@ -130,4 +125,4 @@ def cache_result(
             attributes={"cache": handle},
         )
 
-    return decorate if fn is None else decorate(fn)
+    return decorate

@@ -70,7 +70,8 @@ class Engine:
         ``new_flight(found)`` makes one of the same kind.
 
         Every way through ends in exactly one :meth:`CacheCore.note` (what each result
-        means is told in :class:`~buttress.CacheStats`), except a store refusing the read.
+        means is told in :class:`~buttress.CacheStats`), except a store refusing the read
+        (``CacheStoreError``).
         """
         core = self.core
         policy = self.policy
@@ -87,11 +88,29 @@ class Engine:
                     entry = followed.found
                 else:
                     try:
-                        entry = yield Read(stored)
+                        entry, held = yield Read(stored, lead=policy.single_flight)
                     except BaseException as exc:
+                        if is_fatal(exc):
+                            # cancelled while the store was read: counted as what it was
+                            # about to be, a join if this key is being computed here
+                            core.note("join" if key in flights else "miss")
+                            return None, exc
                         if not self.survives("get", exc):
                             return None, exc  # the cache could not be read: no result to note
-                        entry = None
+                        entry = held = None
+                    if held is not None:
+                        # Nothing stored, and the store made this caller the one that
+                        # computes it across processes (in the same round trip). Callers of
+                        # this process join its flight; one that came while the store was
+                        # read has a flight of its own, waiting for this value through the
+                        # store: this caller computes all the same.
+                        with self.lock:
+                            led = None if key in flights else new_flight(None)
+                            if led is not None:
+                                flights[key] = led
+                        return (
+                            yield from self._compute(key, stored, None, ABSENT, flights, led, held)
+                        )
             state = ABSENT if entry is None else policy.state(entry, _clock.monotonic())
             flight = own = waiter = None
             moved = False
@@ -186,21 +205,23 @@ class Engine:
         state: Freshness,
         flights: dict[Hashable, F],
         own: F | None,
+        held: object = None,
     ) -> Plan:
         """Run the function and store its result; settle ``own`` flight if leading one.
 
         ``entry`` is what the lookup found, in ``state``: a failure may be answered with it,
         and a store's flight is offered it if it is servable (STALE or EARLY), to hand it
-        back when another process is already refreshing it.
+        back when another process is already refreshing it. ``held``: the store's flight,
+        when reading the store already made this caller lead it.
         """
         core = self.core
         policy = self.policy
         result: Result = "miss"
         try:
-            held = found = None
+            found = None
             current = entry if state is STALE or state is EARLY else None
             # single_flight=False: concurrent misses each compute, across processes too
-            if stored is not None and policy.single_flight:
+            if held is None and stored is not None and policy.single_flight:
                 try:
                     held, found = yield Lead(stored, current)
                 except BaseException as exc:

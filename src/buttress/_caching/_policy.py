@@ -63,7 +63,11 @@ def refresh_early(now: float, expires: float, duration: float, beta: float, draw
 
 @final
 class Policy:
-    """The compiled settings of one ``@cache_result``: decisions only, no I/O, no waiting."""
+    """The compiled settings of one ``@cache_result``: decisions only, no I/O, no waiting.
+
+    Its constructor is the one declaration of ``@cache_result``'s settings (see
+    :func:`~buttress.cache_result` for what each means).
+    """
 
     __slots__ = (
         "cache_none",
@@ -73,6 +77,7 @@ class Policy:
         "key",
         "max_bytes",
         "maxsize",
+        "name",
         "single_flight",
         "stale_if_error",
         "stale_while_revalidate",
@@ -83,17 +88,21 @@ class Policy:
     def __init__(
         self,
         *,
-        ttl: float | timedelta | None,
-        maxsize: int,
-        max_bytes: int | str | None,
-        key: Callable[..., Hashable] | None,
-        single_flight: bool,
-        cache_none: bool,
-        store: CacheStore | None,
-        copy_arrays: bool,
-        stale_while_revalidate: float | timedelta,
-        stale_if_error: float | timedelta,
+        ttl: float | timedelta | None = 60.0,
+        maxsize: int = 10_000,
+        max_bytes: int | str | None = None,
+        key: Callable[..., Hashable] | None = None,
+        single_flight: bool = True,
+        cache_none: bool = True,
+        store: CacheStore | None = None,
+        copy_arrays: bool = False,
+        stale_while_revalidate: float | timedelta = 0,
+        stale_if_error: float | timedelta = 0,
+        name: str | None = None,
     ) -> None:
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
+        self.name = name
         self.ttl = _settings.optional_seconds(ttl, "ttl")
         self.maxsize = _settings.positive_int(maxsize, "maxsize")
         self.max_bytes = (

@@ -8,13 +8,14 @@ function, joining a running flight of a key with nothing stored is written out t
 stampede's thousands of waiters would each pay for a generator otherwise.
 
 Shells decide nothing. The async one shields leaving a store's flight from the caller's
-cancellation (:func:`aenter_flight`, :func:`aleave_flight`): leaving releases what other
+cancellation (:func:`aenter`, :func:`aleave_flight`): leaving releases what other
 processes wait on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -28,13 +29,13 @@ from ._core import CacheCore
 from ._engine import Answer, Engine
 from ._flight import Flight, ThreadFlight
 from ._handle import CacheHandle
-from ._keys import BindError, CacheKey
+from ._keys import BindError
 from ._policy import Policy
 from ._steps import Compute, Lead, Read, Release, Wait, Write
 from ._store import CacheEntry, CacheStore
 from ._values import copy_arrays
 
-__all__ = ["aenter_flight", "aleave_flight", "async_shell", "sync_shell"]
+__all__ = ["aenter", "aleave_flight", "async_shell", "sync_shell"]
 
 #: How long a coroutine may take to leave a store's flight (release a lock that other
 #: processes wait on) once it is cancelled; past it, the store is counted as failed and a
@@ -98,7 +99,13 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     elif isinstance(step, Wait):
                         step.on.wait()
                     elif isinstance(step, Read):
-                        reply = store.get(step.key)
+                        if step.lead:
+                            entry, led = store.get_or_lead(step.key)
+                            if led is not None:
+                                led.__enter__()
+                            reply = entry, led
+                        else:
+                            reply = store.get(step.key), None
                     elif isinstance(step, Write):
                         store.set(step.key, step.entry, keep)
                     elif isinstance(step, Lead):
@@ -197,11 +204,15 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     elif isinstance(step, Wait):
                         await step.on.wait()
                     elif isinstance(step, Read):
-                        reply = await store.aget(step.key)
+                        if step.lead:
+                            entry, led = await store.aget_or_lead(step.key)
+                            reply = entry, None if led is None else (await aenter(led))[0]
+                        else:
+                            reply = await store.aget(step.key), None
                     elif isinstance(step, Write):
                         await store.aset(step.key, step.entry, keep)
                     elif isinstance(step, Lead):
-                        reply = await aenter_flight(store, step.key, step.current)
+                        reply = await aenter(store.aflight(step.key, step.current))
                     else:
                         assert isinstance(step, Release), step
                         await aleave_flight(step.held, step.error)
@@ -279,10 +290,11 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
 # --- entering and leaving a store's flight from a coroutine ---------------------------------
 
 
-async def aenter_flight(
-    store: CacheStore, key: CacheKey, current: CacheEntry | None
+async def aenter(
+    manager: AbstractAsyncContextManager[CacheEntry | None],
 ) -> tuple[tuple[Any, anyio.CancelScope], CacheEntry | None]:
-    """Enter ``store.aflight(key, current)`` inside a cancel scope that spans the flight.
+    """Enter a store's flight (``store.aflight(...)``, or what ``aget_or_lead`` led)
+    inside a cancel scope that spans the flight.
 
     Returns what the engine's ``Lead`` step expects: something to leave by (the manager
     and the scope, for :func:`aleave_flight`) and the entry the flight found.
@@ -292,7 +304,6 @@ async def aenter_flight(
     scope = anyio.CancelScope()
     scope.__enter__()
     try:
-        manager = store.aflight(key, current)
         found = await manager.__aenter__()
     except BaseException as exc:
         scope.__exit__(type(exc), exc, exc.__traceback__)  # not cancelled: swallows nothing
@@ -301,7 +312,7 @@ async def aenter_flight(
 
 
 async def aleave_flight(held: tuple[Any, anyio.CancelScope], error: BaseException | None) -> None:
-    """Leave a store's flight entered by :func:`aenter_flight`, shielded.
+    """Leave a store's flight entered by :func:`aenter`, shielded.
 
     Leaving releases what the flight holds (a lock other processes wait on for up to its
     lifetime), also when the call was cancelled: within a cancelled scope (trio, anyio)

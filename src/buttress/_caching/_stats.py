@@ -16,10 +16,11 @@ class CacheStats:
     or ``stale``, and is reported as one ``CacheAccess`` event whose ``result`` names that
     same counter; so ``hits + misses + joins + stale`` is the number of such calls. A call
     is counted when its outcome is known: a waiter when its wait ends, a leader when its
-    computation does. Calls that end before the cache is read are not counted: arguments
-    that do not fit the signature (passed on to the function as they are), an argument
-    that cannot be keyed, a store refusing the read (``CacheStoreError``) or a cancellation
-    during it; nor are ``fn.cache.bypass()`` calls.
+    computation does, a call cancelled while a store is being read as what it was about to
+    be (a join when another caller of this process computes the key, else a miss). Calls
+    that end before the cache is read are not counted: arguments that do not fit the
+    signature (passed on to the function as they are), an argument that cannot be keyed, a
+    store refusing the read (``CacheStoreError``); nor are ``fn.cache.bypass()`` calls.
 
     Attributes:
         hits: calls answered from a fresh entry: also while another caller refreshes it
@@ -31,11 +32,12 @@ class CacheStats:
             fresh entry early) or, with ``single_flight=False``, any caller that found
             nothing fresh. Counted however the run ends (a value, an error the call
             raises, a cancellation), except a failed run answered by an entry, which
-            counts in ``stale`` (or ``hits``, the entry still fresh).
+            counts in ``stale`` (or ``hits``, the entry still fresh). Also calls cancelled
+            while a store was being read, with no computation of their key running here.
         joins: calls that waited for another caller's computation in this process and
-            got its value or its error (or were cancelled while waiting), and leaders
-            whose store reported, on entering its flight, that another process had just
-            computed the value.
+            got its value or its error (or were cancelled while waiting, or while a store
+            was being read), and leaders whose store reported, on entering its flight,
+            that another process had just computed the value.
         stale: calls answered with an expired value on purpose: within
             ``stale_while_revalidate`` while another caller (in this process or, through
             a store's flight, in another) refreshes it, or within ``stale_if_error``

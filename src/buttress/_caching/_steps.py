@@ -18,9 +18,9 @@ Both engines speak of the same things with the same words:
 * :class:`Write` the entry;
 * :class:`Release` what leading took.
 
-A step names what to do, never how: the cache engine's ``Read`` is ``store.get`` or
-``await store.aget``; the Redis flight's is a ``GET`` on a sync or an asyncio client. What
-each driver sends back is said on each step.
+A step names what to do, never how: the cache engine's ``Read`` is ``store.get_or_lead``
+or ``await store.aget_or_lead``; the Redis flight's is a ``GET`` on a sync or an asyncio
+client. What each driver sends back is said on each step.
 """
 
 from __future__ import annotations
@@ -46,15 +46,18 @@ class Step:
 
 @final
 class Read(Step):
-    """Read the stored entry of ``key``.
+    """Read the stored entry of ``key``; with ``lead``, when there is none, also take the
+    lead of computing it beyond this process in the same operation, if the store can.
 
-    Reply: the :class:`~buttress.CacheEntry`, of any age, or ``None``.
+    Reply: ``(entry, held)``: the :class:`~buttress.CacheEntry`, of any age, or ``None``;
+    and what leading took, as :class:`Lead` replies it (``None``: not leading).
     """
 
-    __slots__ = ("key",)
+    __slots__ = ("key", "lead")
 
-    def __init__(self, key: CacheKey) -> None:
+    def __init__(self, key: CacheKey, lead: bool = False) -> None:
         self.key = key
+        self.lead = lead
 
 
 @final
@@ -67,7 +70,8 @@ class Lead(Step):
     Reply: ``(held, found)``. ``held`` is what leading took, to give back with
     :class:`Release` (the cache engine gets the store's entered flight; the Redis flight
     gets whether it took the lock). ``found`` is an entry to serve instead of computing
-    (one that appeared meanwhile, or ``current`` handed back), or ``None``.
+    (one that appeared meanwhile, or ``current`` handed back), or ``None``. The Redis
+    flight's driver adds a third item: the seconds the other leader's lock has left.
     """
 
     __slots__ = ("current", "key")
@@ -81,11 +85,13 @@ class Lead(Step):
 class Wait(Step):
     """Wait for the caller that leads the computation.
 
-    ``on`` is what to wait on (the cache engine: the in-process flight's event, whose
-    ``wait()`` returns once it settles; ``None``: nothing to wait on but time) and
-    ``timeout`` the longest wait in seconds (``None``: until ``on`` is set).
+    ``on`` is what to wait on: the cache engine's in-process flight's event (its
+    ``wait()`` returns once the flight settles), or the Redis flight's holder (the driver
+    blocks on the holder's wake-up); ``None``: nothing but time. ``timeout`` is the
+    longest wait in seconds (``None``: until ``on`` says).
 
-    Reply: ``None``.
+    Reply: ``None``; waiting on the Redis flight's holder, the entry, read the moment the
+    wait ended (in the same round trip), or ``None``.
     """
 
     __slots__ = ("on", "timeout")

@@ -15,7 +15,12 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 from typing import Any, final
 
 from ._keys import CacheKey, CacheScope
@@ -95,6 +100,11 @@ class CacheStore(abc.ABC):
     #: keeps the computation time (``entry.duration``) may offer it.
     early_refresh_beta: float = 0.0
 
+    #: Whether other processes read this store's entries, so that a function is known to
+    #: it by name rather than by identity (``RedisStore``). The decorator then makes sure
+    #: that two different functions never share a name in it: see ``cache_result(name=)``.
+    shared_between_processes: bool = False
+
     # --- sync -------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -137,6 +147,27 @@ class CacheStore(abc.ABC):
         """Async :meth:`clear`."""
 
     # --- optional ---------------------------------------------------------------------
+
+    def get_or_lead(
+        self, key: CacheKey
+    ) -> tuple[CacheEntry | None, AbstractContextManager[Any] | None]:
+        """Read the entry of ``key``; when there is none, a store that coordinates
+        computations across processes may also take the lead of computing it, in the same
+        operation (one round trip instead of two).
+
+        Returns ``(entry, led)``: ``led`` is ``None``, or a flight the store already leads,
+        which the decorator enters at once and computes inside, as in :meth:`flight` (it
+        yields ``None``). The decorator calls this instead of :meth:`get` when it
+        coordinates computations (``single_flight=True``). The default reads and leads
+        nothing.
+        """
+        return self.get(key), None
+
+    async def aget_or_lead(
+        self, key: CacheKey
+    ) -> tuple[CacheEntry | None, AbstractAsyncContextManager[Any] | None]:
+        """Async :meth:`get_or_lead`."""
+        return await self.aget(key), None
 
     @contextmanager
     def flight(

@@ -24,7 +24,7 @@ import anyio
 
 from .gateways import PlainGateway, ResilienceSettings, ResilientGateway
 from .load import Progress, drive, plan_traffic
-from .observe import observe_run
+from .observe import export_otlp, observe_run, otlp_missing
 from .report import (
     PLOT_HINT,
     PROMETHEUS_HINT,
@@ -68,6 +68,8 @@ class DemoOptions:
     outage_length: float | None = None
     out: Path = DEFAULT_OUT
     progress: bool = True
+    #: an OTLP/HTTP endpoint to send the run's traces and metrics to (``--otlp``)
+    otlp: str | None = None
 
     def faults(self) -> Faults:
         """The upstream's behaviour; the outage defaults to 40-50% of the run."""
@@ -102,6 +104,7 @@ class DemoResult:
     upstreams: list[Upstream] = field(repr=False, default_factory=list)
     metrics_text: str | None = field(repr=False, default=None)
     monitor_log: Path | None = None
+    otlp: str | None = None
 
 
 async def run_demo(
@@ -137,7 +140,11 @@ async def run_demo(
         concurrency=options.concurrency,
         seed=seed,
     )
-    async with observe_run(monitor_log) as observation, AsyncExitStack() as stack:
+    async with (
+        observe_run(monitor_log) as observation,
+        export_otlp(options.otlp),
+        AsyncExitStack() as stack,
+    ):
         # Each gateway has its own upstream, seeded alike, so each one's calls are its own.
         plain_upstream = Upstream(faults, seed=seed)
         resilient_upstream = Upstream(faults, seed=seed)
@@ -199,6 +206,7 @@ async def run_demo(
         [plain_upstream, resilient_upstream],
         metrics_text=observation.metrics_text,
         monitor_log=monitor_log,
+        otlp=options.otlp,
     )
 
 
@@ -220,6 +228,8 @@ def write_outputs(result: DemoResult, out: Path) -> list[str]:
         notes.append(f"prometheus metrics: {path}")
     if result.monitor_log is not None and result.monitor_log.exists():
         notes.append(f"@monitor records (JSON lines): {result.monitor_log}")
+    if result.otlp is not None:
+        notes.append(f"traces and metrics: sent over OTLP/HTTP to {result.otlp}")
     notes.append(f"this report: {out / 'report.txt'}")
     return notes
 
@@ -271,7 +281,8 @@ examples:
   python -m buttress demo                       the default run
   python -m buttress demo --seed 42             the same traffic and faults every time
   python -m buttress demo --duration 10 --requests 400 --error-rate 0.3
-  python -m buttress demo --outage-length 0 --hang-rate 0    no outage, no hangs"""
+  python -m buttress demo --outage-length 0 --hang-rate 0    no outage, no hangs
+  python -m buttress demo --otlp http://127.0.0.1:4318      traces to a collector"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -389,6 +400,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: ./%(default)s/)",
     )
     output.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="also send the run's traces (a span per resilient call, with its retries, "
+        "cache results and refusals) and metrics to this OpenTelemetry collector, over "
+        "OTLP/HTTP: its base URL, such as http://127.0.0.1:4318 (needs opentelemetry-sdk "
+        "and opentelemetry-exporter-otlp-proto-http)",
+    )
+    output.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -400,7 +419,8 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
     """The :class:`DemoOptions` of parsed arguments.
 
     Raises:
-        ValueError: the fault rates add up to more than 1.
+        ValueError: the fault rates add up to more than 1, or ``--otlp`` is not a URL
+            or lacks the OpenTelemetry SDK.
     """
     options = DemoOptions(
         requests=args.requests,
@@ -418,8 +438,15 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         outage_length=args.outage_length,
         out=args.out,
         progress=args.progress,
+        otlp=args.otlp,
     )
     options.faults()  # checks the rates
+    if options.otlp is not None:
+        if not options.otlp.startswith(("http://", "https://")):
+            raise ValueError(f"--otlp must be an http:// or https:// URL, got {options.otlp!r}")
+        missing = otlp_missing()
+        if missing is not None:
+            raise ValueError(missing)
     return options
 
 

@@ -8,10 +8,15 @@
 - :mod:`buttress.metrics` is enabled in a registry of the run's own, so that the
   exposition written at the end (``metrics.prom``) holds what the real decorators
   counted: calls, retries, cache requests, breaker states, validation failures...
+
+:func:`export_otlp` sends the run's traces and metrics to an OpenTelemetry collector
+(``--otlp URL``), through the OpenTelemetry SDK and its OTLP/HTTP exporters, which the
+demo imports only then.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,11 +26,16 @@ from typing import Any
 
 import anyio.to_thread
 
-from buttress import JsonFormatter, flush_monitoring, metrics, monitoring_stats
+from buttress import JsonFormatter, flush_monitoring, metrics, monitoring_stats, otel
 from buttress._monitoring import _stats
 from buttress._monitoring._emitter import exporter
 
-__all__ = ["RunObservation", "observe_run"]
+__all__ = ["OTLP_HINT", "RunObservation", "export_otlp", "observe_run", "otlp_missing"]
+
+#: How to get what ``--otlp`` needs.
+OTLP_HINT = "pip install 'buttress[otel]' opentelemetry-sdk opentelemetry-exporter-otlp-proto-http"
+#: The resource's ``service.name`` of everything the demo exports.
+SERVICE = "buttress-demo"
 
 MONITOR_LOGGER = "buttress.monitor"
 
@@ -112,3 +122,56 @@ async def observe_run(monitor_log: Path | None = None) -> AsyncIterator[RunObser
         if handler is not None:
             logger.removeHandler(handler)
             handler.close()
+
+
+def otlp_missing() -> str | None:
+    """Why ``--otlp`` cannot work here (a missing package, and how to get it), or ``None``."""
+    for module in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return f"--otlp needs {module} (the OpenTelemetry SDK and OTLP exporter): {OTLP_HINT}"
+    return None
+
+
+@asynccontextmanager
+async def export_otlp(endpoint: str | None) -> AsyncIterator[None]:
+    """Send the run's traces and metrics over OTLP/HTTP to ``endpoint`` during the block.
+
+    ``endpoint`` is a collector's base URL (``http://127.0.0.1:4318``): spans go to
+    ``/v1/traces``, metrics to ``/v1/metrics``, with ``service.name`` ``buttress-demo``.
+    Every call of the resilient gateway's ``@monitor`` becomes a span carrying what the
+    other decorators did (retries, cache results, refusals). At the end, what is still
+    buffered is sent (in a worker thread: the event loop keeps running) and
+    OpenTelemetry is turned off again. ``None`` does nothing.
+    """
+    if endpoint is None:
+        yield
+        return
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    base = endpoint.rstrip("/")
+    resource = Resource.create({"service.name": SERVICE})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{base}/v1/traces")))
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(f"{base}/v1/metrics"))
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    otel.enable(tracer_provider, meter_provider)
+    try:
+        yield
+    finally:
+        # Durations reach the meter through the exporter thread: let it catch up, then
+        # collect while buttress still reports (disabled, its instruments observe nothing).
+        await anyio.to_thread.run_sync(flush_monitoring)
+        await anyio.to_thread.run_sync(meter_provider.force_flush)
+        otel.disable()
+        await anyio.to_thread.run_sync(tracer_provider.shutdown)
+        await anyio.to_thread.run_sync(meter_provider.shutdown)

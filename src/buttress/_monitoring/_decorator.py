@@ -20,12 +20,14 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
+from enum import Enum
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
-from buttress import _clock, _settings
+from buttress import _clock, _settings, _tracing
 from buttress._declare import Decorate, declare
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._signature import CallSignature, signature_of
+from buttress._tracing import TraceIds
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 from ._emitter import exporter
@@ -100,6 +102,17 @@ def _labels(value: object) -> dict[str, str]:
     return labels
 
 
+def _span_kind(value: object) -> str:
+    # An opentelemetry SpanKind is accepted by its name: this module never imports it.
+    name = value.name if isinstance(value, Enum) else value
+    if isinstance(name, str) and name.lower() in _tracing.KINDS:
+        return name.lower()
+    raise ConfigurationError(
+        "span_kind must be 'internal', 'server', 'client', 'producer' or 'consumer' "
+        f"(or an opentelemetry SpanKind), got {value!r}"
+    )
+
+
 def _buckets(value: object) -> tuple[float, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
         raise ConfigurationError(
@@ -129,6 +142,7 @@ class _Settings:
         "redact",
         "sample_rate",
         "slow_threshold",
+        "span_kind",
         "track_output",
     )
 
@@ -145,6 +159,7 @@ class _Settings:
         output_buckets: Sequence[float] = OUTPUT_BUCKETS,
         redact: Mapping[str, Any] | None = None,
         labels: Mapping[str, str] | None = None,
+        span_kind: str | Enum = "internal",
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
@@ -167,6 +182,7 @@ class _Settings:
             )
         self.redact = dict(redact) if redact else None
         self.labels = _labels(labels)
+        self.span_kind = _span_kind(span_kind)
 
 
 class MonitorHandle:
@@ -216,6 +232,8 @@ class Site:
         "signature",
         "skip_first",
         "slow_threshold",
+        "span_attributes",
+        "span_kind",
         "stats",
         "track_output",
         "warned",
@@ -265,9 +283,33 @@ class Site:
         self.pathname = code.co_filename if code is not None else "(unknown file)"
         self.lineno = code.co_firstlineno if code is not None else 0
         self.func_name = getattr(inner, "__name__", self.name)
+        self.span_kind = settings.span_kind
+        self.span_attributes = self._span_attributes(inner, code is not None)
         self.stats = function_stats(self.name, self.labels)
         if self.track_output is not None:
             self.stats.track_output(self.output_bounds)
+
+    def _span_attributes(self, inner: Any, located: bool) -> dict[str, str | int]:
+        """The attributes of every span of this function, made once (see ``_tracing``).
+
+        OpenTelemetry's semantic conventions name the code location (``code.*``); the
+        rest is in the ``buttress.*`` namespace: the ``function`` label of the metrics
+        and each static label as ``buttress.label.<name>``.
+        """
+        qualname = getattr(inner, "__qualname__", None)
+        module = getattr(inner, "__module__", None)
+        if not isinstance(qualname, str):
+            qualname = self.func_name
+        attributes: dict[str, str | int] = {
+            "code.function.name": f"{module}.{qualname}" if isinstance(module, str) else qualname,
+            "buttress.function": self.name,
+        }
+        if located:
+            attributes["code.file.path"] = self.pathname
+            attributes["code.line.number"] = self.lineno
+        for key, value in self.labels.items():
+            attributes[f"buttress.label.{key}"] = value
+        return attributes
 
     # -- the end of every call ---------------------------------------------------------
 
@@ -278,8 +320,13 @@ class Site:
         kwargs: dict[str, Any],
         result: Any,
         exc: BaseException | None,
+        trace: TraceIds | None = None,
     ) -> None:
-        """Record one finished call: totals always, a queued log record when wanted."""
+        """Record one finished call: totals always, a queued log record when wanted.
+
+        ``trace`` holds the ids of the call's span when tracing is on: they go into the
+        log record, and a sampled trace becomes the exemplar of the duration's bucket.
+        """
         duration = _clock.monotonic() - start
         if exc is None:
             outcome = OK
@@ -303,6 +350,8 @@ class Site:
         stats.outcomes[outcome] += 1
         stats.buckets[slot] += 1
         stats.total += duration
+        if trace is not None and trace.sampled:
+            stats.exemplars[slot] = (trace, duration, time.time())
         lock.release()
         tracked = None
         if outcome == OK and self.track_output is not None:
@@ -348,6 +397,7 @@ class Site:
                 if level and self.log_outputs and outcome == OK
                 else None,
                 tracked,
+                trace,
             )
         )
 
@@ -451,9 +501,27 @@ def _sync_shell(site: Site) -> WrapperFactory:
     stats = site.stats
     lock = stats.lock
     finish = site.finish
+    name, kind, attributes = site.name, site.span_kind, site.span_attributes
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
+            tracer = _tracing.tracer
+            if tracer is not None:
+                # Tracing on: the same, inside a span current while the function runs.
+                # Written out rather than shared, so that the path without tracing pays
+                # one attribute read and nothing more.
+                span = tracer.start(name, kind, attributes)
+                lock.acquire()
+                stats.in_flight += 1
+                lock.release()
+                start = _clock.monotonic()
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    finish(start, args, kwargs, None, exc, span.end(exc))
+                    raise
+                finish(start, args, kwargs, result, None, span.end(None))
+                return result
             lock.acquire()
             stats.in_flight += 1
             lock.release()
@@ -475,9 +543,27 @@ def _async_shell(site: Site) -> WrapperFactory:
     stats = site.stats
     lock = stats.lock
     finish = site.finish
+    name, kind, attributes = site.name, site.span_kind, site.span_attributes
 
     def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def monitor_wrapper(*args: Any, **kwargs: Any) -> Any:
+            tracer = _tracing.tracer
+            if tracer is not None:
+                # Tracing on: the same as below, inside a span current while the function
+                # runs (attached in this coroutine's context: this task's, not the
+                # caller's). Written out, as in the sync shell.
+                span = tracer.start(name, kind, attributes)
+                lock.acquire()
+                stats.in_flight += 1
+                lock.release()
+                start = _clock.monotonic()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    finish(start, args, kwargs, None, exc, span.end(exc))
+                    raise
+                finish(start, args, kwargs, result, None, span.end(None))
+                return result
             # Counted and timed from inside the coroutine: from when it starts running to
             # when it returns, raises or is cancelled, not when the coroutine object is made.
             lock.acquire()
@@ -584,11 +670,21 @@ def monitor(settings: _Settings) -> Decorate:
         labels: fixed extra labels (and log fields) for this function's metrics, such as
             ``{"model": "resnet50"}``. Chosen in code, never from request data, so the
             number of series stays bounded.
+        span_kind: the kind of the call's span when OpenTelemetry is enabled:
+            ``"internal"`` (the default), ``"client"`` (the function calls a remote
+            service), ``"server"``, ``"producer"`` or ``"consumer"``; an
+            ``opentelemetry.trace.SpanKind`` works too.
 
     Raises:
         ConfigurationError: at decoration, for a setting that cannot work (including a
             ``redact`` entry naming no parameter).
         TypeError: at decoration, for a generator function.
+
+    With :func:`buttress.otel.enable` in effect, each call also runs in an OpenTelemetry
+    span named like the ``function`` label, current while the function runs (its own
+    spans and those of instrumented clients nest under it), ended with the outcome
+    (an error sets status ``ERROR`` and records the exception); the record then carries
+    ``trace_id`` and ``span_id``. Without it, tracing costs one attribute read per call.
 
     The wrapped function's exceptions are re-raised unchanged; cancellation is recorded
     as ``cancelled`` and re-raised. The wrapper carries ``.monitor``, a

@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Protocol
 
+from buttress._tracing import TraceIds
+
 from ._stats import OUTCOMES, FunctionStats
 from ._summaries import type_name
 
@@ -132,6 +134,7 @@ class CallItem:
         "site",
         "slow",
         "thread",
+        "trace",
         "tracked",
     )
 
@@ -147,6 +150,7 @@ class CallItem:
         inputs: dict[str, Any] | None,
         output: Any,
         tracked: float | None,
+        trace: TraceIds | None = None,
     ) -> None:
         self.site = site
         #: the log level, or 0 when the call is not logged (sampled out, level disabled)
@@ -159,6 +163,8 @@ class CallItem:
         self.inputs = inputs
         self.output = output
         self.tracked = tracked
+        #: the ids of the call's span (tracing on): ``trace_id`` and ``span_id`` fields
+        self.trace = trace
         self.thread: threading.Thread | None
         if level:
             context = request_context.get()
@@ -191,6 +197,10 @@ class CallItem:
             fields["labels"] = dict(site.labels)
         if self.tracked is not None:
             fields["tracked_output"] = self.tracked
+        trace = self.trace
+        if trace is not None:
+            fields["trace_id"] = trace.trace_hex
+            fields["span_id"] = trace.span_hex
         return fields
 
     def message(self) -> tuple[str, tuple[Any, ...]]:

@@ -43,16 +43,24 @@ from buttress._events import (
     ValidationFailed,
     events,
 )
+from buttress._tracing import TraceIds
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "BATCH_WAIT_BUCKETS",
+    "CALLS_FAMILY",
+    "CIRCUIT_FAMILY",
+    "DROPPED_FAMILY",
     "DURATION_BUCKETS",
+    "DURATION_FAMILY",
+    "IN_FLIGHT_FAMILY",
     "OUTCOMES",
     "OUTPUT_BUCKETS",
+    "OUTPUT_FAMILY",
     "CallStats",
     "CounterFamily",
     "EventCounters",
+    "Exemplar",
     "FunctionSnapshot",
     "FunctionStats",
     "GaugeFamily",
@@ -89,6 +97,25 @@ OUTPUT_BUCKETS: tuple[float, ...] = (
 
 Labels = tuple[tuple[str, str], ...]
 
+#: Name and help text of the families read from the per-function totals, for every sink
+#: (Prometheus, OpenTelemetry) to spell alike.
+CALLS_FAMILY = ("buttress_calls", "Finished calls of monitored functions, by outcome.")
+DURATION_FAMILY = (
+    "buttress_call_duration_seconds",
+    "Duration of monitored calls (coroutines: from start to completion), in seconds.",
+)
+IN_FLIGHT_FAMILY = ("buttress_in_flight", "Calls of monitored functions running now.")
+OUTPUT_FAMILY = ("buttress_output", "Values of track_output, the tracked outputs of a function.")
+DROPPED_FAMILY = (
+    "buttress_monitor_dropped",
+    "Log records (and per-call samples) dropped because the exporter queue was full.",
+)
+CIRCUIT_FAMILY = ("buttress_circuit_state", "1 for the current state of each circuit breaker.")
+
+#: The last sampled call of a duration bucket: its span's ids, its duration and when it
+#: ended (wall clock): Prometheus' exemplar of that bucket.
+Exemplar = tuple[TraceIds, float, float]
+
 
 @dataclass(frozen=True, slots=True)
 class CallStats:
@@ -120,6 +147,7 @@ class FunctionStats:
 
     __slots__ = (
         "buckets",
+        "exemplars",
         "in_flight",
         "labels",
         "lock",
@@ -140,6 +168,8 @@ class FunctionStats:
         self.outcomes = [0, 0, 0]
         # one slot per bound plus +Inf
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        # set by traced calls only (tracing on): see Exemplar
+        self.exemplars: list[Exemplar | None] = [None] * len(self.buckets)
         self.total = 0.0
         self.output_bounds: tuple[float, ...] | None = None
         self.output_buckets: list[int] = []
@@ -173,6 +203,7 @@ class FunctionStats:
                 in_flight=self.in_flight,
                 outcomes=tuple(self.outcomes),
                 buckets=tuple(self.buckets),
+                exemplars=tuple(self.exemplars),
                 total=self.total,
                 output_bounds=self.output_bounds,
                 output_buckets=tuple(self.output_buckets),
@@ -185,6 +216,7 @@ class FunctionStats:
         with self.lock:
             self.outcomes = [0, 0, 0]
             self.buckets = [0] * len(self.buckets)
+            self.exemplars = [None] * len(self.buckets)
             self.total = 0.0
             self.output_buckets = [0] * len(self.output_buckets)
             self.output_sum = 0.0
@@ -200,6 +232,7 @@ class FunctionSnapshot:
     in_flight: int
     outcomes: tuple[int, ...]
     buckets: tuple[int, ...]
+    exemplars: tuple[Exemplar | None, ...]
     total: float
     output_bounds: tuple[float, ...] | None
     output_buckets: tuple[int, ...]

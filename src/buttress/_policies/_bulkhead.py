@@ -19,13 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
 from buttress import _clock, _settings
 from buttress._errors import BulkheadFullError
-from buttress._events import BulkheadRejected, events
+from buttress._events import BulkheadRejected, BulkheadWaited, events
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["Bulkhead", "BulkheadFunction", "BulkheadStats", "bulkhead"]
@@ -213,14 +213,23 @@ class Bulkhead:
     def timed_out(self, function: str, waiter: _Waiter, started: float) -> None:
         """The wait timed out: return if a slot arrived meanwhile, else raise."""
         if self.abandon(waiter):
+            self.waited(function, started)
             return
         with self._lock:
             self._rejected += 1
         raise self._refusal(function, "timeout", _clock.monotonic() - started)
 
-    def _refusal(self, function: str, reason: str, waited: float) -> BulkheadFullError:
+    @staticmethod
+    def waited(function: str, started: float) -> None:
+        """A queued call got its slot: report how long it waited."""
         if events.active:
-            events.emit(BulkheadRejected(function=function))
+            events.emit(BulkheadWaited(function=function, waited=_clock.monotonic() - started))
+
+    def _refusal(
+        self, function: str, reason: Literal["full", "timeout"], waited: float
+    ) -> BulkheadFullError:
+        if events.active:
+            events.emit(BulkheadRejected(function=function, reason=reason, waited=waited))
         if reason == "full":
             message = (
                 f"bulkhead of {function}(): all {self.max_concurrent} slot(s) are busy and "
@@ -254,7 +263,9 @@ def _sync_shell(bulkhead: Bulkhead) -> WrapperFactory:
             if bulkhead.abandon(waiter):
                 bulkhead.leave()
             raise
-        if not granted:
+        if granted:
+            bulkhead.waited(name, started)
+        else:
             bulkhead.timed_out(name, waiter, started)
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -291,7 +302,9 @@ def _async_shell(bulkhead: Bulkhead) -> WrapperFactory:
             if bulkhead.abandon(waiter):
                 bulkhead.leave()
             raise
-        if not waiter.granted:
+        if waiter.granted:
+            bulkhead.waited(name, started)
+        else:
             bulkhead.timed_out(name, waiter, started)
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -365,7 +378,8 @@ def bulkhead(
     Raises:
         ConfigurationError: at decoration, for a setting that cannot work.
         BulkheadFullError: at call time, when the call is refused (``reason`` is
-            ``"full"`` or ``"timeout"``). Emits :class:`BulkheadRejected`.
+            ``"full"`` or ``"timeout"``). Emits :class:`BulkheadRejected`; a call that
+            waited for its slot emits :class:`BulkheadWaited`.
 
     A caller cancelled while waiting leaves the queue (or passes on a slot granted to it
     in that instant); a call cancelled while running frees its slot. The wrapper carries

@@ -24,9 +24,9 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
-from buttress import _clock, _settings
+from buttress import _clock, _settings, _tracing
 from buttress._errors import ConfigurationError, is_fatal
-from buttress._events import HedgeStarted, events
+from buttress._events import HedgeStarted, HedgeWon, events
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 __all__ = ["HedgeStats", "HedgedFunction", "Hedger", "hedge"]
@@ -208,13 +208,24 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = function_name(fn)
+        # Raced attempts run side by side: with tracing on, each gets a span of its own,
+        # so what an attempt does (its HTTP call) nests under it and the loser shows as
+        # cancelled. The attempt's number is its one attribute.
+        span_name = f"{name} attempt"
+        span_attributes = [{"buttress.hedge.attempt": n} for n in range(total + 1)]
 
         async def attempt(
             number: int, race: _Race, scope: anyio.CancelScope, args: Any, kwargs: Any
         ) -> None:
+            tracer = _tracing.tracer
+            span = None if tracer is None else tracer.start(
+                span_name, "internal", span_attributes[number]
+            )
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
+                if span is not None:
+                    span.end(exc)
                 if is_fatal(exc):  # our own cancellation of a loser, or the caller's
                     raise
                 race.first_failed |= number == 1
@@ -222,6 +233,8 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
                 race.error = exc
                 race.changed.set()
                 return
+            if span is not None:
+                span.end(None)
             if race.done:  # two answered in the same instant: the first one won
                 return
             race.done = True
@@ -267,6 +280,10 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
                     if race.done:
                         break
             if race.done:
+                if race.launched > 1 and events.active:
+                    events.emit(
+                        HedgeWon(function=name, attempt=race.winner, attempts=race.launched)
+                    )
                 return race.result
             error, race.error = race.error, None  # no cycle through the race record
             assert error is not None
@@ -331,7 +348,9 @@ def hedge(delay: float | timedelta | str, *, max_hedges: int = 1) -> _Decorator:
         ConfigurationError: at decoration, for a setting that cannot work.
         TypeError: at decoration, for a plain (not ``async``) function.
 
-    Each hedge emits :class:`HedgeStarted`. The delay is measured with the event loop's
+    Each hedge emits :class:`HedgeStarted`, and a call that hedged emits :class:`HedgeWon`
+    with the winning attempt. With tracing on (:func:`buttress.otel.enable`), each raced
+    attempt runs in a span of its own. The delay is measured with the event loop's
     clock. Each call runs its attempts in a task group, which costs some microseconds even
     when the first attempt answers in time. The wrapper carries ``fn.hedge``
     (:class:`Hedger`) with ``.stats()``.

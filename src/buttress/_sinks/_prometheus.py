@@ -18,8 +18,11 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from buttress._monitoring._emitter import exporter
+from buttress._monitoring._stats import CALLS_FAMILY as _CALLS
+from buttress._monitoring._stats import CIRCUIT_FAMILY as _CIRCUIT
 from buttress._monitoring._stats import (
     CIRCUIT_STATES,
     DURATION_BUCKETS,
@@ -30,26 +33,27 @@ from buttress._monitoring._stats import (
     counters,
     snapshot,
 )
+from buttress._monitoring._stats import DROPPED_FAMILY as _DROPPED
+from buttress._monitoring._stats import DURATION_FAMILY as _DURATION
+from buttress._monitoring._stats import IN_FLIGHT_FAMILY as _IN_FLIGHT
+from buttress._monitoring._stats import OUTPUT_FAMILY as _OUTPUT
+from buttress._monitoring._stats import Exemplar as TracedCall
 
 __all__ = ["ButtressCollector"]
-
-_CALLS = ("buttress_calls", "Finished calls of monitored functions, by outcome.")
-_DURATION = (
-    "buttress_call_duration_seconds",
-    "Duration of monitored calls (coroutines: from start to completion), in seconds.",
-)
-_IN_FLIGHT = ("buttress_in_flight", "Calls of monitored functions running now.")
-_OUTPUT = ("buttress_output", "Values of track_output, the tracked outputs of a function.")
-_DROPPED = (
-    "buttress_monitor_dropped",
-    "Log records (and per-call samples) dropped because the exporter queue was full.",
-)
-_CIRCUIT = ("buttress_circuit_state", "1 for the current state of each circuit breaker.")
 
 
 def _bound(value: float) -> str:
     # The ``le`` label: Prometheus parses it as a float, and spells infinity "+Inf".
     return "+Inf" if value == math.inf else repr(float(value))
+
+
+def _exemplar(call: TracedCall | None) -> Exemplar | None:
+    # The trace of the last sampled call that fell in a bucket (tracing on). Only the
+    # OpenMetrics exposition shows exemplars; the classic text format leaves them out.
+    if call is None:
+        return None
+    ids, duration, when = call
+    return Exemplar({"trace_id": ids.trace_hex, "span_id": ids.span_hex}, duration, when)
 
 
 def _histogram(
@@ -58,12 +62,18 @@ def _histogram(
     bounds: Sequence[float],
     counts: Sequence[int],
     total: float,
+    exemplars: Sequence[TracedCall | None] = (),
 ) -> None:
     """Add one histogram's samples (cumulative buckets, count, sum) to ``metric``."""
     cumulative = 0
-    for bound, count in zip((*bounds, math.inf), counts, strict=True):
+    for index, (bound, count) in enumerate(zip((*bounds, math.inf), counts, strict=True)):
         cumulative += count
-        metric.add_sample(f"{metric.name}_bucket", {**labels, "le": _bound(bound)}, cumulative)
+        metric.add_sample(
+            f"{metric.name}_bucket",
+            {**labels, "le": _bound(bound)},
+            cumulative,
+            exemplar=_exemplar(exemplars[index]) if exemplars else None,
+        )
     metric.add_sample(f"{metric.name}_count", labels, cumulative)
     metric.add_sample(f"{metric.name}_sum", labels, total)
 
@@ -99,7 +109,9 @@ class ButtressCollector(Collector):
             labels = {"function": item.name, **dict(item.labels)}
             for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
                 calls.add_sample("buttress_calls_total", {**labels, "outcome": outcome}, count)
-            _histogram(duration, labels, DURATION_BUCKETS, item.buckets, item.total)
+            _histogram(
+                duration, labels, DURATION_BUCKETS, item.buckets, item.total, item.exemplars
+            )
             in_flight.add_sample("buttress_in_flight", labels, item.in_flight)
             if item.output_bounds is not None:
                 _histogram(

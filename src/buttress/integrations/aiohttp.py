@@ -10,6 +10,8 @@
     app.router.add_get("/metrics", metrics_handler())
 
 The exposition is rendered in a worker thread, so a scrape never stalls the event loop.
+With :func:`buttress.otel.enable` in effect, the middleware continues each request's trace
+from its ``traceparent`` header in a server span (see :mod:`buttress.otel`).
 Creating either helper calls :func:`buttress.metrics.enable` with the default registry
 (unless you pass one, or enabled another before), so counting starts with the app.
 """
@@ -23,11 +25,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from buttress import metrics
+from buttress import metrics, otel
 from buttress._monitoring._logs import request_scope
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
+
+    from buttress._sinks._otel._http import ServerSpans
 
 __all__ = ["metrics_handler", "metrics_middleware"]
 
@@ -74,6 +78,11 @@ def metrics_middleware(
             :func:`buttress.request_scope` with ``request_id`` taken from this header (a
             new one is made when absent), so ``@monitor`` records made while handling it
             carry it; the id is echoed in the response's header. ``None`` disables this.
+
+    While :func:`buttress.otel.enable` is in effect, every request that is not a scrape
+    runs in a ``SERVER`` span continuing the trace named by its W3C ``traceparent``
+    (through the configured propagator), or in the span OpenTelemetry's own aiohttp
+    instrumentation made, when it runs in front: never in two.
     """
     serve = metrics_handler(registry) if path is not None else None
 
@@ -81,14 +90,51 @@ def metrics_middleware(
     async def buttress_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if serve is not None and request.path == path and request.method in ("GET", "HEAD"):
             return await serve(request)
+        spans = otel.server_spans()  # None unless buttress.otel is enabled
         if request_id_header is None:
-            return await handler(request)
+            if spans is None:
+                return await handler(request)
+            return await _traced(spans, request, handler, None)
         given = request.headers.get(request_id_header)
         request_id = given[:_MAX_REQUEST_ID] if given else uuid.uuid4().hex
         with request_scope(request_id=request_id):
-            response = await handler(request)
+            if spans is None:
+                response = await handler(request)
+            else:
+                response = await _traced(spans, request, handler, request_id)
         if not response.prepared and request_id_header not in response.headers:
             response.headers[request_id_header] = request_id
         return response
 
     return buttress_middleware
+
+
+def _route(request: web.Request) -> str | None:
+    """The matched route's template (``/items/{id}``), or ``None`` (nothing matched)."""
+    resource = getattr(request.match_info.route, "resource", None)
+    return resource.canonical if resource is not None else None
+
+
+async def _traced(
+    spans: ServerSpans, request: web.Request, handler: Handler, request_id: str | None
+) -> web.StreamResponse:
+    """Handle the request in its server span (see :mod:`buttress.otel`)."""
+    server = spans.start(
+        request.method,
+        request.path,
+        request.headers,
+        scheme=request.scheme,
+        host=request.host,
+        client=request.remote,
+        request_id=request_id,
+    )
+    try:
+        response = await handler(request)
+    except web.HTTPException as answer:  # aiohttp's raised responses (404, redirects...)
+        server.finish(answer.status, _route(request))
+        raise
+    except BaseException as exc:
+        server.finish(None, _route(request), exc)
+        raise
+    server.finish(response.status, _route(request))
+    return response

@@ -11,7 +11,9 @@
     # or mount a bare ASGI app: app.mount("/metrics", metrics_app())
 
 The exposition is rendered in a worker thread (anyio), so a scrape never stalls the
-event loop, on asyncio and trio alike. Creating the route or app calls
+event loop, on asyncio and trio alike. With :func:`buttress.otel.enable` in effect,
+``RequestContextMiddleware`` continues each request's trace from its ``traceparent``
+header in a server span (see :mod:`buttress.otel`). Creating the route or app calls
 :func:`buttress.metrics.enable` with the default registry (unless you pass one, or
 enabled another before), so counting starts with the app.
 """
@@ -30,12 +32,14 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in the t
         "buttress.integrations.fastapi needs FastAPI: pip install 'buttress[fastapi]'"
     ) from exc
 
-from buttress import metrics
+from buttress import metrics, otel
 from buttress._monitoring._logs import request_scope
 
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
     from prometheus_client.registry import CollectorRegistry
+
+    from buttress._sinks._otel._http import ServerSpan, ServerSpans
 
 __all__ = ["RequestContextMiddleware", "add_metrics_route", "metrics_app"]
 
@@ -146,6 +150,12 @@ class RequestContextMiddleware:
     and echoed in the response, so every ``@monitor`` record made while handling the
     request carries it in its ``context``.
 
+    While :func:`buttress.otel.enable` is in effect, each request also runs in a
+    ``SERVER`` span continuing the trace named by its W3C ``traceparent`` (through the
+    configured propagator), named ``"{method} {route}"``; or, when OpenTelemetry's own
+    ASGI or FastAPI instrumentation runs in front and made a span already, in that one:
+    never in two.
+
     Args:
         app: the ASGI application to wrap (``app.add_middleware`` passes it).
         header: the request-id header, case-insensitive.
@@ -163,8 +173,12 @@ class RequestContextMiddleware:
         given = next((value for key, value in scope["headers"] if key == header), b"")
         request_id = given.decode("latin-1")[:_MAX_REQUEST_ID] or uuid.uuid4().hex
 
+        status: int | None = None
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(key.lower() == header for key, _ in headers):
                     headers.append((header, request_id.encode("latin-1")))
@@ -172,4 +186,40 @@ class RequestContextMiddleware:
             await send(message)
 
         with request_scope(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            spans = otel.server_spans()  # None unless buttress.otel is enabled
+            if spans is None:
+                await self.app(scope, receive, send_with_id)
+                return
+            server = _start_span(spans, scope, request_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except BaseException as exc:
+                server.finish(status, _route(scope), exc)
+                raise
+            server.finish(status, _route(scope))
+
+
+def _start_span(spans: ServerSpans, scope: Scope, request_id: str) -> ServerSpan:
+    """The request's server span (see :mod:`buttress.otel`), current from now on."""
+    headers: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        name = key.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[name] = f"{headers[name]},{text}" if name in headers else text
+    client = scope.get("client")
+    return spans.start(
+        scope.get("method", "GET"),
+        scope.get("path", "/"),
+        headers,
+        scheme=scope.get("scheme"),
+        host=headers.get("host"),
+        client=client[0] if client else None,
+        request_id=request_id,
+    )
+
+
+def _route(scope: Scope) -> str | None:
+    """The matched route's template (``/items/{item_id}``), once the router has run."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) else None

@@ -1,232 +1,226 @@
-"""The store's Redis commands, on a sync client, an asyncio client, or in worker threads.
+"""The store's Redis commands and Lua scripts.
 
-Each class offers the same operations (read, write, delete, the lock's scripts, clearing a
-function's keys); the store picks the one that fits the caller (:mod:`._connection`).
-Scripts run by ``EVALSHA`` through redis-py's ``register_script``, which loads them again
-when the server has lost them (a restart, ``SCRIPT FLUSH``).
+Every key of one cached call shares the hash tag ``{digest}`` (see
+``RedisStore.key_name``), so each script and command below touches one hash slot and runs
+unchanged on a single server, behind Sentinel and on a Redis Cluster:
+
+* ``<entry>``: the sealed value;
+* ``<entry>:lock``: the token of the process computing it (``SET NX PX``);
+* ``<entry>:waiting``: set by processes waiting for that computation;
+* ``<entry>:done``: a one-item list the holder pushes its token to when it stores the value
+  or lets go, if anyone is waiting; waiters block on it with ``BLMOVE`` (moving the item
+  to the same list, so every waiter sees it) instead of polling.
+
+Round trips: a hit is one ``EVALSHA`` (:data:`LOOKUP`); a miss is :data:`LOOKUP`, which
+takes the lock when nothing is stored, then :data:`STORE`, which writes the value and lets
+go of the lock: two.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Final, cast, final
+from collections.abc import Sequence
+from typing import Any, Final, final
 
-import anyio
-import anyio.to_thread
-
-if TYPE_CHECKING:
-    import redis as redis_module
-    import redis.asyncio as redis_asyncio
+from buttress._redis import Call, Script
 
 __all__ = [
     "ACQUIRE",
+    "CLEAR",
+    "DELETE",
+    "GET",
+    "LOOKUP",
     "RELEASE",
+    "RELEASE_ALL",
     "RENEW",
+    "RENEW_ALL",
+    "SET",
     "STORE",
-    "AnyAsyncCommands",
-    "AsyncCommands",
-    "SyncCommands",
-    "ThreadCommands",
+    "WAIT_THEN_GET",
 ]
 
 #: Keys deleted per UNLINK when a function's entries are cleared.
 SCAN_BATCH: Final = 500
 
-# KEYS[1] = lock, ARGV[1] = token, ARGV[2] = milliseconds
-RENEW: Final = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('pexpire', KEYS[1], ARGV[2])
+GET: Final = Call("get")
+DELETE: Final = Call("delete")
+
+#: Read the entry; when there is none, take the lock in the same round trip.
+#: KEYS: entry. ARGV: token, the lock's first lifetime (ms).
+#: Returns the value, 1 (the lock is ours: nothing is stored) or 2 (another holds it).
+#: The hit path of every read, so it is lean: one key and a bulk reply. The lock and the
+#: wake-up list are named from the entry's key (same hash tag, so same slot on a cluster,
+#: where a script may touch its keys' slot); the other scripts declare every key.
+LOOKUP: Final = Script(
+    "lookup",
+    """
+local value = redis.call('get', KEYS[1])
+if value then
+    return value
+end
+if redis.call('set', KEYS[1] .. ':lock', ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('del', KEYS[1] .. ':done')
+    return 1
+end
+return 2
+""",
+)
+
+#: Take the lock if free, reading the entry in the same round trip; if another process
+#: holds it, say so and how long it has left, and flag that someone waits.
+#: KEYS: lock, entry, done, waiting. ARGV: token, first lifetime (ms), flag lifetime (ms).
+#: Returns {1, value or false} or {0, value or false, milliseconds the lock has left}.
+ACQUIRE: Final = Script(
+    "acquire",
+    """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('del', KEYS[3])
+    return {1, redis.call('get', KEYS[2])}
+end
+redis.call('set', KEYS[4], '1', 'PX', ARGV[3])
+return {0, redis.call('get', KEYS[2]), redis.call('pttl', KEYS[1])}
+""",
+)
+
+# Shared by STORE and RELEASE: let go of the lock if it is still ours, and wake whoever
+# waits. KEYS[2] = lock, KEYS[3] = done, KEYS[4] = waiting; ARGV[3] = token,
+# ARGV[4] = the wake-up's lifetime (ms).
+_LET_GO: Final = """
+if redis.call('get', KEYS[2]) == ARGV[3] then
+    redis.call('del', KEYS[2])
+    if redis.call('del', KEYS[4]) == 1 then
+        redis.call('del', KEYS[3])
+        redis.call('rpush', KEYS[3], ARGV[3])
+        redis.call('pexpire', KEYS[3], ARGV[4])
+    end
+    return 1
 end
 return 0
 """
-RELEASE: Final = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
-# Take the lock if free and read the entry: one command, one round trip.
-# KEYS[1] = lock, KEYS[2] = entry, ARGV[1] = token, ARGV[2] = milliseconds
-ACQUIRE: Final = """
-local taken = redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-return {taken and 1 or 0, redis.call('get', KEYS[2])}
-"""
-# Store the value and let go of the lock if still ours: one command, one round trip.
-# KEYS[1] = entry, KEYS[2] = lock, ARGV[1] = value, ARGV[2] = milliseconds or '', ARGV[3] = token
-STORE: Final = """
+
+#: Store the value, and let go of the lock if still ours: one round trip.
+#: KEYS: entry, lock, done, waiting. ARGV: value, px or '', token, wake-up lifetime (ms).
+STORE: Final = Script(
+    "store",
+    """
 if ARGV[2] == '' then
     redis.call('set', KEYS[1], ARGV[1])
 else
     redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-if redis.call('get', KEYS[2]) == ARGV[3] then
-    redis.call('del', KEYS[2])
-end
-return 1
 """
+    + _LET_GO,
+)
+
+#: Let go of the lock without a value (the computation failed or was cancelled).
+#: KEYS: entry (unused), lock, done, waiting. ARGV: '', '', token, wake-up lifetime (ms).
+RELEASE: Final = Script("release", _LET_GO)
+
+#: Extend the lock if still ours. KEYS: lock. ARGV: token, lifetime (ms).
+RENEW: Final = Script(
+    "renew",
+    """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+""",
+)
 
 
 @final
-class SyncCommands:
-    """The store's Redis commands on a sync client (thread-safe: a connection pool)."""
+class _Set:
+    """``SET name blob [PX px]``."""
 
-    __slots__ = ("acquire_script", "client", "release_script", "renew_script", "store_script")
+    __slots__ = ()
 
-    def __init__(self, client: redis_module.Redis) -> None:
-        self.client = client
-        # EVALSHA, loading the script again if the server lost it (a restart)
-        self.renew_script = client.register_script(RENEW)
-        self.release_script = client.register_script(RELEASE)
-        self.acquire_script = client.register_script(ACQUIRE)
-        self.store_script = client.register_script(STORE)
+    def run(self, client: Any, name: str, blob: bytes, px: int | None) -> None:
+        client.set(name, blob, px=px)
 
-    def get(self, name: str) -> bytes | None:
-        return cast("bytes | None", self.client.get(name))  # decode_responses is off
+    async def arun(self, client: Any, name: str, blob: bytes, px: int | None) -> None:
+        await client.set(name, blob, px=px)
 
-    def set(self, name: str, blob: bytes, px: int | None) -> None:
-        self.client.set(name, blob, px=px)
 
-    def delete(self, name: str) -> bool:
-        return bool(self.client.delete(name))
+@final
+class _WaitThenGet:
+    """``BLMOVE done done RIGHT LEFT timeout`` then ``GET entry``, pipelined: wait up to
+    ``timeout`` seconds for an item in ``done`` (put back, so that every waiter sees it),
+    and read the entry the moment the wait ends: the server runs the GET right after the
+    BLMOVE returns, so waking and reading cost one round trip. Returns the entry's bytes.
+    """
 
-    def acquire(self, lock: str, token: str, px: int, name: str) -> tuple[bool, bytes | None]:
-        """Take the lock if free, and read the entry, in one round trip."""
-        taken, blob = self.acquire_script(keys=[lock, name], args=[token, px])
-        return bool(taken), blob
+    __slots__ = ()
 
-    def renew(self, lock: str, token: str, px: int) -> bool:
-        return bool(self.renew_script(keys=[lock], args=[token, px]))
+    def run(self, client: Any, done: str, name: str, timeout: float) -> Any:
+        pipe = client.pipeline(transaction=False)
+        pipe.blmove(done, done, timeout, "RIGHT", "LEFT")
+        pipe.get(name)
+        return pipe.execute()[1]
 
-    def renew_all(self, locks: list[tuple[str, str]], px: int) -> list[bool]:
-        """Extend every ``(lock, token)`` still ours, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for lock, token in locks:
-            pipe.eval(RENEW, 1, lock, token, px)  # EVAL: a pipeline would check EVALSHAs
-        return [bool(result) for result in pipe.execute()]
+    async def arun(self, client: Any, done: str, name: str, timeout: float) -> Any:
+        pipe = client.pipeline(transaction=False)
+        pipe.blmove(done, done, timeout, "RIGHT", "LEFT")
+        pipe.get(name)
+        return (await pipe.execute())[1]
 
-    def release(self, lock: str, token: str) -> bool:
-        return bool(self.release_script(keys=[lock], args=[token]))
 
-    def set_and_release(
-        self, name: str, blob: bytes, px: int | None, lock: str, token: str
-    ) -> None:
-        """Store the value and let go of its lock, in one round trip."""
-        self.store_script(keys=[name, lock], args=[blob, "" if px is None else px, token])
+@final
+class _Clear:
+    """Delete every key matching a pattern (on every node of a cluster), in batches."""
 
-    def clear(self, pattern: str) -> None:
+    __slots__ = ()
+
+    def run(self, client: Any, pattern: str) -> None:
         batch: list[bytes] = []
-        for name in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
+        for name in client.scan_iter(match=pattern, count=SCAN_BATCH):
             batch.append(name)
             if len(batch) >= SCAN_BATCH:
-                self.client.unlink(*batch)
+                client.unlink(*batch)  # a cluster client splits it by slot
                 batch.clear()
         if batch:
-            self.client.unlink(*batch)
+            client.unlink(*batch)
 
-    def close(self) -> None:
-        self.client.close()
-
-
-@final
-class AsyncCommands:
-    """The same commands on a ``redis.asyncio`` client, inside one asyncio loop."""
-
-    __slots__ = (
-        "acquire_script",
-        "client",
-        "keeper",
-        "release_script",
-        "renew_script",
-        "store_script",
-    )
-
-    def __init__(self, client: redis_asyncio.Redis) -> None:
-        self.client = client
-        self.renew_script = client.register_script(RENEW)
-        self.release_script = client.register_script(RELEASE)
-        self.acquire_script = client.register_script(ACQUIRE)
-        self.store_script = client.register_script(STORE)
-        self.keeper: asyncio.Task[None] | None = None
-
-    async def get(self, name: str) -> bytes | None:
-        return cast("bytes | None", await self.client.get(name))
-
-    async def set(self, name: str, blob: bytes, px: int | None) -> None:
-        await self.client.set(name, blob, px=px)
-
-    async def delete(self, name: str) -> bool:
-        return bool(await self.client.delete(name))
-
-    async def acquire(
-        self, lock: str, token: str, px: int, name: str
-    ) -> tuple[bool, bytes | None]:
-        taken, blob = await self.acquire_script(keys=[lock, name], args=[token, px])
-        return bool(taken), blob
-
-    async def renew(self, lock: str, token: str, px: int) -> bool:
-        return bool(await self.renew_script(keys=[lock], args=[token, px]))
-
-    async def release(self, lock: str, token: str) -> bool:
-        return bool(await self.release_script(keys=[lock], args=[token]))
-
-    async def set_and_release(
-        self, name: str, blob: bytes, px: int | None, lock: str, token: str
-    ) -> None:
-        await self.store_script(keys=[name, lock], args=[blob, "" if px is None else px, token])
-
-    async def clear(self, pattern: str) -> None:
+    async def arun(self, client: Any, pattern: str) -> None:
         batch: list[bytes] = []
-        async for name in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
+        async for name in client.scan_iter(match=pattern, count=SCAN_BATCH):
             batch.append(name)
             if len(batch) >= SCAN_BATCH:
-                await self.client.unlink(*batch)
+                await client.unlink(*batch)
                 batch.clear()
         if batch:
-            await self.client.unlink(*batch)
-
-    async def close(self) -> None:
-        await self.client.aclose()
+            await client.unlink(*batch)
 
 
 @final
-class ThreadCommands:
-    """The sync commands in anyio worker threads: how coroutines use Redis on trio."""
+class _Pipelined:
+    """One script over many key sets: ``run(client, [(keys, args), ...])`` returns each
+    result (sync clients only: the lock keeper's thread uses it). One pipeline, so one
+    round trip, on a server; on a cluster, whose pipelines run no scripts, one call each.
+    """
 
-    __slots__ = ("sync",)
+    __slots__ = ("script",)
 
-    def __init__(self, sync: SyncCommands) -> None:
-        self.sync = sync
+    def __init__(self, script: Script) -> None:
+        self.script = script
 
-    async def get(self, name: str) -> bytes | None:
-        return await anyio.to_thread.run_sync(self.sync.get, name)
+    def run(self, client: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        import redis.cluster
 
-    async def set(self, name: str, blob: bytes, px: int | None) -> None:
-        await anyio.to_thread.run_sync(self.sync.set, name, blob, px)
+        if isinstance(client, redis.cluster.RedisCluster):
+            return [self.script.run(client, keys, args) for keys, args in calls]
+        pipe = client.pipeline(transaction=False)
+        lua = self.script.lua
+        for keys, args in calls:
+            pipe.eval(lua, len(keys), *keys, *args)  # EVAL: a pipeline cannot load scripts
+        return list(pipe.execute())
 
-    async def delete(self, name: str) -> bool:
-        return await anyio.to_thread.run_sync(self.sync.delete, name)
-
-    async def acquire(
-        self, lock: str, token: str, px: int, name: str
-    ) -> tuple[bool, bytes | None]:
-        return await anyio.to_thread.run_sync(self.sync.acquire, lock, token, px, name)
-
-    async def renew(self, lock: str, token: str, px: int) -> bool:
-        return await anyio.to_thread.run_sync(self.sync.renew, lock, token, px)
-
-    async def release(self, lock: str, token: str) -> bool:
-        return await anyio.to_thread.run_sync(self.sync.release, lock, token)
-
-    async def set_and_release(
-        self, name: str, blob: bytes, px: int | None, lock: str, token: str
-    ) -> None:
-        await anyio.to_thread.run_sync(self.sync.set_and_release, name, blob, px, lock, token)
-
-    async def clear(self, pattern: str) -> None:
-        await anyio.to_thread.run_sync(self.sync.clear, pattern)
-
-    async def close(self) -> None:
-        return None  # the sync client belongs to the store: store.close() closes it
+    async def arun(self, client: Any, calls: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError("the lock keeper works from a thread")
 
 
-AnyAsyncCommands = AsyncCommands | ThreadCommands
+SET: Final = _Set()
+WAIT_THEN_GET: Final = _WaitThenGet()
+CLEAR: Final = _Clear()
+#: RENEW for many locks at once.
+RENEW_ALL: Final = _Pipelined(RENEW)
+#: RELEASE for many locks at once.
+RELEASE_ALL: Final = _Pipelined(RELEASE)

@@ -42,29 +42,21 @@ class Counters:
 
     # Bumped without a lock, like the decorator's: a lost increment under thread
     # contention is affordable, a lock on every read is not.
-    __slots__ = (
-        "failures",
-        "local_hits",
-        "reads",
-        "refused",
-        "skipped",
-        "takeovers",
-        "waits",
-        "writes",
-    )
+    __slots__ = ("local_hits", "reads", "refused", "takeovers", "waits", "writes")
 
     def __init__(self) -> None:
         self.local_hits = self.reads = self.writes = self.refused = 0
-        self.failures = self.skipped = self.waits = self.takeovers = 0
+        self.waits = self.takeovers = 0
 
-    def snapshot(self) -> RedisStoreStats:
+    def snapshot(self, failures: int, skipped: int) -> RedisStoreStats:
+        """The counters, with the connection's ``failures`` and ``skipped``."""
         return RedisStoreStats(
             local_hits=self.local_hits,
             reads=self.reads,
             writes=self.writes,
             refused=self.refused,
-            failures=self.failures,
-            skipped=self.skipped,
+            failures=failures,
+            skipped=skipped,
             waits=self.waits,
             takeovers=self.takeovers,
         )

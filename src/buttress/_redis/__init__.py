@@ -1,0 +1,39 @@
+"""The Redis connection every feature that keeps state in Redis shares.
+
+A feature that keeps fleet-wide state in Redis (the cache's ``RedisStore`` today; shared
+rate limits, breakers and budgets next) builds one :class:`RedisConnection` from the
+user's ``url=`` or ``client=`` and runs its operations through it:
+
+* :class:`Call` (one client method) and :class:`Script` (Lua by ``EVALSHA``, loaded again
+  on ``NOSCRIPT``) are written once for sync and asyncio clients;
+* ``connection.call(operation, command, *args)`` runs one on the sync client, ``await
+  connection.acall(...)`` on this event loop's asyncio client (or in a worker thread on
+  trio); both count failures, fail fast for a second after an outage, and raise as
+  ``fail_open`` says;
+* keys that one script touches share a :func:`hash_tag`, so the same code runs on a
+  single server, behind Sentinel and on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from ._commands import Call as Call
+from ._commands import Command as Command
+from ._commands import Script as Script
+from ._commands import hash_tag as hash_tag
+from ._connection import RETRY_AFTER as RETRY_AFTER
+from ._connection import RedisConnection as RedisConnection
+from ._connection import running_asyncio_loop as running_asyncio_loop
+from ._topology import Topology as Topology
+from ._topology import parse_url as parse_url
+
+__all__ = [
+    "RETRY_AFTER",
+    "Call",
+    "Command",
+    "RedisConnection",
+    "Script",
+    "Topology",
+    "hash_tag",
+    "parse_url",
+    "running_asyncio_loop",
+]
