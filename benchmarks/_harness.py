@@ -61,6 +61,7 @@ PEERS: dict[str, str] = {
     "beartype": "beartype",
     "jaxtyping": "jaxtyping",
     "redis": "redis",
+    "async-batcher": "async_batcher",
 }
 
 #: Where ``run.py --without`` passes the peers to hide on to worker subprocesses.

@@ -36,7 +36,9 @@ import _harness  # noqa: E402
 from _harness import PEERS, Comparison, Skip  # noqa: E402
 
 #: Modules run in this order (the order of the issues); any other bench_*.py after them.
-ORDER = ("retry", "validation", "cache", "memory", "monitor", "policies", "redis", "scale")
+ORDER = (
+    "retry", "validation", "cache", "memory", "monitor", "policies", "redis", "scale", "batch",
+)
 
 
 def modules(selected: list[str], excluded: list[str]) -> list[str]:

@@ -10,11 +10,16 @@ read from the checkpoint in ``--out`` and not fetched again. At the end,
 
 What it shows:
 
-- the per-text fetch carries one ``policy()``: a cache (texts repeat in real corpora; a
-  repeat, even a concurrent one, costs no upstream call), retry with Retry-After and a
-  deadline, a bulkhead bounding the calls in flight to the service, an attempt timeout,
-  and output validation (a NaN vector is retried, never kept);
-- a second ``@bulkhead`` bounds how many batches run at once (the others queue);
+- ``@batch`` turns the many concurrent single-text fetches into few upstream requests
+  (``POST {"texts": [...]}``) of up to ``--upstream-batch`` texts, with at most
+  ``--max-in-flight`` requests in flight;
+- the per-text fetch carries one ``policy()`` around the batched call: a cache (texts
+  repeat in real corpora; a repeat, even a concurrent one, never reaches a batch), retry
+  with Retry-After and a deadline, an attempt timeout, and output validation. Retrying
+  per text, above the batching, means a text whose vector came back wrong (NaN, the wrong
+  dimension) is fetched again alone, in a later batch, and a failed request is retried
+  for each of its texts, which regroup into new batches;
+- a ``@bulkhead`` bounds how many checkpoint batches run at once (the others queue);
 - a checkpoint of finished batches, each written atomically before it is recorded, so an
   interruption at any moment loses at most the batches in flight;
 - a progress bar fed by the cache's stats and buttress's events.
@@ -42,8 +47,10 @@ import numpy as np
 
 from buttress import (
     ArraySpec,
+    BatchDispatched,
     OutputValidationError,
     RetryScheduled,
+    batch,
     bulkhead,
     events,
     policy,
@@ -177,6 +184,17 @@ async def embed_all(args: argparse.Namespace, texts: list[str], upstream: str) -
     )
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        # Concurrent single texts, gathered into upstream requests.
+        @batch(
+            max_size=args.upstream_batch,
+            max_wait=args.max_wait,
+            max_concurrency=args.max_in_flight,
+        )
+        async def embed_many(texts: list[str]) -> list[np.ndarray]:
+            async with session.post(upstream, json={"texts": texts}) as response:
+                response.raise_for_status()  # a 503's Retry-After is honoured by @retry
+                payload = await response.json()
+            return [np.asarray(vector, dtype=np.float32) for vector in payload["embeddings"]]
 
         @policy(
             cache={"ttl": None, "maxsize": len(texts)},
@@ -187,27 +205,27 @@ async def embed_all(args: argparse.Namespace, texts: list[str], upstream: str) -
                 "deadline": 60.0,
                 "exceptions": (aiohttp.ClientError, *TIMEOUTS, OutputValidationError),
             },
-            bulkhead={"max_concurrent": args.max_in_flight, "max_waiting": len(texts)},
             attempt_timeout=10.0,
             validate_output={"spec": ArraySpec(shape=(args.dim,), dtype="float32", finite=True)},
         )
         async def embed(text: str) -> np.ndarray:
-            async with session.get(upstream, params={"text": text}) as response:
-                response.raise_for_status()  # a 503's Retry-After is honoured by @retry
-                payload = await response.json()
-            return np.asarray(payload["embedding"], dtype=np.float32)
+            return await embed_many.one(text)
 
         # At most --concurrency batches at once; the others wait their turn.
         @bulkhead(args.concurrency, max_waiting=len(batches))
-        async def fetch_batch(batch: list[str]) -> np.ndarray:
+        async def fetch_batch(chunk: list[str]) -> np.ndarray:
             # gather: the first error ends the batch as it is (not in an ExceptionGroup).
-            return np.stack(await asyncio.gather(*(embed(text) for text in batch)))
+            return np.stack(await asyncio.gather(*(embed(text) for text in chunk)))
 
         retries = 0
+        requests = 0
 
-        def count_retry(event: RetryScheduled) -> None:
-            nonlocal retries
-            retries += 1
+        def count(event: RetryScheduled | BatchDispatched) -> None:
+            nonlocal retries, requests
+            if isinstance(event, RetryScheduled):
+                retries += 1
+            else:
+                requests += 1
 
         progress = ProgressBar(len(texts), enabled=args.progress)
         progress.done = sum(len(batches[index]) for index in done)
@@ -222,21 +240,26 @@ async def embed_all(args: argparse.Namespace, texts: list[str], upstream: str) -
             # Not cancellable: once started, a save finishes even on Ctrl-C.
             await anyio.to_thread.run_sync(checkpoint.save, index, vectors)
             stats = embed.cache.stats()  # type: ignore[attr-defined]
-            note = f"cache hits {stats.hits + stats.joins:,}  retries {retries:,}"
+            note = (
+                f"cache hits {stats.hits + stats.joins:,}  retries {retries:,}  "
+                f"requests {requests:,}"
+            )
             progress.advance(len(batches[index]), note)
 
         started = time.monotonic()
-        with events.subscribe(count_retry, RetryScheduled):
+        with events.subscribe(count, (RetryScheduled, BatchDispatched)):
             async with anyio.create_task_group() as group:
                 for index in pending:
                     group.start_soon(process, index)
         stats = embed.cache.stats()  # type: ignore[attr-defined]
+        batched = embed_many.batcher.stats()
 
     fetched = len(pending) - len(failed)
     print(
         f"fetched {fetched} batches in {time.monotonic() - started:.1f}s: "
         f"{stats.misses:,} upstream fetches, {stats.hits + stats.joins:,} repeats from the "
-        f"cache, {retries:,} retries",
+        f"cache, {retries:,} retries; {batched.items:,} texts sent in {batched.batches:,} "
+        f"upstream requests (mean {batched.mean_size:.1f} texts per request)",
         flush=True,
     )
     if failed:
@@ -260,10 +283,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("embeddings-out"), help="checkpoint dir")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8, help="batches at once")
-    parser.add_argument("--max-in-flight", type=int, default=32, help="upstream calls at once")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=8, help="upstream requests at once"
+    )
+    parser.add_argument(
+        "--upstream-batch", type=int, default=64, help="texts per upstream request at most"
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=0.005,
+        help="seconds a request gathers texts before it is sent, at most",
+    )
     parser.add_argument("--dim", type=int, default=DIM, help="the vectors' dimension")
     parser.add_argument(
-        "--upstream", help="the embedding service, GET URL?text=...; by default a toy one"
+        "--upstream",
+        help='the embedding service, POST URL {"texts": [...]}; by default a toy one',
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)

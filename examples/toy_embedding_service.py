@@ -3,9 +3,11 @@
     python examples/toy_embedding_service.py --port 8081 --error-rate 0.2
 
 Serves ``GET /v1/embeddings?text=...`` on 127.0.0.1, answering ``{"embedding": [...]}``:
-a unit vector of ``--dim`` numbers that depends only on the text. Now and then it answers
-503 with a ``Retry-After`` header, answers slowly, or returns a vector with a NaN in it,
-as real model servers do under load. ``GET /v1/stats`` says how many calls it served.
+a unit vector of ``--dim`` numbers that depends only on the text; and batches, ``POST
+/v1/embeddings`` with ``{"texts": [...]}``, answering ``{"embeddings": [[...], ...]}`` in
+the texts' order. Now and then it answers 503 with a ``Retry-After`` header, answers
+slowly (both per request), or returns a vector with a NaN in it (per vector), as real
+model servers do under load. ``GET /v1/stats`` says how many calls it served.
 
 The gateway and batch examples start one in the background (:func:`toy_service`) when
 they are given no ``--upstream``.
@@ -71,11 +73,41 @@ def make_app(
         # allow_nan: a NaN goes out as the bare token NaN, which Python's json reads back.
         return web.json_response({"embedding": vector, "model": "toy"})
 
+    async def batch(request: web.Request) -> web.Response:
+        try:
+            texts = (await request.json())["texts"]
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": 'expected {"texts": [...]}'}, status=400)
+        if not isinstance(texts, list) or not texts or not all(
+            isinstance(text, str) and text for text in texts
+        ):
+            return web.json_response({"error": "texts: non-empty strings"}, status=400)
+        served["requests"] += 1
+        roll = rng.random()
+        if roll < error_rate:
+            served["unavailable"] += 1
+            headers = {"Retry-After": f"{retry_after:g}"}
+            return web.json_response({"error": "overloaded"}, status=503, headers=headers)
+        if roll < error_rate + slow_rate:
+            served["slow"] += 1
+            await asyncio.sleep(slow_seconds)
+        vectors = []
+        for text in texts:
+            vector = vector_for(text, dim)
+            if rng.random() < nan_rate:
+                served["nan"] += 1
+                vector[0] = float("nan")
+            else:
+                served["ok"] += 1
+            vectors.append(vector)
+        return web.json_response({"embeddings": vectors, "model": "toy"})
+
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(dict(served))
 
     app = web.Application()
     app.router.add_get("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/embeddings", batch)
     app.router.add_get("/v1/stats", stats)
     return app
 

@@ -68,6 +68,7 @@ LAYERS: dict[str, int] = {
     "buttress._memory_probe": FEATURES,
     "buttress._monitoring": FEATURES,
     "buttress._policies": FEATURES,
+    "buttress._batching": FEATURES,
     "buttress._redis": FEATURES,
     # composition: what puts features together or in front of users
     "buttress": COMPOSITION,
@@ -91,6 +92,7 @@ FEATURE_OF: dict[str, str] = {
     "buttress._memory_probe": "memory",
     "buttress._monitoring": "monitoring",
     "buttress._policies": "policies",
+    "buttress._batching": "batching",
     "buttress._redis": "redis",
 }
 

@@ -60,8 +60,8 @@ def small(**changes: object) -> DemoOptions:
 
 
 RESILIENT_LAYERS = (
-    "monitor", "validate", "cache", "retry", "circuit_breaker", "bulkhead", "memory_guard",
-    "attempt_timeout", "validate_output",
+    "monitor", "validate", "cache", "batch", "retry", "circuit_breaker", "bulkhead",
+    "memory_guard", "attempt_timeout", "validate_output",
 )  # fmt: skip
 
 
@@ -75,19 +75,20 @@ def check_consistency(result: DemoResult, requests: int) -> None:
         kinds = summary.ok + summary.invalid + summary.errors + summary.timeouts
         assert kinds == requests
         assert report.upstream_calls == report.gateway_upstream_calls
-        assert sum(report.faults.values()) == report.upstream_calls
         assert summary.p50 <= summary.p95 <= summary.p99 <= summary.max
-    assert plain.upstream_calls == requests  # one call per request, nothing more
+    assert plain.upstream_calls == plain.upstream_texts == requests  # one call per request
     assert plain.tally is None
     tally = resilient.tally
     assert tally is not None
     assert resilient.layers == RESILIENT_LAYERS
     # Every request was answered from the cache, joined a flight, or led one...
     assert tally.cache_hits + tally.cache_joins + tally.cache_misses == requests
-    # ...and every attempt (a leader's first, or a retry) reached the upstream unless a
-    # breaker, the bulkhead or the memory guard refused it.
+    # ...each leader's text went in one batch...
+    assert tally.batched_texts == tally.cache_misses
+    # ...and every attempt of a batch (its first, or a retry) reached the upstream as one
+    # request unless a breaker, the bulkhead or the memory guard refused it.
     refused = tally.breaker_rejections + tally.bulkhead_rejections + tally.memory_rejections
-    assert resilient.upstream_calls == tally.cache_misses + tally.retries - refused
+    assert resilient.upstream_calls == tally.batches + tally.retries - refused
     assert resilient.summary.invalid == 0  # output validation is innermost
 
 
@@ -219,8 +220,8 @@ async def test_outputs_the_picture_and_the_prometheus_text(tmp_path: Path) -> No
             "error": summary.errors,
             "timeout": summary.timeouts,
         }
-        calls = total(found, "buttress_demo_upstream_calls_total", gateway=report.name)
-        assert calls == report.upstream_calls
+        texts = total(found, "buttress_demo_upstream_calls_total", gateway=report.name)
+        assert texts == report.upstream_texts
         count = total(
             found, "buttress_demo_request_latency_seconds_count", gateway=report.name
         )
@@ -231,19 +232,20 @@ async def test_outputs_the_picture_and_the_prometheus_text(tmp_path: Path) -> No
     resilient = result.reports[1]
     tally = resilient.tally
     assert tally is not None
-    function = {"function": "resilient.embed"}
-    assert total(found, "buttress_calls_total", **function) == resilient.received
+    function = {"function": "resilient.embed"}  # the batch function: per request
+    one = {"function": "resilient.embed.one"}  # its single-text call: per text
+    assert total(found, "buttress_calls_total", **one) == resilient.received
     # A client that timed out may have given up on a call the gateway then finished well.
-    ok = total(found, "buttress_calls_total", outcome="ok", **function)
+    ok = total(found, "buttress_calls_total", outcome="ok", **one)
     assert resilient.summary.ok <= ok <= resilient.summary.ok + resilient.summary.timeouts
-    assert total(found, "buttress_call_duration_seconds_count", **function) == 200
+    assert total(found, "buttress_call_duration_seconds_count", **one) == 200
     assert total(found, "buttress_retries_total", **function) == tally.retries > 0
     for result_kind, count in (
         ("hit", tally.cache_hits),
         ("join", tally.cache_joins),
         ("miss", tally.cache_misses),
     ):
-        assert total(found, "buttress_cache_requests_total", result=result_kind, **function) == (
+        assert total(found, "buttress_cache_requests_total", result=result_kind, **one) == (
             count
         )
     assert tally.cache_hits > 0
@@ -256,7 +258,10 @@ async def test_outputs_the_picture_and_the_prometheus_text(tmp_path: Path) -> No
         tally.breaker_rejections
     )
     admitted = total(found, "buttress_memory_guard_total", action="admitted", **function)
-    assert admitted == resilient.upstream_calls
+    assert admitted == resilient.upstream_calls  # each request, just before it is made
+    batches = total(found, "buttress_batch_size_count", **function)
+    assert batches == tally.batches
+    assert total(found, "buttress_batch_size_sum", **function) == tally.batched_texts
     if tally.breaker_openings:
         states = {
             dict(labels)["state"]: value
@@ -275,7 +280,7 @@ async def test_monitor_records_go_to_a_file_not_to_the_terminal(
     records = [json.loads(line) for line in log.read_text().splitlines()]
     resilient = result.reports[1]
     assert len(records) == resilient.received == 60
-    assert {record["function"] for record in records} == {"resilient.embed"}
+    assert {record["function"] for record in records} == {"resilient.embed.one"}
     outcomes = Counter(record["outcome"] for record in records)
     assert outcomes["ok"] == resilient.summary.ok
     assert "resilient.embed" not in capfd.readouterr().err

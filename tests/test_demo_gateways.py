@@ -17,6 +17,7 @@ import pytest
 from buttress import (
     ArraySpec,
     AttemptTimeoutError,
+    BatchDispatched,
     CacheAccess,
     CallTimeoutError,
     CircuitOpenError,
@@ -75,13 +76,19 @@ def wrapper_chain(fn: Any) -> list[str]:
 def test_the_resilient_fetch_is_one_policy_in_the_canonical_order() -> None:
     gateway = ResilientGateway("http://127.0.0.1:9/x")
     assert gateway.layer_names == (
-        "monitor", "validate", "cache", "retry", "circuit_breaker", "bulkhead",
+        "monitor", "validate", "cache", "batch", "retry", "circuit_breaker", "bulkhead",
         "memory_guard", "attempt_timeout", "validate_output",
     )  # fmt: skip
+    # Per text, above the batching...
     assert wrapper_chain(gateway.fetch) == [
         "monitor_wrapper",
         "validate_input_wrapper",
         "cache_wrapper",
+        "one",
+    ]
+    # ...and per upstream request, below it.
+    assert wrapper_chain(gateway.batched) == [
+        "batch_wrapper",
         "retry_wrapper",
         "circuit_breaker_wrapper",
         "bulkhead_wrapper",
@@ -91,9 +98,12 @@ def test_the_resilient_fetch_is_one_policy_in_the_canonical_order() -> None:
         "embed",
     ]
     assert repr(gateway.policy).startswith("policy(monitor(")
-    # The handles of the layers reach the outermost wrapper.
+    # The handles of the layers reach the outermost wrappers.
     assert gateway.fetch.cache.stats().hits == 0  # type: ignore[attr-defined]
-    assert gateway.fetch.breaker.state == "closed"  # type: ignore[attr-defined]
+    assert gateway.batched.breaker.state == "closed"
+    assert gateway.batched.cache is gateway.fetch.cache  # type: ignore[attr-defined]
+    assert gateway.batched.batch.stats().max_size == gateway.settings.batch_size
+    assert gateway.fetch.__qualname__ == "resilient.embed.one"
 
 
 def test_settings_give_up_before_the_client_and_cache_for_the_run() -> None:
@@ -104,6 +114,7 @@ def test_settings_give_up_before_the_client_and_cache_for_the_run() -> None:
     assert settings.breaker_open_for < 2.0
     assert settings.cache_ttl == 20.0
     assert "cache(ttl=20.0" in repr(resilience_policy(settings))
+    assert "batch(max_size=32, max_wait=0.005)" in repr(resilience_policy(settings))
 
 
 def test_a_policy_that_cannot_work_is_refused_when_built() -> None:
@@ -126,6 +137,8 @@ def test_event_tally_counts_its_own_function_only() -> None:
         events.emit(ValidationFailed("mine.embed", "output", ()))
         events.emit(ValidationFailed("mine.embed", "input", ()))
         events.emit(TimedOut("mine.embed", 0.3))
+        events.emit(BatchDispatched("mine.embed", 3, 0.001, "full", 1))
+        events.emit(BatchDispatched("mine.embed", 2, 0.005, "max_wait", 1))
     finally:
         tally.stop()
         others.stop()
@@ -144,7 +157,10 @@ def test_event_tally_counts_its_own_function_only() -> None:
         "bulkhead_rejections": 0,
         "memory_rejections": 0,
         "attempt_timeouts": 1,
+        "batches": 2,
+        "batched_texts": 5,
     }
+    assert tally.mean_batch == 2.5
     assert others.retries == 1
 
 
@@ -316,7 +332,7 @@ async def test_the_breaker_opens_in_an_outage_and_closes_after_it() -> None:
     seen: list[Event] = []
     statuses: list[tuple[float, int]] = []
     async with resilient(upstream, settings=settings) as (session, gateway):
-        breaker = gateway.fetch.breaker  # type: ignore[attr-defined]
+        breaker = gateway.batched.breaker
         with events.subscribe(seen.append), anyio.fail_after(30):
             origin = time.monotonic()
             upstream.begin(origin)
@@ -334,9 +350,9 @@ async def test_the_breaker_opens_in_an_outage_and_closes_after_it() -> None:
     assert 503 in {status for _, status in statuses}
     assert tally.breaker_openings >= 1
     assert tally.breaker_rejections > 0
-    # Refused attempts never reached the upstream.
+    # Refused attempts never reached the upstream; each request is a batch or a retry.
     assert upstream.total == gateway.stats.upstream_calls
-    assert upstream.total == tally.cache_misses + tally.retries - tally.breaker_rejections
+    assert upstream.total == tally.batches + tally.retries - tally.breaker_rejections
     changes = [(e.old, e.new) for e in seen if isinstance(e, CircuitStateChanged)]
     assert changes[0] == ("closed", "open")
     assert changes[-1] == ("half_open", "closed")
@@ -374,13 +390,16 @@ async def test_every_event_of_a_run_names_the_tallied_function() -> None:
             upstream.release()
     kinds = {type(event).__name__ for event in seen}
     assert {"CacheAccess", "RetryScheduled", "ValidationFailed", "CircuitStateChanged"} <= kinds
-    assert {event.function for event in seen} == {"named.embed"} == {gateway.tally.function}
+    # The per-text layers name the single-text call, the per-request ones the batch function.
+    assert {event.function for event in seen} == {"named.embed", "named.embed.one"}
+    assert gateway.tally.function == "named.embed"
     breakers = {getattr(event, "breaker", None) for event in seen} - {None}
     assert breakers == {"named.embed"}
-    counted = sum(gateway.tally.counts().values())
+    counts = gateway.tally.counts()
+    counted = sum(counts.values()) - counts["batched_texts"]  # a sum of sizes, not events
     tallied_kinds = (
         "RetryScheduled", "RetryGaveUp", "CacheAccess", "CircuitRejected", "ValidationFailed",
-        "BulkheadRejected", "TimedOut",
+        "BulkheadRejected", "TimedOut", "BatchDispatched",
     )  # fmt: skip
     expected = sum(type(e).__name__ in tallied_kinds for e in seen) + sum(
         isinstance(e, CircuitStateChanged) and e.new == "open" for e in seen
@@ -399,7 +418,7 @@ async def test_a_policy_of_ones_own_plugs_in_and_is_counted() -> None:
         gateway = ResilientGateway(upstream.url, policy=custom)
         async with gateway:
             answers = [await get(session, gateway.url, f"t{i}") for i in range(20)]
-    assert gateway.layer_names == ("retry", "validate_output")
+    assert gateway.layer_names == ("retry", "validate_output", "batch")
     for status, payload, _ in answers:
         if status == 200:
             assert np.isfinite(payload["embedding"]).all()
@@ -414,5 +433,5 @@ def test_two_resilient_gateways_are_told_apart() -> None:
     first = ResilientGateway("http://127.0.0.1:9/x", name="one")
     second = ResilientGateway("http://127.0.0.1:9/x", name="two")
     assert first.tally.function != second.tally.function
-    assert first.fetch.__qualname__ == first.tally.function
-    assert first.fetch.breaker is not second.fetch.breaker  # type: ignore[attr-defined]
+    assert first.fetch.__qualname__ == first.tally.function + ".one"
+    assert first.batched.breaker is not second.batched.breaker

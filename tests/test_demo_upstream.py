@@ -14,7 +14,7 @@ import anyio
 import numpy as np
 import pytest
 
-from buttress._demo.upstream import Call, Faults, Upstream, draw_call, vector_for
+from buttress._demo.upstream import Call, Faults, Upstream, draw_batch, draw_call, vector_for
 
 QUIET = Faults(
     spike_rate=0, error_rate=0, hang_rate=0, nan_rate=0, wrong_dim_rate=0, latency=(0, 0.002)
@@ -200,3 +200,89 @@ async def test_the_outage_window_fails_everything_without_retry_after() -> None:
 def test_url_needs_a_running_server() -> None:
     with pytest.raises(RuntimeError, match="start"):
         Upstream().url  # noqa: B018
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+async def ask_batch(
+    session: aiohttp.ClientSession, url: str, texts: Any
+) -> tuple[int, Any, str | None]:
+    async with session.post(url, json={"texts": texts}) as response:
+        payload = await response.json()
+        return response.status, payload, response.headers.get("Retry-After")
+
+
+def test_a_batch_draws_its_request_fault_once_and_vector_faults_per_text() -> None:
+    faults = Faults(spike_rate=0.2, error_rate=0.2, hang_rate=0.1, nan_rate=0.2, wrong_dim_rate=0)
+    texts = [f"doc-{i}" for i in range(8)]
+    draws = [draw_batch(faults, 3, texts, [n] * 8) for n in range(200)]
+    assert draws == [draw_batch(faults, 3, texts, [n] * 8) for n in range(200)]
+    for calls in draws:
+        assert len({call.delay for call in calls}) == 1  # one request, one delay
+        kinds = {call.fault for call in calls}
+        if kinds & {"unavailable", "hang"}:  # the request failed as a whole
+            assert len(kinds) == 1
+        else:
+            assert kinds <= {"ok", "spike", "nan"}
+            assert not ({"ok", "spike"} <= kinds)  # slow or not: the request decides
+    failed = sum(1 for calls in draws if calls[0].fault in ("unavailable", "hang"))
+    assert 30 < failed < 90  # about 30% of 200 requests, not 1 - 0.7 ** 8 of them
+    nan = sum(call.fault == "nan" for calls in draws for call in calls)
+    assert nan > 0
+
+
+@pytest.mark.asyncio
+async def test_a_batch_is_answered_one_vector_per_text_in_order() -> None:
+    async with Upstream(QUIET) as upstream, client() as session:
+        texts = ["a", "bb", "a", "ccc"]
+        status, payload, _ = await ask_batch(session, upstream.url, texts)
+        assert status == 200
+        assert payload["embeddings"] == [vector_for(t, 768).tolist() for t in texts]
+        assert (upstream.requests, upstream.total, upstream.batch_sizes) == (1, 1, [4])
+        assert [(call.text, call.n) for call in upstream.calls] == [
+            ("a", 0), ("bb", 0), ("a", 1), ("ccc", 0)
+        ]  # fmt: skip
+        await ask(session, upstream.url, "a")  # a GET counts the same texts
+        assert upstream.calls[-1].n == 2
+        assert upstream.total == 2
+        for bad in ([], [""], "abc", [1, 2], None):
+            status, _, _ = await ask_batch(session, upstream.url, bad)
+            assert status == 400, bad
+        async with session.post(upstream.url, data=b"not json") as response:
+            assert response.status == 400
+        status, _, _ = await ask_batch(session, upstream.url, ["x"] * 513)
+        assert status == 413
+        assert upstream.total == 2  # refused requests are not counted
+
+
+@pytest.mark.asyncio
+async def test_batch_faults_are_answered_as_described() -> None:
+    async with client() as session:
+        async with Upstream(only(error_rate=1.0, retry_after=0.25)) as upstream:
+            status, _, retry_after = await ask_batch(session, upstream.url, ["a", "b"])
+            assert (status, retry_after) == (503, "0.25")
+            assert upstream.served == Counter(unavailable=2)
+        async with Upstream(only(nan_rate=1.0)) as upstream:
+            status, payload, _ = await ask_batch(session, upstream.url, ["a", "b"])
+            assert status == 200
+            assert [sum(math.isnan(v) for v in vector) for vector in payload["embeddings"]] == [
+                3,
+                3,
+            ]
+        async with Upstream(only(wrong_dim_rate=0.5)) as upstream:
+            texts = [f"t{i}" for i in range(40)]
+            status, payload, _ = await ask_batch(session, upstream.url, texts)
+            assert status == 200
+            lengths = [len(vector) for vector in payload["embeddings"]]
+            assert set(lengths) == {384, 768}  # single vectors are wrong, not the batch
+            assert upstream.served["wrong_dim"] == lengths.count(384)
+        async with Upstream(only(hang_rate=1.0, hang_seconds=0.05)) as upstream:
+            status, _, _ = await ask_batch(session, upstream.url, ["a"])
+            assert status == 504
+        faults = only(outage_start=0.0, outage_length=60.0)
+        async with Upstream(faults) as upstream:
+            upstream.begin()
+            status, _, retry_after = await ask_batch(session, upstream.url, ["a", "b"])
+            assert (status, retry_after) == (503, None)
+            assert upstream.served == Counter(outage=2)

@@ -352,6 +352,7 @@ PARAMETER_TABLES = [
     ("decorators/policies.md", "## @bulkhead", "bulkhead"),
     ("decorators/policies.md", "## @rate_limit", "rate_limit"),
     ("decorators/policies.md", "## @fallback", "fallback"),
+    ("decorators/batch.md", "## Parameters", "batch"),
     ("decorators/policy.md", "# policy()", "policy"),
 ]
 

@@ -43,6 +43,7 @@ HANDLES: list[tuple[Callable[[Any], Any], tuple[str, ...], type]] = [
     (buttress.hedge(1.0), ("hedge",), buttress.Hedger),
     (buttress.memory_guard(max_percent=100), ("memory_guard",), buttress.MemoryGuard),
     (buttress.monitor("handles"), ("monitor",), buttress.MonitorHandle),
+    (buttress.batch(max_size=4), ("batch", "batcher"), buttress.Batcher),
 ]
 
 

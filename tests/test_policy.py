@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import anyio
@@ -299,3 +300,87 @@ async def test_refusals_below_the_breaker_do_not_open_it() -> None:
 def test_every_load_shedding_error_is_a_rejection() -> None:
     for error in (BulkheadFullError, CircuitOpenError, MemoryPressureError, RateLimitExceeded):
         assert issubclass(error, RejectedError)
+
+
+# --- batch ------------------------------------------------------------------------------
+
+
+def test_batch_stands_between_the_cache_and_retry() -> None:
+    every = {**EVERY_LAYER, "batch": {"max_size": 4, "max_wait": 0.001}}
+    every["validate_output"] = {"spec": list[float]}  # the batch function's whole result
+    every["circuit_breaker"] = {"name": "policy-test-batch-order"}
+    stack = policy(**every)
+    assert stack.layers[4:7] == ("cache", "batch", "retry")
+
+    @stack
+    async def score_many(xs: list[int]) -> list[float]:
+        return [x / 2 for x in xs]
+
+    # The layers below batch wrap the batch function...
+    assert wrapper_chain(score_many) == [
+        "batch_wrapper",
+        "retry_wrapper",
+        "circuit_breaker_wrapper",
+        "bulkhead_wrapper",
+        "rate_limit_wrapper",
+        "memory_guard_wrapper",
+        "timeout_wrapper",
+        "validate_output_wrapper",
+        "score_many",
+    ]
+    # ...the layers above wrap the single-item call.
+    assert wrapper_chain(score_many.one) == [  # type: ignore[attr-defined]
+        "monitor_wrapper",
+        "validate_input_wrapper",
+        "fallback_wrapper",
+        "timeout_wrapper",
+        "cache_wrapper",
+        "one",
+    ]
+    assert asyncio.run(score_many.one(3)) == 1.5  # type: ignore[attr-defined]
+    assert score_many.cache.stats().misses == 1  # type: ignore[attr-defined]
+    assert "batch(max_size=4, max_wait=0.001)" in repr(stack)
+    assert policy(batch=16).layers == ("batch",)
+
+
+@pytest.mark.anyio
+async def test_under_a_policy_hits_skip_batches_and_a_retry_resends_the_batch() -> None:
+    sent: list[list[str]] = []
+    failures = [1]
+
+    @policy(
+        cache=60,
+        batch={"max_size": 10, "max_wait": 0.005},
+        retry={"max_retries": 2, "base_delay": 0.001, "exceptions": ConnectionError},
+        # A name of its own: the test runs once per backend, and breakers share by name.
+        circuit_breaker={"name": f"policy-test-batch-{uuid.uuid4()}", "minimum_calls": 100},
+    )
+    async def embed_many(texts: list[str]) -> list[str | Exception]:
+        sent.append(list(texts))
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("flaky")
+        return [t.upper() if t != "bad" else ValueError("bad text") for t in texts]
+
+    results: dict[int, Any] = {}
+
+    async def call(index: int, text: str) -> None:
+        try:
+            results[index] = await embed_many.one(text)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            results[index] = exc
+
+    texts = ["a", "b", "a", "bad", "b", "c"]
+    async with anyio.create_task_group() as group:
+        for index, text in enumerate(texts):
+            group.start_soon(call, index, text)
+    assert [results[i] for i in (0, 1, 2, 4, 5)] == ["A", "B", "A", "B", "C"]
+    assert isinstance(results[3], ValueError)  # its own error, not retried
+    # Identical texts shared one slot; the failed batch was sent again as it was.
+    assert len(sent) == 2
+    assert sent[0] == sent[1]
+    assert sorted(sent[0]) == ["a", "b", "bad", "c"]
+    assert embed_many.breaker.stats().calls == 2  # type: ignore[attr-defined]
+    assert await embed_many.one("a") == "A"  # type: ignore[attr-defined]  # a cache hit
+    assert len(sent) == 2
+    assert embed_many.cache.stats().hits == 1  # type: ignore[attr-defined]

@@ -30,9 +30,9 @@ core
 features
     One decorator or one family each: ``_retry``; ``_caching/``; ``_validation/``;
     ``_memory_guard`` with ``_memory_probe``; ``_monitoring/``; ``_policies/`` (circuit
-    breaker, bulkhead, rate limit, timeout, fallback, hedge, retry budget); and
-    ``_redis/``, the Redis connection that features keeping fleet-wide state in Redis
-    share (clients of any topology, timeouts, failures, scripts). A feature
+    breaker, bulkhead, rate limit, timeout, fallback, hedge, retry budget); ``_batching/``
+    (``@batch``); and ``_redis/``, the Redis connection that features keeping fleet-wide
+    state in Redis share (clients of any topology, timeouts, failures, scripts). A feature
     imports the core, and another feature only along a dependency listed below. Features
     report what they do through events; monitoring counts them, and reads the live
     breakers' states from the registry: it imports no other feature.
@@ -70,6 +70,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from ._batching import AsyncBatchedFunction as AsyncBatchedFunction
+from ._batching import BatchedFunction as BatchedFunction
+from ._batching import Batcher as Batcher
+from ._batching import BatchStats as BatchStats
+from ._batching import batch as batch
 from ._caching import CachedFunction as CachedFunction
 from ._caching import CachedMethod as CachedMethod
 from ._caching import CacheEntry as CacheEntry
@@ -81,6 +86,8 @@ from ._caching import CacheStore as CacheStore
 from ._caching import LocalStore as LocalStore
 from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
+from ._errors import BatchQueueFullError as BatchQueueFullError
+from ._errors import BatchResultError as BatchResultError
 from ._errors import BulkheadFullError as BulkheadFullError
 from ._errors import ButtressError as ButtressError
 from ._errors import CacheStoreError as CacheStoreError
@@ -100,6 +107,9 @@ from ._errors import StreamTimeoutError as StreamTimeoutError
 from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
 from ._errors import ValidationProblem as ValidationProblem
+from ._events import BatchCompleted as BatchCompleted
+from ._events import BatchDispatched as BatchDispatched
+from ._events import BatchRejected as BatchRejected
 from ._events import BulkheadRejected as BulkheadRejected
 from ._events import BulkheadWaited as BulkheadWaited
 from ._events import CacheAccess as CacheAccess
@@ -183,8 +193,17 @@ if TYPE_CHECKING:  # the lazily imported names, for type checkers
 
 __all__ = [
     "ArraySpec",
+    "AsyncBatchedFunction",
     "Attempt",
     "AttemptTimeoutError",
+    "BatchCompleted",
+    "BatchDispatched",
+    "BatchQueueFullError",
+    "BatchRejected",
+    "BatchResultError",
+    "BatchStats",
+    "BatchedFunction",
+    "Batcher",
     "BreakerFunction",
     "BreakerState",
     "BreakerStats",
@@ -269,6 +288,7 @@ __all__ = [
     "UnkeyableArgumentError",
     "ValidationFailed",
     "ValidationProblem",
+    "batch",
     "bulkhead",
     "cache_result",
     "circuit_breaker",

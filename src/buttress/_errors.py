@@ -17,6 +17,8 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "AttemptTimeoutError",
+    "BatchQueueFullError",
+    "BatchResultError",
     "BulkheadFullError",
     "ButtressError",
     "CacheStoreError",
@@ -60,10 +62,10 @@ class RejectedError(ButtressError):
     """A buttress layer refused to run the call: nothing reached the function.
 
     The common base of the load-shedding errors (:class:`CircuitOpenError`,
-    :class:`BulkheadFullError`, :class:`RateLimitExceeded`, :class:`MemoryPressureError`),
-    so a gateway can answer all of them with one fast 503. A circuit breaker never counts
-    one as a failure of its dependency: the refusal came from this process, not from the
-    dependency.
+    :class:`BulkheadFullError`, :class:`RateLimitExceeded`, :class:`MemoryPressureError`,
+    :class:`BatchQueueFullError`), so a gateway can answer all of them with one fast 503.
+    A circuit breaker never counts one as a failure of its dependency: the refusal came
+    from this process, not from the dependency.
     """
 
 
@@ -483,6 +485,77 @@ class RateLimitExceeded(RejectedError, RuntimeError):
         self.retry_at = retry_at
         self.function = function
 
+
+
+# --- batching --------------------------------------------------------------------------
+
+
+class BatchQueueFullError(RejectedError, RuntimeError):
+    """``@batch`` refused an item: ``max_queue`` items already wait to be sent.
+
+    Raised by ``fn.one(item)`` at once, before the item joins any batch; like
+    :class:`BulkheadFullError`, a load-shedding refusal a gateway can answer with a 503.
+
+    Attributes:
+        max_queue: the items that may wait to be sent (gathering into a batch, or in
+            batches waiting for one of ``max_concurrency`` slots).
+        max_concurrency: batches that may be in flight at once (``None``: no limit).
+        in_flight: batches in flight when the item was refused.
+        function: the qualified name of the batch function.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        max_queue: int,
+        max_concurrency: int | None,
+        in_flight: int,
+        function: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.max_queue = max_queue
+        self.max_concurrency = max_concurrency
+        self.in_flight = in_flight
+        self.function = function
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_with_facts(self)
+
+
+class BatchResultError(ButtressError, ValueError):
+    """A ``@batch`` function's answer cannot be shared out among its callers.
+
+    Every caller of the batch receives it (the same instance): nobody can tell which
+    result belongs to which item.
+
+    Attributes:
+        reason: ``"length"`` (the result holds ``returned`` results for ``expected``
+            items), ``"type"`` (the result is not a sequence: ``None``, a dict, a
+            string...) or ``"cancelled"`` (the batch call was cancelled before it
+            answered: its event loop is shutting down).
+        expected: the number of items in the batch.
+        returned: the number of results, or ``None`` when the result has no length.
+        function: the qualified name of the batch function.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        expected: int,
+        returned: int | None,
+        function: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.expected = expected
+        self.returned = returned
+        self.function = function
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_with_facts(self)
 
 
 def _reduce_with_facts(error: BaseException) -> tuple[Any, ...]:

@@ -21,6 +21,9 @@ from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
 __all__ = [
+    "BatchCompleted",
+    "BatchDispatched",
+    "BatchRejected",
     "BulkheadRejected",
     "BulkheadWaited",
     "CacheAccess",
@@ -243,6 +246,48 @@ class HedgeWon(Event):
 @dataclass(frozen=True, slots=True)
 class RetryBudgetExhausted(Event):
     """A retry was skipped because its :class:`RetryBudget` was spent."""
+
+
+# --- batching ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDispatched(Event):
+    """``@batch`` sent a batch: the batch function is being called with ``size`` items.
+
+    ``waited`` is how long its first item waited, from joining to this moment (the
+    gathering, plus any wait for a free slot under ``max_concurrency``); ``trigger`` says
+    what closed the batch: ``"full"`` (``max_size`` items) or ``"max_wait"`` (the time
+    was up). ``in_flight`` counts the batches in flight, this one included. Items whose
+    callers left before this moment are not counted in ``size``: they were never sent.
+    """
+
+    size: int
+    waited: float
+    trigger: Literal["full", "max_wait"]
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCompleted(Event):
+    """A batch call ended after ``seconds``: ``outcome`` ``"ok"`` (results shared out;
+    ``failed_items`` of them were exceptions returned for single items), ``"error"`` (the
+    call raised, or its result could not be shared out: every caller got the error) or
+    ``"cancelled"``. ``in_flight`` counts the batches still in flight."""
+
+    size: int
+    seconds: float
+    outcome: Literal["ok", "error", "cancelled"]
+    failed_items: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRejected(Event):
+    """``@batch`` refused an item (:class:`~buttress.BatchQueueFullError`): ``queued``
+    items already waited to be sent."""
+
+    queued: int
 
 
 class Subscription(Generic[E]):

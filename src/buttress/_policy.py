@@ -4,9 +4,12 @@ This is the composition layer: it imports every feature and no feature imports i
 
 The order (outermost first), explained in docs/decorators/policy.md::
 
-    monitor > validate_input > fallback > timeout > cache_result > retry
+    monitor > validate_input > fallback > timeout > cache_result > batch > retry
             > circuit_breaker > bulkhead > rate_limit > memory_guard > attempt_timeout
             > validate_output > function
+
+With ``batch``, the layers above it are per item (they wrap ``fn.one``) and the layers
+below it per batch call (they wrap the batch function).
 
 Each layer is switched on by its keyword: ``True`` for the decorator's defaults, a
 ``dict`` of its keyword arguments, or a shorthand for its main setting (``timeout=5``,
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, final, overload
 
+from ._batching import Batcher
+from ._batching import batch as _batch
 from ._caching import CacheHandle, cache_result
 from ._errors import ConfigurationError
 from ._memory_guard import MemoryGuard, memory_guard
@@ -97,6 +102,7 @@ _LAYERS: tuple[tuple[str, Callable[[str, Setting], Decorator]], ...] = (
     ("fallback", _keywords(_fallback, "value")),
     ("timeout", _keywords(timeout, "seconds")),
     ("cache", _keywords(cache_result, "ttl")),
+    ("batch", _keywords(_batch, "max_size")),
     ("retry", _keywords(retry, "max_retries")),
     ("circuit_breaker", _keywords(circuit_breaker, "name")),
     ("bulkhead", _keywords(bulkhead, "max_concurrent")),
@@ -171,6 +177,21 @@ class _Handles(Protocol[PH, T_co]):
     @property
     def memory_guard(self) -> MemoryGuard: ...
 
+    @property
+    def batch(self) -> Batcher:
+        """With ``batch``: the batcher's handle (``stats()``)."""
+        ...
+
+    @property
+    def batcher(self) -> Batcher:
+        """The same as ``batch``."""
+        ...
+
+    @property
+    def one(self) -> Callable[..., Any]:
+        """With ``batch``: the single-item call, through the layers above ``batch``."""
+        ...
+
 
 class PolicyFunction(_Handles[P, T_co], Protocol[P, T_co]):
     """A function decorated with a :class:`Policy`: callable as before, plus the handles.
@@ -204,6 +225,17 @@ class PolicyMethod(_Handles[PH, T_co], Protocol[P, T_co, PH]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
 
 
+#: The handles of layers that stand above ``batch`` (on ``fn.one``), copied onto the
+#: batch function so that ``fn.cache`` works with or without batching.
+_ITEM_HANDLES = ("monitor", "cache")
+
+
+def _stack(layers: tuple[_Layer, ...], fn: Any) -> Any:
+    for layer in reversed(layers):
+        fn = layer.decorator()(fn)
+    return fn
+
+
 @final
 class Policy:
     """A stack of buttress decorators in the canonical order; apply it like a decorator.
@@ -227,10 +259,23 @@ class Policy:
         return tuple(layer.name for layer in self._layers)
 
     def __call__(self, fn: Callable[P, T], /) -> PolicyFunction[P, T]:
-        """Decorate ``fn`` with a fresh decorator per layer; it carries the layers' handles."""
-        wrapped: Any = fn
-        for layer in reversed(self._layers):
-            wrapped = layer.decorator()(wrapped)
+        """Decorate ``fn`` with a fresh decorator per layer; it carries the layers' handles.
+
+        With ``batch``, ``fn`` is a batch function (a list of items in, one result per
+        item out): the layers below ``batch`` wrap it, each batch call going through
+        them; the layers above wrap ``fn.one``, the single-item call.
+        """
+        names = self.layers
+        if "batch" not in names:
+            wrapped = _stack(self._layers, fn)
+        else:
+            cut = names.index("batch")
+            wrapped = self._layers[cut].decorator()(_stack(self._layers[cut + 1 :], fn))
+            inner = getattr(wrapped, "__func__", wrapped)
+            one = inner.one = _stack(self._layers[:cut], inner.one)
+            for handle in _ITEM_HANDLES:  # reachable on the batch function too
+                if hasattr(one, handle):
+                    setattr(inner, handle, getattr(one, handle))
         # Each layer's wrapper copies the handles of those below it (functools.wraps), so
         # the outermost has them all; a classmethod or staticmethod holds them on __func__.
         getattr(wrapped, "__func__", wrapped).policy = self
@@ -247,6 +292,7 @@ def policy(
     fallback: Any = None,
     timeout: Setting = None,
     cache: Setting = None,
+    batch: Setting = None,
     retry: Setting = None,
     circuit_breaker: Setting = None,
     bulkhead: Setting = None,
@@ -269,6 +315,7 @@ def policy(
     ``fallback``              ``@fallback``                     ``value``
     ``timeout``               ``@timeout`` around everything    ``seconds``
     ``cache``                 ``@cache_result``                 ``ttl``
+    ``batch``                 ``@batch``                        ``max_size``
     ``retry``                 ``@retry``                        ``max_retries``
     ``circuit_breaker``       ``@circuit_breaker``              ``name``
     ``bulkhead``              ``@bulkhead``                     ``max_concurrent``
@@ -286,6 +333,17 @@ def policy(
     it allocates; the attempt timeout bounds one attempt; output validation, innermost,
     makes an invalid result a failed attempt (retried when its error is in ``retry``'s
     ``exceptions``, counted by the breaker, never cached).
+
+    With ``batch``, the policy decorates a batch function (it takes a list of items and
+    returns one result per item) and returns it as ``@batch`` does, with ``fn.one(item)``:
+    the layers above ``batch`` (monitor, validate, fallback, timeout, cache) wrap
+    ``fn.one`` and work per item: a cache hit never enters a batch, identical concurrent
+    items share one slot, bad input never joins a batch, the total timeout bounds a
+    caller's whole wait. The layers below wrap the batch function and work per batch call:
+    one retry re-sends the batch, the breaker counts batches, the bulkhead and rate limit
+    admit batches, ``validate_output`` checks the whole result (give it a spec for the
+    list). ``fn.cache`` and ``fn.monitor`` reach the handles of the per-item layers,
+    ``fn.batcher`` the batcher's.
 
     Raises:
         ConfigurationError: a layer's setting is of the wrong kind, or a decorator
@@ -306,6 +364,7 @@ def policy(
         "fallback": fallback,
         "timeout": timeout,
         "cache": cache,
+        "batch": batch,
         "retry": retry,
         "circuit_breaker": circuit_breaker,
         "bulkhead": bulkhead,

@@ -6,7 +6,11 @@ Both serve ``GET /embed?text=...`` on 127.0.0.1 and answer ``{"text", "embedding
   whatever happens (a 503, a hang, a NaN vector) to its client.
 - :class:`ResilientGateway` fetches through one :func:`buttress.policy`, which stacks the
   decorators in the canonical order: :func:`resilience_policy` builds it from
-  :class:`ResilienceSettings`.
+  :class:`ResilienceSettings`. Its ``batch`` layer gathers the texts being fetched at
+  the same moment into one upstream request (``POST {"texts": [...]}``): the layers
+  above it work per text (monitoring, input validation, the cache), the layers below per
+  request (retry, the breaker, the bulkhead, the memory guard, the attempt timeout and
+  output validation), so that the breaker judges the upstream by its requests.
 
 What the decorators do is counted by :class:`EventTally`, which listens on
 ``buttress.events`` for the events of one decorated function.
@@ -18,7 +22,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import aiohttp
 import anyio
@@ -29,6 +33,7 @@ from pydantic import StringConstraints
 
 from buttress import (
     ArraySpec,
+    BatchDispatched,
     BulkheadFullError,
     BulkheadRejected,
     ButtressError,
@@ -46,6 +51,7 @@ from buttress import (
     Subscription,
     TimedOut,
     ValidationFailed,
+    batch,
     events,
     policy,
 )
@@ -100,8 +106,11 @@ class ResilienceSettings:
         breaker_minimum_calls: ...once it holds at least this many attempts.
         breaker_open_for: an open breaker fails calls at once for this long, then lets
             one trial call through.
-        max_concurrent: upstream calls in flight at once (the bulkhead)...
+        max_concurrent: upstream requests in flight at once (the bulkhead)...
         max_waiting: ...and attempts that may queue for a slot.
+        batch_size: texts per upstream request at most (``@batch``'s ``max_size``; 1
+            fetches every text in a request of its own)...
+        batch_wait: ...and how long a request gathers texts at most, in seconds.
         dim: the dimension of a correct vector.
     """
 
@@ -116,6 +125,8 @@ class ResilienceSettings:
     breaker_open_for: float = 0.5
     max_concurrent: int = 32
     max_waiting: int = 256
+    batch_size: int = 32
+    batch_wait: float = 0.005
     dim: int = 768
 
     @classmethod
@@ -147,15 +158,18 @@ class ResilienceSettings:
 def resilience_policy(settings: ResilienceSettings) -> Policy:
     """The resilient gateway's decorators, as one :func:`buttress.policy`.
 
-    Outermost first: monitor, validate (input), cache (single-flight), retry,
-    circuit_breaker, bulkhead, memory_guard, attempt_timeout, validate_output. Output
-    validation is innermost, so an invalid vector is a failed attempt: retried, counted
-    by the breaker, never cached.
+    Outermost first, per text: monitor, validate (input), cache (single-flight); then
+    batch; then per upstream request: retry, circuit_breaker, bulkhead, memory_guard,
+    attempt_timeout, validate_output. Output validation is innermost, so a request that
+    brought back an invalid vector is a failed attempt: retried, counted by the breaker,
+    never cached.
     """
+    vector = Annotated[np.ndarray, ArraySpec(shape=(settings.dim,), dtype="float32", finite=True)]
     return policy(
         monitor={"slow_threshold": settings.deadline / 2},
-        validate={"text": Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]},
+        validate={"item": Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]},
         cache={"ttl": settings.cache_ttl, "maxsize": 100_000},
+        batch={"max_size": settings.batch_size, "max_wait": settings.batch_wait},
         retry={
             "max_retries": settings.max_retries,
             "base_delay": settings.base_delay,
@@ -177,10 +191,10 @@ def resilience_policy(settings: ResilienceSettings) -> Policy:
             "max_waiting": settings.max_waiting,
             "wait_timeout": settings.attempt_timeout,
         },
-        # A vector's JSON and its parsing take well under a MiB per call.
-        memory_guard={"max_percent": 95.0, "reserve": "1MiB"},
+        # A batch's JSON and its parsing take a few MiB at most.
+        memory_guard={"max_percent": 95.0, "reserve": "4MiB"},
         attempt_timeout=settings.attempt_timeout,
-        validate_output={"spec": ArraySpec(shape=(settings.dim,), dtype="float32", finite=True)},
+        validate_output={"spec": list[vector]},
     )
 
 
@@ -189,9 +203,10 @@ class EventTally:
     """What buttress's decorators did for one decorated function, counted from events.
 
     ``start()`` subscribes to ``buttress.events`` and counts the events whose ``function``
-    is ``function`` (every decorator names the function it wraps by its qualified name,
-    the breaker included, since each layer's wrapper carries the original's name);
-    ``stop()`` unsubscribes.
+    is ``function``, or ``function + ".one"`` for a batch function's single-item call
+    (every decorator names the function it wraps by its qualified name, the breaker
+    included, since each layer's wrapper carries the original's name); ``stop()``
+    unsubscribes.
     """
 
     function: str
@@ -208,6 +223,8 @@ class EventTally:
     bulkhead_rejections: int = 0
     memory_rejections: int = 0
     attempt_timeouts: int = 0
+    batches: int = 0
+    batched_texts: int = 0
     _subscription: Subscription[Event] | None = field(default=None, repr=False)
 
     def counts(self) -> dict[str, int]:
@@ -228,7 +245,7 @@ class EventTally:
             self._subscription = None
 
     def _count(self, event: Event) -> None:
-        if event.function != self.function:
+        if event.function != self.function and event.function != self.function + ".one":
             return
         if isinstance(event, RetryScheduled):
             self.retries += 1
@@ -259,6 +276,14 @@ class EventTally:
             self.memory_rejections += 1
         elif isinstance(event, TimedOut):
             self.attempt_timeouts += 1
+        elif isinstance(event, BatchDispatched):
+            self.batches += 1
+            self.batched_texts += event.size
+
+    @property
+    def mean_batch(self) -> float:
+        """Texts per upstream request, on average (0 before the first)."""
+        return self.batched_texts / self.batches if self.batches else 0.0
 
 
 @dataclass
@@ -386,12 +411,19 @@ class PlainGateway(Gateway):
 class ResilientGateway(Gateway):
     """Fetches through a :func:`buttress.policy`; see :func:`resilience_policy`.
 
+    The policy decorates the batch function, which makes one upstream request for a list
+    of texts; ``batched`` is the decorated batch function and ``fetch`` its single-text
+    call, ``batched.one``. A policy without a ``batch`` layer decorates a single-text
+    fetch instead, and the texts it fetches at the same moment are still batched beneath
+    it (``@batch`` sized by ``settings.batch_size`` and ``settings.batch_wait``).
+
     Args:
         upstream_url: the embeddings endpoint.
         policy: the decorators; by default ``resilience_policy(settings)``.
-        settings: used for the default policy.
-        name: names the gateway; its decorated function is ``<name>.embed``, which is how
-            events, logs and metrics tell this gateway's calls from anyone else's.
+        settings: used for the default policy, and for the batching.
+        name: names the gateway; its batch function is ``<name>.embed`` (its single-text
+            call ``<name>.embed.one``), which is how events, logs and metrics tell this
+            gateway's calls from anyone else's.
     """
 
     kind = "resilient"
@@ -408,17 +440,32 @@ class ResilientGateway(Gateway):
         self.settings = settings if settings is not None else ResilienceSettings()
         self.policy = policy if policy is not None else resilience_policy(self.settings)
 
-        async def embed(text: str) -> Vector:
-            return await self._fetch_once(text)
+        async def embed(texts: list[str]) -> list[Vector]:
+            return await self._fetch_batch(texts)
 
         # Set before decorating: each decorator reads the name once, when it wraps.
         embed.__qualname__ = f"{self.name}.embed"
-        self.fetch: Fetch = self.policy(embed)
+        self.batched: Any
+        if "batch" in self.policy.layers:
+            self.batched = self.policy(embed)
+            self.fetch: Fetch = self.batched.one
+        else:
+            batched = batch(
+                max_size=self.settings.batch_size, max_wait=self.settings.batch_wait
+            )(embed)
+            self.batched = batched
+
+            async def embed_one(text: str) -> Vector:
+                return await batched.one(text)
+
+            embed_one.__qualname__ = f"{self.name}.embed.one"
+            self.fetch = self.policy(embed_one)
         self.tally = EventTally(embed.__qualname__)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        return self.policy.layers
+        layers = self.policy.layers
+        return layers if "batch" in layers else (*layers, "batch")
 
     async def start(self) -> None:
         self.tally.start()
@@ -430,17 +477,17 @@ class ResilientGateway(Gateway):
         finally:
             self.tally.stop()
 
-    async def _fetch_once(self, text: str) -> Vector:
-        """One upstream call: the function the whole policy wraps."""
+    async def _fetch_batch(self, texts: list[str]) -> list[Vector]:
+        """One upstream request for the texts gathered by ``@batch``."""
         assert self._session is not None
         self.stats.upstream_calls += 1
-        async with self._session.get(self.upstream_url, params={"text": text}) as upstream:
+        async with self._session.post(self.upstream_url, json={"texts": texts}) as upstream:
             if 400 <= upstream.status < 500:
                 # Our request is wrong: asking again will not help (ValueError is not retried).
                 raise ValueError(f"the upstream refused the request: {upstream.status}")
             upstream.raise_for_status()
             payload = await upstream.json()
-        return np.asarray(payload["embedding"], dtype=np.float32)
+        return [np.asarray(vector, dtype=np.float32) for vector in payload["embeddings"]]
 
     async def _answer(self, text: str) -> web.Response:
         try:

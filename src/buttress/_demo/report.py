@@ -83,9 +83,10 @@ class GatewayReport:
         name: ``"plain"`` or ``"resilient"``.
         outcomes: what the load generator saw, one per request sent.
         received: requests the gateway itself counted.
-        upstream_calls: calls its upstream stand-in counted.
-        gateway_upstream_calls: calls the gateway counted making.
-        faults: the upstream's calls by fault (``"ok"`` included).
+        upstream_calls: requests its upstream stand-in counted (a batch is one).
+        gateway_upstream_calls: requests the gateway counted making.
+        faults: the upstream's calls by fault (``"ok"`` included), one per text asked
+            for (a batch of ten texts is ten).
         layers: the buttress decorators around its upstream call, outermost first.
         tally: what those decorators reported through ``buttress.events``.
     """
@@ -98,6 +99,11 @@ class GatewayReport:
     faults: Counter[str] = field(default_factory=Counter)
     layers: tuple[str, ...] = ()
     tally: EventTally | None = None
+
+    @property
+    def upstream_texts(self) -> int:
+        """Texts the upstream was asked for, over all its requests."""
+        return sum(self.faults.values())
 
     @property
     def summary(self) -> Summary:
@@ -176,6 +182,13 @@ def render(
         ("latency p95", [_duration(s.p95) for s in summaries]),
         ("latency p99", [_duration(s.p99) for s in summaries]),
         ("upstream calls", [str(r.upstream_calls) for r in reports]),
+        (
+            "  batches / mean batch size (texts per call)",
+            [
+                _decorated(r, ["batch"], lambda t: f"{t.batches} / {t.mean_batch:.1f}")
+                for r in reports
+            ],
+        ),
         (
             "cache hits / single-flight joins",
             [
@@ -338,7 +351,8 @@ def prometheus_text(
     )
     upstream = Counter(
         "buttress_demo_upstream_calls",
-        "Calls the gateway's upstream stand-in received, by injected fault.",
+        "Texts the gateway's upstream stand-in was asked for, by injected fault (each "
+        "text of a batch request counts).",
         ["gateway", "fault"],
         registry=registry,
     )

@@ -1,13 +1,17 @@
 """A stand-in embedding service that misbehaves the way real ones do.
 
 It answers ``GET /v1/embeddings?text=...`` with a 768-dimension unit vector that depends only
-on the text, and injects faults at configurable rates: latency spikes, 503 with
+on the text, and ``POST /v1/embeddings`` with ``{"texts": [...]}`` (a batch) with one vector
+per text, in order. It injects faults at configurable rates: latency spikes, 503 with
 ``Retry-After``, hangs, an outage window in which every call fails, NaN vectors and vectors
-of the wrong dimension. It counts every call it receives.
+of the wrong dimension. It counts every request and every text it receives.
 
-Which fault a call gets is drawn from ``(seed, text, n)``, where ``n`` counts earlier
-calls for the same text: the same seed and the same calls give the same faults, whatever
-order concurrent calls arrive in. Only the outage window is a matter of time.
+Which fault a text gets is drawn from ``(seed, text, n)``, where ``n`` counts earlier
+requests for the same text: the same seed and the same calls give the same faults,
+whatever order concurrent calls arrive in. In a batch, the faults of the request as a
+whole (503, hang, spike) are drawn once, from the request's texts and their counts, and
+the faults of single vectors (NaN, wrong dimension) per text. Only the outage window is a
+matter of time.
 """
 
 from __future__ import annotations
@@ -25,17 +29,28 @@ import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
-__all__ = ["Call", "FaultKind", "Faults", "Upstream", "draw_call", "vector_for"]
+__all__ = ["Call", "FaultKind", "Faults", "Upstream", "draw_batch", "draw_call", "vector_for"]
 
 FaultKind = Literal["ok", "spike", "unavailable", "hang", "nan", "wrong_dim", "outage"]
 
 #: The path the stand-in serves.
 PATH = "/v1/embeddings"
 
+#: The most texts one batch request may carry (more is answered 413).
+MAX_BATCH = 512
+
+#: The faults of a batch request as a whole, and of single vectors in it.
+REQUEST_FAULTS = ("unavailable", "hang", "spike")
+ITEM_FAULTS = ("nan", "wrong_dim")
+
 
 @dataclass(frozen=True, slots=True)
 class Faults:
     """How the stand-in misbehaves. Rates are probabilities per call; together at most 1.
+
+    A batch request counts as one call for ``error_rate``, ``hang_rate`` and
+    ``spike_rate`` (the request fails, hangs or is slow as a whole), and as one call per
+    text for ``nan_rate`` and ``wrong_dim_rate`` (single vectors are wrong).
 
     Attributes:
         spike_rate: the call answers correctly but slowly (``spike_seconds``).
@@ -106,21 +121,55 @@ def _stable_int(*parts: object) -> int:
 def draw_call(faults: Faults, seed: int, text: str, n: int) -> Call:
     """The fault and delay of call number ``n`` (from 0) for ``text``; the outage aside."""
     rng = random.Random(_stable_int(seed, text, n))
+    fault = _pick(rng, faults, tuple(faults.rates()))
+    return Call(text, n, fault, _delay(rng, faults, fault))
+
+
+def _delay(rng: random.Random, faults: Faults, fault: FaultKind) -> float:
+    if fault == "hang":
+        return faults.hang_seconds
+    if fault == "spike":
+        return rng.uniform(*faults.spike_seconds)
+    return rng.uniform(*faults.latency)
+
+
+def _pick(rng: random.Random, faults: Faults, kinds: tuple[str, ...]) -> FaultKind:
     u = rng.random()
-    fault: FaultKind = "ok"
     threshold = 0.0
     for name, rate in faults.rates().items():
+        if name not in kinds:
+            continue
         threshold += rate
         if u < threshold:
-            fault = name  # type: ignore[assignment]  # the keys of rates() are FaultKinds
-            break
-    if fault == "hang":
-        delay = faults.hang_seconds
-    elif fault == "spike":
-        delay = rng.uniform(*faults.spike_seconds)
-    else:
-        delay = rng.uniform(*faults.latency)
-    return Call(text, n, fault, delay)
+            return name  # type: ignore[return-value]  # the keys of rates() are FaultKinds
+    return "ok"
+
+
+def draw_batch(faults: Faults, seed: int, texts: list[str], ns: list[int]) -> list[Call]:
+    """The calls of one batch request: ``texts[i]`` asked for the ``ns[i]``-th time.
+
+    The request's own fault (503, hang, spike, or none) and its delay are drawn once from
+    all its texts and counts; each text then draws whether its vector is wrong (NaN,
+    wrong dimension). Each call carries the request's delay, and as its fault the
+    request's if it failed (503, hang), else its own vector's, else ``"spike"`` if the
+    request was slow, else ``"ok"``. A batch of one text is a single call: it gets
+    :func:`draw_call`'s draw, as a ``GET`` would.
+    """
+    if len(texts) == 1:
+        return [draw_call(faults, seed, texts[0], ns[0])]
+    pairs = (f"{text}#{n}" for text, n in zip(texts, ns, strict=True))
+    rng = random.Random(_stable_int(seed, "batch", *pairs))
+    fault = _pick(rng, faults, REQUEST_FAULTS)
+    delay = _delay(rng, faults, fault)
+    calls = []
+    for text, n in zip(texts, ns, strict=True):
+        kind = fault
+        if fault not in ("unavailable", "hang"):
+            own = _pick(random.Random(_stable_int(seed, text, n, "item")), faults, ITEM_FAULTS)
+            if own != "ok" or fault == "ok":
+                kind = own
+        calls.append(Call(text, n, kind, delay))
+    return calls
 
 
 def vector_for(text: str, dim: int) -> npt.NDArray[np.float32]:
@@ -137,8 +186,11 @@ class Upstream:
     :meth:`stop`), then call ``upstream.url``. :meth:`begin` starts the outage clock.
 
     Attributes:
-        calls: every call received, in arrival order.
-        served: how many calls got each fault (``"ok"`` included).
+        calls: every text asked for, in arrival order (one per GET, one per text of a
+            batch).
+        served: how many of ``calls`` got each fault (``"ok"`` included).
+        requests: HTTP requests received (a batch is one).
+        batch_sizes: the number of texts of each batch request, in arrival order.
     """
 
     def __init__(self, faults: Faults | None = None, *, seed: int = 0) -> None:
@@ -146,6 +198,8 @@ class Upstream:
         self.seed = seed
         self.calls: list[Call] = []
         self.served: Counter[str] = Counter()
+        self.requests = 0
+        self.batch_sizes: list[int] = []
         self._seen: dict[str, int] = {}
         self._origin: float | None = None
         self._runner: web.AppRunner | None = None
@@ -154,12 +208,12 @@ class Upstream:
 
     @property
     def total(self) -> int:
-        """How many calls the stand-in has received."""
-        return len(self.calls)
+        """How many requests the stand-in has received (a batch is one)."""
+        return self.requests
 
     @property
     def url(self) -> str:
-        """The embeddings endpoint; query it with ``?text=...``."""
+        """The embeddings endpoint: ``GET ?text=...``, or ``POST {"texts": [...]}``."""
         if self._runner is None:
             raise RuntimeError("the upstream is not running: call start() first")
         return f"http://127.0.0.1:{self._port}{PATH}"
@@ -179,6 +233,7 @@ class Upstream:
         """Serve on a free port of 127.0.0.1."""
         app = web.Application()
         app.router.add_get(PATH, self._embed)
+        app.router.add_post(PATH, self._embed_batch)
         self._released = anyio.Event()
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -214,12 +269,17 @@ class Upstream:
             return False
         return True
 
+    def _count(self, text: str) -> int:
+        n = self._seen.get(text, 0)
+        self._seen[text] = n + 1
+        return n
+
     async def _embed(self, request: web.Request) -> web.Response:
         text = request.query.get("text", "")
         if not text:
             return web.json_response({"error": "missing ?text="}, status=400)
-        n = self._seen.get(text, 0)
-        self._seen[text] = n + 1
+        self.requests += 1
+        n = self._count(text)
         if self.in_outage():
             call = Call(text, n, "outage", 0.0)
         else:
@@ -240,13 +300,63 @@ class Upstream:
         if call.fault == "hang":
             return web.json_response({"error": "backend timed out"}, status=504)
 
-        vector = vector_for(text, self.faults.dim)
+        vector = self._vector(call)
+        body = json.dumps({"text": text, "model": "stand-in", "embedding": vector.tolist()})
+        return web.Response(text=body, content_type="application/json")
+
+    def _vector(self, call: Call) -> npt.NDArray[np.float32]:
+        """The vector ``call`` answers: correct, or made wrong as its fault says."""
+        vector = vector_for(call.text, self.faults.dim)
         if call.fault == "wrong_dim":
             vector = vector[: self.faults.dim // 2]
         elif call.fault == "nan":
             vector = vector.copy()
-            spots = random.Random(_stable_int(self.seed, text, n, "nan"))
+            spots = random.Random(_stable_int(self.seed, call.text, call.n, "nan"))
             for index in spots.sample(range(vector.size), 3):
                 vector[index] = np.nan
-        body = json.dumps({"text": text, "model": "stand-in", "embedding": vector.tolist()})
+        return vector
+
+    async def _embed_batch(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return web.json_response({"error": "the body is not JSON"}, status=400)
+        texts = payload.get("texts") if isinstance(payload, dict) else None
+        if (
+            not isinstance(texts, list)
+            or not texts
+            or not all(isinstance(text, str) and text for text in texts)
+        ):
+            return web.json_response(
+                {"error": 'expected {"texts": [one or more non-empty strings]}'}, status=400
+            )
+        if len(texts) > MAX_BATCH:
+            return web.json_response(
+                {"error": f"at most {MAX_BATCH} texts per request"}, status=413
+            )
+        self.requests += 1
+        self.batch_sizes.append(len(texts))
+        ns = [self._count(text) for text in texts]
+        if self.in_outage():
+            calls = [Call(text, n, "outage", 0.0) for text, n in zip(texts, ns, strict=True)]
+        else:
+            calls = draw_batch(self.faults, self.seed, texts, ns)
+        self.calls.extend(calls)
+        self.served.update(call.fault for call in calls)
+
+        fault = calls[0].fault
+        if fault == "outage":
+            return web.json_response({"error": "no healthy backend"}, status=503)
+        if fault == "unavailable":
+            return web.json_response(
+                {"error": "overloaded"},
+                status=503,
+                headers={"Retry-After": f"{self.faults.retry_after:g}"},
+            )
+        if not await self._wait(calls[0].delay):
+            return web.json_response({"error": "shutting down"}, status=503)
+        if fault == "hang":
+            return web.json_response({"error": "backend timed out"}, status=504)
+        vectors = [self._vector(call).tolist() for call in calls]
+        body = json.dumps({"model": "stand-in", "embeddings": vectors})
         return web.Response(text=body, content_type="application/json")

@@ -13,6 +13,7 @@ monitoring the event hook stays free (``events.active`` stays false).
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from typing import Any
 
 from buttress import _registry
 from buttress._events import (
+    BatchCompleted,
+    BatchDispatched,
+    BatchRejected,
     BulkheadRejected,
     CacheAccess,
     CacheEviction,
@@ -42,6 +46,8 @@ from buttress._events import (
 from buttress._tracing import TraceIds
 
 __all__ = [
+    "BATCH_SIZE_BUCKETS",
+    "BATCH_WAIT_BUCKETS",
     "CALLS_FAMILY",
     "CIRCUIT_FAMILY",
     "DROPPED_FAMILY",
@@ -59,6 +65,8 @@ __all__ = [
     "Exemplar",
     "FunctionSnapshot",
     "FunctionStats",
+    "GaugeFamily",
+    "HistogramFamily",
     "counters",
     "function_stats",
     "snapshot",
@@ -71,6 +79,15 @@ OK, ERROR, CANCELLED = 0, 1, 2
 #: Upper bounds (seconds) of ``buttress_call_duration_seconds``: inference from 1 ms to 30 s.
 DURATION_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+#: Upper bounds of ``buttress_batch_size``: items per batch sent by ``@batch``.
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+#: Upper bounds (seconds) of ``buttress_batch_wait_seconds``: from half a millisecond (a
+#: ``max_wait`` of a few ms is usual) to seconds (batches queued under max_concurrency).
+BATCH_WAIT_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
 
 #: Default upper bounds of the ``track_output`` histogram: scores in [0, 1] finely, then
@@ -296,6 +313,25 @@ class CounterFamily:
     labels: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class HistogramFamily:
+    """A histogram fed by events: its Prometheus name, label names and bucket bounds."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    bounds: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeFamily:
+    """A gauge fed by events: the last value an event reported, per label set."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+
+
 RETRIES = CounterFamily("buttress_retries", "Retries scheduled by @retry.", ("function",))
 RETRY_GIVE_UPS = CounterFamily(
     "buttress_retry_give_ups",
@@ -367,6 +403,39 @@ OUTPUT_ANOMALIES = CounterFamily(
     ("function", "kind"),
 )
 
+BATCHES = CounterFamily(
+    "buttress_batches",
+    "Batch calls made by @batch, by outcome (ok, error, cancelled).",
+    ("function", "outcome"),
+)
+BATCH_ITEMS_FAILED = CounterFamily(
+    "buttress_batch_item_errors",
+    "Exceptions a @batch function returned in the place of single items.",
+    ("function",),
+)
+BATCH_REJECTIONS = CounterFamily(
+    "buttress_batch_rejections",
+    "Items refused by @batch because max_queue items already waited.",
+    ("function",),
+)
+BATCH_SIZE = HistogramFamily(
+    "buttress_batch_size",
+    "Items per batch sent by @batch.",
+    ("function",),
+    BATCH_SIZE_BUCKETS,
+)
+BATCH_WAIT = HistogramFamily(
+    "buttress_batch_wait_seconds",
+    "How long the first item of a @batch batch waited before the batch was sent, in seconds.",
+    ("function",),
+    BATCH_WAIT_BUCKETS,
+)
+BATCHES_IN_FLIGHT = GaugeFamily(
+    "buttress_batches_in_flight",
+    "Batch calls of @batch running now.",
+    ("function",),
+)
+
 #: Every counter family, in exposition order.
 FAMILIES: tuple[CounterFamily, ...] = (
     RETRIES,
@@ -386,11 +455,20 @@ FAMILIES: tuple[CounterFamily, ...] = (
     HEDGES,
     INPUT_ANOMALIES,
     OUTPUT_ANOMALIES,
+    BATCHES,
+    BATCH_ITEMS_FAILED,
+    BATCH_REJECTIONS,
 )
+
+#: Every histogram and gauge family fed by events, in exposition order.
+HISTOGRAMS: tuple[HistogramFamily, ...] = (BATCH_SIZE, BATCH_WAIT)
+GAUGES: tuple[GaugeFamily, ...] = (BATCHES_IN_FLIGHT,)
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
 
-Increment = tuple[CounterFamily, tuple[str, ...], float]
+#: What an event handler yields: a counter to add to, a histogram to observe a value in,
+#: or a gauge to set; with the label values and the amount, value or level.
+Increment = tuple[CounterFamily | HistogramFamily | GaugeFamily, tuple[str, ...], float]
 
 
 def _retry_scheduled(event: RetryScheduled) -> Iterator[Increment]:
@@ -455,6 +533,23 @@ def _hedge_started(event: HedgeStarted) -> Iterator[Increment]:
     yield HEDGES, (event.function,), 1
 
 
+def _batch_dispatched(event: BatchDispatched) -> Iterator[Increment]:
+    yield BATCH_SIZE, (event.function,), event.size
+    yield BATCH_WAIT, (event.function,), event.waited
+    yield BATCHES_IN_FLIGHT, (event.function,), event.in_flight
+
+
+def _batch_completed(event: BatchCompleted) -> Iterator[Increment]:
+    yield BATCHES, (event.function, event.outcome), 1
+    if event.failed_items:
+        yield BATCH_ITEMS_FAILED, (event.function,), event.failed_items
+    yield BATCHES_IN_FLIGHT, (event.function,), event.in_flight
+
+
+def _batch_rejected(event: BatchRejected) -> Iterator[Increment]:
+    yield BATCH_REJECTIONS, (event.function,), 1
+
+
 _HANDLERS: dict[type[Event], Callable[[Any], Iterator[Increment]]] = {
     RetryScheduled: _retry_scheduled,
     RetryGaveUp: _retry_gave_up,
@@ -471,6 +566,9 @@ _HANDLERS: dict[type[Event], Callable[[Any], Iterator[Increment]]] = {
     TimedOut: _timed_out,
     FallbackUsed: _fallback_used,
     HedgeStarted: _hedge_started,
+    BatchDispatched: _batch_dispatched,
+    BatchCompleted: _batch_completed,
+    BatchRejected: _batch_rejected,
 }
 
 #: The event classes the metrics subscribe to.
@@ -487,6 +585,10 @@ class EventCounters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[CounterFamily, dict[tuple[str, ...], float]] = {}
+        # Per label set: a count per bucket (not cumulative; the last one is +Inf), then
+        # the sum of the values observed.
+        self._histograms: dict[HistogramFamily, dict[tuple[str, ...], list[float]]] = {}
+        self._gauges: dict[GaugeFamily, dict[tuple[str, ...], float]] = {}
         self._circuits: dict[str, str] = {}
         self._users = 0
         self._subscription: Subscription[Event] | None = None
@@ -527,8 +629,13 @@ class EventCounters:
                 return
         with self._lock:
             for family, labels, amount in handler(event):
-                values = self._values.setdefault(family, {})
-                values[labels] = values.get(labels, 0) + amount
+                if isinstance(family, CounterFamily):
+                    values = self._values.setdefault(family, {})
+                    values[labels] = values.get(labels, 0) + amount
+                elif isinstance(family, HistogramFamily):
+                    self._observe(family, labels, amount)
+                else:
+                    self._gauges.setdefault(family, {})[labels] = amount
             if isinstance(event, CircuitStateChanged):
                 self._circuits[event.breaker] = event.new
 
@@ -538,10 +645,32 @@ class EventCounters:
             values = self._values.setdefault(family, {})
             values[labels] = values.get(labels, 0) + amount
 
+    def _observe(self, family: HistogramFamily, labels: tuple[str, ...], value: float) -> None:
+        series = self._histograms.setdefault(family, {})
+        counts = series.get(labels)
+        if counts is None:
+            counts = series[labels] = [0.0] * (len(family.bounds) + 2)
+        counts[bisect.bisect_left(family.bounds, value)] += 1
+        counts[-1] += value
+
     def values(self) -> dict[CounterFamily, dict[tuple[str, ...], float]]:
         """A copy of every counter, by family then label values."""
         with self._lock:
             return {family: dict(values) for family, values in self._values.items()}
+
+    def histograms(self) -> dict[HistogramFamily, dict[tuple[str, ...], tuple[float, ...]]]:
+        """A copy of every event-fed histogram: per label values, the count in each bucket
+        (not cumulative, ``+Inf`` last), then the sum of the values."""
+        with self._lock:
+            return {
+                family: {labels: tuple(counts) for labels, counts in series.items()}
+                for family, series in self._histograms.items()
+            }
+
+    def gauges(self) -> dict[GaugeFamily, dict[tuple[str, ...], float]]:
+        """A copy of every event-fed gauge, by family then label values."""
+        with self._lock:
+            return {family: dict(values) for family, values in self._gauges.items()}
 
     def circuits(self) -> dict[str, str]:
         """The current state of every breaker alive, and the last reported of any other.
@@ -559,6 +688,8 @@ class EventCounters:
         """Forget every count (for tests); the subscription is left as it is."""
         with self._lock:
             self._values.clear()
+            self._histograms.clear()
+            self._gauges.clear()
             self._circuits.clear()
 
 

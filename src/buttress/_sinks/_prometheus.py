@@ -27,6 +27,8 @@ from buttress._monitoring._stats import (
     CIRCUIT_STATES,
     DURATION_BUCKETS,
     FAMILIES,
+    GAUGES,
+    HISTOGRAMS,
     OUTCOMES,
     counters,
     snapshot,
@@ -93,6 +95,12 @@ class ButtressCollector(Collector):
         yield GaugeMetricFamily(*_CIRCUIT, labels=["breaker", "state"])
         for family in FAMILIES:
             yield CounterMetricFamily(family.name, family.documentation, labels=family.labels)
+        for histogram in HISTOGRAMS:
+            yield HistogramMetricFamily(
+                histogram.name, histogram.documentation, labels=histogram.labels
+            )
+        for gauge in GAUGES:
+            yield GaugeMetricFamily(gauge.name, gauge.documentation, labels=gauge.labels)
 
     def collect(self) -> Iterator[Metric]:
         # Samples are added one by one so that each function carries only its own static
@@ -142,3 +150,17 @@ class ButtressCollector(Collector):
             for label_values, value in sorted(values_by_family.get(family, {}).items()):
                 metric.add_metric(list(label_values), value)
             yield metric
+        histograms = counters.histograms()
+        for histogram in HISTOGRAMS:
+            observed = Metric(histogram.name, histogram.documentation, "histogram")
+            for label_values, counts in sorted(histograms.get(histogram, {}).items()):
+                labels = dict(zip(histogram.labels, label_values, strict=True))
+                buckets = [int(count) for count in counts[:-1]]
+                _histogram(observed, labels, histogram.bounds, buckets, counts[-1])
+            yield observed
+        gauges = counters.gauges()
+        for gauge in GAUGES:
+            level = GaugeMetricFamily(gauge.name, gauge.documentation, labels=gauge.labels)
+            for label_values, value in sorted(gauges.get(gauge, {}).items()):
+                level.add_metric(list(label_values), value)
+            yield level

@@ -19,6 +19,8 @@ from buttress._monitoring._logs import CallItem
 from buttress._monitoring._stats import (
     CIRCUIT_STATES,
     FAMILIES,
+    GAUGES,
+    HISTOGRAMS,
     OUTCOMES,
     Labels,
     counters,
@@ -89,6 +91,10 @@ class DogStatsdSink:
         for family, values in counters.values().items():
             for labels, value in values.items():
                 self._last[(family.name, labels)] = value
+        for histogram, series in counters.histograms().items():
+            for labels, counts in series.items():
+                self._last[(histogram.name, labels, "count")] = sum(counts[:-1])
+                self._last[(histogram.name, labels, "sum")] = counts[-1]
         self._last["dropped"] = exporter.dropped
 
     def _delta(self, key: Any, value: float) -> float:
@@ -150,6 +156,27 @@ class DogStatsdSink:
                     named = zip(family.labels, labels, strict=True)
                     tags = [*self.tags, *(tag(key, value) for key, value in named)]
                     client.increment(metric, delta, tags=tags)
+        # Event-fed histograms travel as the increase of their count and sum (DogStatsD
+        # distributions need every sample, which only the event itself had), gauges as is.
+        histograms = counters.histograms()
+        for histogram in HISTOGRAMS:
+            metric = f"{prefix}.{histogram.name.removeprefix('buttress_')}"
+            for labels, counts in histograms.get(histogram, {}).items():
+                named = zip(histogram.labels, labels, strict=True)
+                tags = [*self.tags, *(tag(key, value) for key, value in named)]
+                observed = self._delta((histogram.name, labels, "count"), sum(counts[:-1]))
+                if observed:
+                    client.increment(f"{metric}.count", observed, tags=tags)
+                    total = self._delta((histogram.name, labels, "sum"), counts[-1])
+                    client.increment(f"{metric}.sum", total, tags=tags)
+        gauges = counters.gauges()
+        for gauge in GAUGES:
+            metric = f"{prefix}.{gauge.name.removeprefix('buttress_')}"
+            for labels, level in gauges.get(gauge, {}).items():
+                named = zip(gauge.labels, labels, strict=True)
+                client.gauge(
+                    metric, level, tags=[*self.tags, *(tag(key, value) for key, value in named)]
+                )
         for breaker, current in counters.circuits().items():
             states = CIRCUIT_STATES if current in CIRCUIT_STATES else (*CIRCUIT_STATES, current)
             for state in states:
