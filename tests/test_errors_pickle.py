@@ -16,6 +16,8 @@ import pytest
 import buttress
 from buttress import (
     AttemptTimeoutError,
+    BatchQueueFullError,
+    BatchResultError,
     BulkheadFullError,
     ButtressError,
     CacheStoreError,
@@ -83,6 +85,12 @@ INSTANCES: dict[type[BaseException], BaseException] = {
     ),
     RateLimitExceeded: RateLimitExceeded(
         "slow down", rate=10, per=1.0, retry_after=0.1, retry_at=5.0, function="f"
+    ),
+    BatchQueueFullError: BatchQueueFullError(
+        "queue full", max_queue=128, max_concurrency=4, in_flight=4, function="embed_many"
+    ),
+    BatchResultError: BatchResultError(
+        "3 results for 4 items", reason="length", expected=4, returned=3, function="embed_many"
     ),
 }
 

@@ -25,7 +25,7 @@ async def test_the_demo_sends_its_traces_to_an_otlp_endpoint(tmp_path: Path) -> 
         spans = receiver.spans()
         points = receiver.metric_points()
     assert not otel.is_enabled()  # turned off again after the run
-    calls = [span for span in spans if span.name == "resilient.embed"]
+    calls = [span for span in spans if span.name == "resilient.embed.one"]
     assert calls, {span.name for span in spans}
     assert {span.service for span in calls} == {"buttress-demo"}
     results = {span.attributes.get("buttress.cache.result") for span in calls}
@@ -34,7 +34,7 @@ async def test_the_demo_sends_its_traces_to_an_otlp_endpoint(tmp_path: Path) -> 
     tally = result.reports[1].tally
     assert tally is not None
     assert len(retries) == tally.retries > 0
-    assert {"function": "resilient.embed", "outcome": "ok"} in points["buttress_calls"]
+    assert {"function": "resilient.embed.one", "outcome": "ok"} in points["buttress_calls"]
     notes = write_outputs(result, tmp_path)
     assert f"traces and metrics: sent over OTLP/HTTP to {receiver.url}" in notes
 
