@@ -1,6 +1,6 @@
 """The hook through which features open spans without knowing who makes them.
 
-``@monitor`` opens one span per call, and ``@hedge`` one per raced attempt, through
+``@monitor`` opens one span per call (one per stream), and ``@hedge`` one per raced attempt, through
 :data:`tracer`: ``None`` until :func:`buttress.otel.enable` installs its OpenTelemetry
 implementation (which lives above the features, in the composition layer), and ``None``
 again after :func:`buttress.otel.disable`. A feature reads it once per call::
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
-__all__ = ["Attributes", "Span", "TraceIds", "Tracer", "install", "tracer"]
+__all__ = ["Attributes", "Span", "StreamSpan", "TraceIds", "Tracer", "install", "tracer"]
 
 #: Span attributes as features give them: OpenTelemetry's primitive attribute values.
 Attributes = Mapping[str, str | bool | int | float]
@@ -66,6 +66,29 @@ class Span(Protocol):
         ...
 
 
+class StreamSpan(Protocol):
+    """A started span that is current only while its work runs: a stream's, between items.
+
+    A stream's code runs in steps (one per item), in the context of whoever iterates it;
+    between two steps that context belongs to the caller, whose own spans must not become
+    children of the stream's. So the span is made current for each step
+    (:meth:`attach`, then :meth:`detach` with its token, in the same thread or task) and
+    ended once, when the stream ends.
+    """
+
+    def attach(self) -> object:
+        """Make the span current in this thread or task; return the token to detach."""
+        ...
+
+    def detach(self, token: object) -> None:
+        """Restore the context that :meth:`attach` replaced."""
+        ...
+
+    def end(self, error: BaseException | None, attributes: Attributes) -> TraceIds | None:
+        """End the span with the stream's outcome (as :meth:`Span.end`) and ``attributes``."""
+        ...
+
+
 class Tracer(Protocol):
     """Starts spans for features."""
 
@@ -75,6 +98,10 @@ class Tracer(Protocol):
         ``kind`` is one of :data:`KINDS`. Must not raise for any input a feature can
         build at decoration time.
         """
+        ...
+
+    def open(self, name: str, kind: str, attributes: Attributes) -> StreamSpan:
+        """Start a span as :meth:`start` does, a child of the current one, but not current."""
         ...
 
 

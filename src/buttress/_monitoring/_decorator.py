@@ -27,7 +27,14 @@ from buttress import _clock, _settings, _tracing
 from buttress._declare import Decorate, declare
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._signature import CallSignature, signature_of
-from buttress._streams import Outcome, Session, async_stream_shell, sync_stream_shell
+from buttress._streams import (
+    Outcome,
+    Session,
+    async_items,
+    async_stream_shell,
+    sync_items,
+    sync_stream_shell,
+)
 from buttress._tracing import TraceIds
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
@@ -605,24 +612,52 @@ class _StreamRecord(Session):
     """One run of a monitored stream: timed from its first ``__anext__`` to its end.
 
     One record per stream, whatever its number of items: its duration, outcome, items
-    and time to first item.
+    and time to first item. With tracing on, one span per stream too, current while the
+    stream's own code runs (each step, through a relay: see :func:`_traced_async`) and
+    not between items, when the caller's code runs in the same context.
     """
 
-    __slots__ = ("args", "first", "items", "kwargs", "site", "start")
+    __slots__ = ("args", "asynchronous", "first", "items", "kwargs", "site", "span", "start")
 
     watches_items = True
 
-    def __init__(self, site: Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, site: Site, args: tuple[Any, ...], kwargs: dict[str, Any], asynchronous: bool
+    ) -> None:
         self.site = site
         self.args = args
         self.kwargs = kwargs
+        self.asynchronous = asynchronous
         self.items = 0
         self.first: float | None = None
+        tracer = _tracing.tracer
+        self.span = (
+            None
+            if tracer is None
+            else tracer.open(site.name, site.span_kind, site.span_attributes)
+        )
         stats = site.stats
         stats.lock.acquire()
         stats.in_flight += 1
         stats.lock.release()
         self.start = _clock.monotonic()
+
+    def begin(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        span = self.span
+        if span is None:
+            return fn(*args, **kwargs)
+        token = span.attach()  # a generator function's call may run code of its own
+        try:
+            source = fn(*args, **kwargs)
+        finally:
+            span.detach(token)
+        if self.asynchronous:
+            if not hasattr(source, "asend"):
+                source = async_items(source)
+            return _traced_async(source, span)
+        if not hasattr(source, "send"):
+            source = sync_items(source)
+        return _traced_sync(source, span)
 
     def item(self, item: Any) -> None:
         if not self.items:
@@ -630,14 +665,89 @@ class _StreamRecord(Session):
         self.items += 1
 
     def end(self, outcome: Outcome, error: BaseException | None) -> None:
+        trace = None
+        span = self.span
+        if span is not None:
+            facts: dict[str, str | int | float] = {
+                "buttress.stream.items": self.items,
+                "buttress.stream.ended": outcome,
+            }
+            if self.first is not None:
+                facts["buttress.stream.first_item"] = self.first
+            if outcome == "abandoned":  # counted as cancelled, as in the record
+                facts["buttress.outcome"] = "cancelled"
+            trace = span.end(error, facts)
         self.site.finish(
             self.start,
             self.args,
             self.kwargs,
             None,
             error,
+            trace,
             stream=(self.items, self.first, outcome),
         )
+
+
+async def _traced_async(source: Any, span: _tracing.StreamSpan) -> Any:
+    """Relay ``source`` (an async generator), with ``span`` current during each step.
+
+    Written as a relay rather than as a hook of the stream driver, so that a stream pays
+    for it only when tracing is on. Values and exceptions sent in are passed on, as
+    ``yield from`` would; attaching and detaching happen within one step, in the task
+    that iterates.
+    """
+    step, value = source.asend, None
+    try:
+        while True:
+            token = span.attach()
+            try:
+                item = await step(value)
+            except StopAsyncIteration:
+                return
+            finally:
+                span.detach(token)
+            try:
+                value = yield item
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # athrow(): the source gets it
+                step, value = source.athrow, exc
+            else:
+                step = source.asend
+    finally:
+        token = span.attach()
+        try:
+            await source.aclose()
+        finally:
+            span.detach(token)
+
+
+def _traced_sync(source: Any, span: _tracing.StreamSpan) -> Any:
+    """As :func:`_traced_async`, for a plain generator."""
+    step, value = source.send, None
+    try:
+        while True:
+            token = span.attach()
+            try:
+                item = step(value)
+            except StopIteration:
+                return
+            finally:
+                span.detach(token)
+            try:
+                value = yield item
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # throw(): the source gets it
+                step, value = source.throw, exc
+            else:
+                step = source.send
+    finally:
+        token = span.attach()
+        try:
+            source.close()
+        finally:
+            span.detach(token)
 
 
 class _TrackedStreamRecord(_StreamRecord):
@@ -658,7 +768,7 @@ def _stream_kind(site: Site) -> type[_StreamRecord]:
 def _sync_stream_shell(site: Site) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
         kind = _stream_kind(site)
-        return sync_stream_shell(lambda args, kwargs: kind(site, args, kwargs))(fn)
+        return sync_stream_shell(lambda args, kwargs: kind(site, args, kwargs, False))(fn)
 
     return build
 
@@ -668,7 +778,7 @@ def _async_stream_shell(site: Site) -> WrapperFactory:
         kind = _stream_kind(site)
 
         async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _StreamRecord:
-            return kind(site, args, kwargs)
+            return kind(site, args, kwargs, True)
 
         return async_stream_shell(open_run)(fn)
 

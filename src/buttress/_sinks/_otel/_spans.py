@@ -1,7 +1,9 @@
 """The tracer features open spans through: OpenTelemetry behind :mod:`buttress._tracing`.
 
 ``@monitor`` (one span per call) and ``@hedge`` (one per raced attempt) call
-:meth:`OtelTracer.start` and, when the work is done, :meth:`CallSpan.end`. A started span
+:meth:`OtelTracer.start` and, when the work is done, :meth:`CallSpan.end`; a monitored
+stream's span comes from :meth:`OtelTracer.open` and is current only while the stream's
+own code runs (each step), so the caller's spans between items are not its children. A started span
 is attached to the current context (``contextvars``: the calling thread's, or the running
 task's on asyncio and trio), so the user's own spans and the spans of instrumented
 clients (aiohttp, httpx, redis) made while the function runs are its children.
@@ -29,7 +31,14 @@ from buttress._errors import is_fatal
 from buttress._monitoring._summaries import type_name
 from buttress._tracing import Attributes, TraceIds
 
-__all__ = ["CallSpan", "OtelTracer", "current_ids", "end_span", "error_attributes"]
+__all__ = [
+    "CallSpan",
+    "OtelTracer",
+    "StepSpan",
+    "current_ids",
+    "end_span",
+    "error_attributes",
+]
 
 logger = logging.getLogger("buttress.otel")
 
@@ -86,10 +95,55 @@ class CallSpan:
             end_span(span, error, started_ok=True)
         except Exception:  # a broken span processor must never break the user's call
             logger.exception("buttress.otel: ending the span of a call failed")
-        ids = span.get_span_context()
-        if not ids.is_valid:
-            return None
-        return TraceIds(ids.trace_id, ids.span_id, ids.trace_flags.sampled)
+        return _ids(span)
+
+
+def _ids(span: trace.Span) -> TraceIds | None:
+    ids = span.get_span_context()
+    if not ids.is_valid:
+        return None
+    return TraceIds(ids.trace_id, ids.span_id, ids.trace_flags.sampled)
+
+
+class StepSpan:
+    """A stream's span: current for each step only (see :class:`buttress._tracing.StreamSpan`)."""
+
+    __slots__ = ("context", "span")
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+        self.context = trace.set_span_in_context(span)
+
+    def attach(self) -> object:
+        return context_api.attach(self.context)
+
+    def detach(self, token: object) -> None:
+        context_api.detach(token)  # type: ignore[arg-type]
+
+    def end(self, error: BaseException | None, attributes: Attributes) -> TraceIds | None:
+        span = self.span
+        try:
+            if attributes and span.is_recording():
+                span.set_attributes(attributes)
+            end_span(span, error, started_ok=True)
+        except Exception:  # a broken span processor must never break the user's stream
+            logger.exception("buttress.otel: ending the span of a stream failed")
+        return _ids(span)
+
+
+class UntracedSteps:
+    """The span of a stream whose span could not be started: it does nothing."""
+
+    __slots__ = ()
+
+    def attach(self) -> object:
+        return None
+
+    def detach(self, token: object) -> None:
+        return None
+
+    def end(self, error: BaseException | None, attributes: Attributes) -> None:
+        return None
 
 
 class OtelTracer:
@@ -121,6 +175,16 @@ class OtelTracer:
             return UNTRACED
         return CallSpan(span, context_api.attach(trace.set_span_in_context(span)))
 
+    def open(self, name: str, kind: str, attributes: Attributes) -> StepSpan | UntracedSteps:
+        try:
+            span = self.tracer.start_span(
+                name, kind=KINDS[kind], attributes=self._with_outcome(attributes)
+            )
+        except Exception:  # as in start()
+            logger.exception("buttress.otel: starting the span of a stream failed")
+            return UNTRACED_STEPS
+        return StepSpan(span)
+
 
 class Untraced:
     """The span of a call whose span could not be started: ending it does nothing."""
@@ -132,6 +196,7 @@ class Untraced:
 
 
 UNTRACED = Untraced()
+UNTRACED_STEPS = UntracedSteps()
 
 
 def current_ids() -> TraceIds | None:
