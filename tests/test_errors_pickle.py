@@ -33,6 +33,8 @@ from buttress import (
     RefusedValueError,
     RejectedError,
     RetryError,
+    SharedSettingsError,
+    SharedStateError,
     StreamTimeoutError,
     UnencodableResultError,
     UnkeyableArgumentError,
@@ -53,6 +55,10 @@ INSTANCES: dict[type[BaseException], BaseException] = {
     ),
     CacheStoreError: CacheStoreError("store down"),
     RedisStoreError: RedisStoreError("down", operation="get", address="127.0.0.1:6379/0"),
+    SharedStateError: SharedStateError("down", operation="admit", address="127.0.0.1:6379/0"),
+    SharedSettingsError: SharedSettingsError(
+        "differs", kind="rate_limit", name="embed", setting="rate", recorded="200", given="300"
+    ),
     RefusedValueError: RefusedValueError("bad signature", key="k", reason="signature"),
     UnencodableResultError: UnencodableResultError(
         "cannot encode", function="f", type_name="Lock", path="result[0]"

@@ -103,6 +103,8 @@ from ._errors import RedisStoreError as RedisStoreError
 from ._errors import RefusedValueError as RefusedValueError
 from ._errors import RejectedError as RejectedError
 from ._errors import RetryError as RetryError
+from ._errors import SharedSettingsError as SharedSettingsError
+from ._errors import SharedStateError as SharedStateError
 from ._errors import StreamTimeoutError as StreamTimeoutError
 from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
@@ -127,6 +129,8 @@ from ._events import RateLimited as RateLimited
 from ._events import RetryBudgetExhausted as RetryBudgetExhausted
 from ._events import RetryGaveUp as RetryGaveUp
 from ._events import RetryScheduled as RetryScheduled
+from ._events import SharedStateLost as SharedStateLost
+from ._events import SharedStateRestored as SharedStateRestored
 from ._events import Subscription as Subscription
 from ._events import TimedOut as TimedOut
 from ._events import ValidationFailed as ValidationFailed
@@ -190,6 +194,7 @@ from ._validation import validate_output as validate_output
 if TYPE_CHECKING:  # the lazily imported names, for type checkers
     from ._caching._redis import RedisStore as RedisStore
     from ._caching._redis import RedisStoreStats as RedisStoreStats
+    from ._redis import FleetStore as FleetStore
 
 __all__ = [
     "ArraySpec",
@@ -237,6 +242,7 @@ __all__ = [
     "Event",
     "EventBus",
     "FallbackUsed",
+    "FleetStore",
     "GpuProbe",
     "HedgeStarted",
     "HedgeStats",
@@ -279,6 +285,10 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "Retrying",
+    "SharedSettingsError",
+    "SharedStateError",
+    "SharedStateLost",
+    "SharedStateRestored",
     "StreamResume",
     "StreamTimeoutError",
     "Subscription",
@@ -314,6 +324,7 @@ __all__ = [
 
 #: Public names whose module imports an optional dependency: name -> module.
 _LAZY: dict[str, str] = {
+    "FleetStore": "buttress._redis",
     "RedisStore": "buttress._caching._redis",
     "RedisStoreStats": "buttress._caching._redis",
 }

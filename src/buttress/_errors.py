@@ -34,6 +34,8 @@ __all__ = [
     "RefusedValueError",
     "RejectedError",
     "RetryError",
+    "SharedSettingsError",
+    "SharedStateError",
     "StreamTimeoutError",
     "UnencodableResultError",
     "UnkeyableArgumentError",
@@ -485,6 +487,61 @@ class RateLimitExceeded(RejectedError, RuntimeError):
         self.retry_at = retry_at
         self.function = function
 
+
+
+# --- shared state ----------------------------------------------------------------------
+
+
+class SharedStateError(ButtressError, ConnectionError):
+    """A :class:`~buttress.FleetStore` with ``fail_open=False`` could not reach Redis, so
+    the call that needed the shared state (a shared rate limit's admission...) fails
+    instead of falling back to this process' own share; ``__cause__`` holds redis-py's
+    error.
+
+    Attributes:
+        operation: what the store was doing (``"admit"``, ``"claim"``...).
+        address: where Redis was expected (``host:port/db``, never a password).
+    """
+
+    def __init__(self, message: str, *, operation: str, address: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.address = address
+
+
+class SharedSettingsError(ConfigurationError):
+    """Another process already uses this shared name with other settings.
+
+    Names are the contract of state shared through a :class:`~buttress.FleetStore`: the
+    first process to use a name records its settings in Redis, and a process that uses
+    the name with different ones is refused (two limits under one name would each
+    believe the other's counts). Give the new settings a new name, or drop the record
+    with ``FleetStore.forget(kind, name)`` once no process uses the old ones.
+
+    Attributes:
+        kind: what is shared (``"rate_limit"``, ``"circuit_breaker"``...).
+        name: the shared name.
+        setting: the first setting that differs.
+        recorded: its value recorded in Redis (``None``: the record lacks it).
+        given: its value in this process (``None``: this process lacks it).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        name: str,
+        setting: str,
+        recorded: str | None,
+        given: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.setting = setting
+        self.recorded = recorded
+        self.given = given
 
 
 # --- batching --------------------------------------------------------------------------

@@ -11,7 +11,11 @@ user's ``url=`` or ``client=`` and runs its operations through it:
   trio); both count failures, fail fast for a second after an outage, and raise as
   ``fail_open`` says;
 * keys that one script touches share a :func:`hash_tag`, so the same code runs on a
-  single server, behind Sentinel and on a Redis Cluster.
+  single server, behind Sentinel and on a Redis Cluster;
+* :class:`FleetStore` (public) holds the state replicas share (rate limits, breakers,
+  budgets): one :class:`SharedState` per kind and name, whose scripts run in one round
+  trip, whose settings are the name's contract, and whose outages are reported (and
+  answered with :data:`LOST`, for the feature to decide locally).
 """
 
 from __future__ import annotations
@@ -23,17 +27,27 @@ from ._commands import hash_tag as hash_tag
 from ._connection import RETRY_AFTER as RETRY_AFTER
 from ._connection import RedisConnection as RedisConnection
 from ._connection import running_asyncio_loop as running_asyncio_loop
+from ._fleet import CLAIM as CLAIM
+from ._fleet import LOST as LOST
+from ._fleet import FleetStore as FleetStore
+from ._fleet import SharedState as SharedState
+from ._fleet import setting_text as setting_text
 from ._topology import Topology as Topology
 from ._topology import parse_url as parse_url
 
 __all__ = [
+    "CLAIM",
+    "LOST",
     "RETRY_AFTER",
     "Call",
     "Command",
+    "FleetStore",
     "RedisConnection",
     "Script",
+    "SharedState",
     "Topology",
     "hash_tag",
     "parse_url",
     "running_asyncio_loop",
+    "setting_text",
 ]
