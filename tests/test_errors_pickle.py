@@ -28,6 +28,7 @@ from buttress import (
     InputValidationError,
     MemoryPressureError,
     OutputValidationError,
+    RateLimitCostError,
     RateLimitExceeded,
     RedisStoreError,
     RefusedValueError,
@@ -55,6 +56,7 @@ INSTANCES: dict[type[BaseException], BaseException] = {
     ),
     CacheStoreError: CacheStoreError("store down"),
     RedisStoreError: RedisStoreError("down", operation="get", address="127.0.0.1:6379/0"),
+    RateLimitCostError: RateLimitCostError("too big", cost=5000, burst=1000, function="f"),
     SharedStateError: SharedStateError("down", operation="admit", address="127.0.0.1:6379/0"),
     SharedSettingsError: SharedSettingsError(
         "differs", kind="rate_limit", name="embed", setting="rate", recorded="200", given="300"

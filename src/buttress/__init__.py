@@ -50,6 +50,10 @@ The dependencies between features, each one way:
 
 - retry -> policies: ``@retry(budget=...)`` takes a ``RetryBudget`` (``_policies._budget``).
 - caching -> redis: ``RedisStore`` runs over the shared Redis connection (``_redis``).
+- policies -> redis: shared rate limits, breakers and budgets keep their state in a
+  ``FleetStore`` (``_redis``).
+- policies -> caching: a shared rate limit is named as a shared cache names functions
+  (``_caching._naming``).
 
 A new module gets its layer in ``tests/test_architecture.py`` (which fails until it has
 one) and here; a new dependency between features is listed in both places too.
@@ -98,6 +102,7 @@ from ._errors import DataValidationError as DataValidationError
 from ._errors import InputValidationError as InputValidationError
 from ._errors import MemoryPressureError as MemoryPressureError
 from ._errors import OutputValidationError as OutputValidationError
+from ._errors import RateLimitCostError as RateLimitCostError
 from ._errors import RateLimitExceeded as RateLimitExceeded
 from ._errors import RedisStoreError as RedisStoreError
 from ._errors import RefusedValueError as RefusedValueError
@@ -268,6 +273,7 @@ __all__ = [
     "Policy",
     "PolicyFunction",
     "PolicyMethod",
+    "RateLimitCostError",
     "RateLimitExceeded",
     "RateLimited",
     "RateLimitedFunction",

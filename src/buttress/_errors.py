@@ -29,6 +29,7 @@ __all__ = [
     "InputValidationError",
     "MemoryPressureError",
     "OutputValidationError",
+    "RateLimitCostError",
     "RateLimitExceeded",
     "RedisStoreError",
     "RefusedValueError",
@@ -455,6 +456,24 @@ class BulkheadFullError(RejectedError, RuntimeError):
         self.waited = waited
         self.function = function
 
+
+
+class RateLimitCostError(ButtressError, ValueError):
+    """A call's ``cost`` exceeds its rate limit's ``burst`` (or is not a number >= 0): it
+    could never start, so it fails at once instead of waiting forever. Nothing reached
+    the function; split the work, or raise ``burst``.
+
+    Attributes:
+        cost: the call's cost.
+        burst: the most that can start at once.
+        function: the qualified name of the refused function.
+    """
+
+    def __init__(self, message: str, *, cost: object, burst: int, function: str = "") -> None:
+        super().__init__(message)
+        self.cost = cost
+        self.burst = burst
+        self.function = function
 
 
 class RateLimitExceeded(RejectedError, RuntimeError):
