@@ -210,7 +210,10 @@ class RetryBudget:
             fleet.others_calls = reply.calls - reply.sent_calls
             fleet.others_retries = reply.retries - reply.sent_retries
             fleet.base_calls, fleet.base_retries = reply.sent_calls, reply.sent_retries
-            fleet.share = max(0.0, allowance - reply.retries) / reply.active
+            left = max(0.0, allowance - reply.retries)
+            # At least one retry while the fleet has one: shares of a fraction each
+            # would strand it.
+            fleet.share = max(left / reply.active, min(left, 1.0))
 
     def _fleet_changed(self, shared: bool, error: BaseException | None, first: bool) -> None:
         """Redis answers again, or not: raise ``error`` from :meth:`try_spend` when the

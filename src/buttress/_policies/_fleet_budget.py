@@ -4,11 +4,13 @@ Each replica's :class:`~._budget.RetryBudget` counts its calls and retries over 
 window, as without a store. The store's sync thread (:mod:`buttress._redis._sync`)
 reports those totals every few ms with :data:`SCRIPT`, which records them under the
 replica's id, drops reports older than the window (a replica that stopped), and returns
-the fleet's sums and how many replicas are retrying or calling. From these the replica
-takes its share of what the fleet may still spend, ``(ratio * calls + floor - retries)
-/ replicas``, plus ``ratio`` per call it makes until the next sync: so the fleet's
-retries stay within ``ratio * fleet calls + floor`` while no replica waits on Redis to
-decide.
+the fleet's sums and how many replicas report. From these the replica takes its share of
+what the fleet may still spend, ``(ratio * calls + floor - retries) / replicas`` (at
+least one retry while the fleet has one left), plus ``ratio`` per call it makes until the
+next sync: so the fleet's retries stay within ``ratio * fleet calls + floor`` (give or
+take one per replica) while no replica waits on Redis to decide. A replica that retries
+alone takes a share of what is left at every sync, every few ms, so it soon has most of
+it.
 
 Reports are absolute (a replica's totals, not what changed), so a sync that is lost
 loses nothing. Key: ``<namespace>:{retry_budget:<name>}:reports``, a hash of replica id
@@ -44,7 +46,7 @@ for i = 1, #reports, 2 do
   if c and now - tonumber(at) <= fresh then
     total_calls = total_calls + tonumber(c)
     total_retries = total_retries + tonumber(r)
-    if tonumber(c) > 0 or tonumber(r) > 0 then active = active + 1 end
+    active = active + 1
   else
     stale[#stale + 1] = reports[i]
   end
@@ -64,7 +66,7 @@ class BudgetReply(NamedTuple):
 
     calls: int
     retries: int
-    #: Replicas that called or retried within the window (at least 1).
+    #: Replicas that reported within the window (at least 1: this one).
     active: int
     sent_calls: int
     sent_retries: int
@@ -89,6 +91,7 @@ class BudgetLink(Link):
 
     __slots__ = (
         "_args",
+        "_id",
         "_owner",
         "_sent",
         "base_calls",
@@ -107,6 +110,7 @@ class BudgetLink(Link):
         window_ms = max(1, math.ceil(window * 1000))
         self._args = (window_ms, 2 * window_ms + 60_000)
         self._sent = (0, 0)
+        self._id = (0, "")
         #: Retries this replica may spend beyond :attr:`base_retries` (plus ``ratio`` per
         #: call beyond :attr:`base_calls`); ``None`` before the first sync.
         self.share: float | None = None
@@ -126,13 +130,21 @@ class BudgetLink(Link):
         owner = self._owner()
         calls, retries = (0, 0) if owner is None else owner._totals()
         self._sent = (calls, retries)
-        return SCRIPT, self.keys, (_replica_id(), calls, retries, *self._args)
+        return SCRIPT, self.keys, (self._replica(), calls, retries, *self._args)
 
     def apply(self, reply: Any) -> None:
         owner = self._owner()
         if owner is not None:
             calls, retries, active = (int(value) for value in reply)
             owner._follow(BudgetReply(calls, retries, max(1, active), *self._sent))
+
+    def _replica(self) -> str:
+        """This budget's id in the reports: one per process and budget (a forked child
+        gets its own), the same from one sync to the next."""
+        pid = os.getpid()
+        if self._id[0] != pid:
+            self._id = (pid, f"{pid}-{uuid.uuid4().hex[:12]}")
+        return self._id[1]
 
     def lost(self, error: BaseException, first: bool) -> None:
         owner = self._owner()
@@ -145,13 +157,3 @@ class BudgetLink(Link):
             owner._fleet_changed(True, None, False)
 
 
-_replica: tuple[int, str] = (0, "")
-
-
-def _replica_id() -> str:
-    """This process' id in the reports (a new one in a forked child)."""
-    global _replica
-    pid = os.getpid()
-    if _replica[0] != pid:
-        _replica = (pid, f"{pid}-{uuid.uuid4().hex[:12]}")
-    return _replica[1]
