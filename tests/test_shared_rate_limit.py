@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from _fleet_support import BURST, GO, RATE, READY, WARM_UP
-from _redis_support import HERE, SRC, wait_for
+from _redis_support import HERE, SRC, commands_sent, wait_for
 from _redis_topologies import Cluster, redis_cluster  # noqa: F401  (a fixture)
 from buttress import (
     ConfigurationError,
@@ -86,6 +86,27 @@ async def test_coroutines_share_it_and_wait_their_turn(fleet: FleetStore) -> Non
     assert (stats.admitted, stats.delayed) == (2, 4)
     # 6 starts at 20/s with a burst of 2 need at least 0.2 s
     assert max(starts) - min(starts) >= 0.19
+    await fleet.aclose()
+
+
+@pytest.mark.anyio
+async def test_one_round_trip_per_admission(fleet: FleetStore, redis_url: str) -> None:
+    limit = rate_limit(1000, burst=1000, store=fleet, name="round-trips")
+
+    @limit
+    async def call() -> None:
+        return None
+
+    @limit
+    def call_sync() -> None:
+        return None
+
+    call_sync()  # the name's settings are recorded once, before its first admission
+    with commands_sent(redis_url) as sent:
+        for _ in range(10):
+            await call()
+            call_sync()
+    assert dict(sent) == {"evalsha": 20}
     await fleet.aclose()
 
 
