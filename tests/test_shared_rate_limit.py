@@ -182,6 +182,8 @@ def test_store_settings_are_checked(fleet: FleetStore) -> None:
         rate_limit(1, store=fleet, fallback_share=1.5)
     with pytest.raises(ConfigurationError, match="replicas"):
         rate_limit(1, store=fleet, replicas=0)
+    with pytest.raises(ConfigurationError, match="no name"):
+        rate_limit(1, store=fleet).acquire()
     assert rate_limit(8, burst=8, store=fleet, name="x", replicas=4)._local.capacity == (
         rate_limit(2, burst=2)._local.capacity
     )
