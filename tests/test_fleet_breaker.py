@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from _fleet_support import no_sync_threads
+from _replica_support import no_sync_threads
 from buttress import (
     CircuitOpenError,
     CircuitStateChanged,

@@ -1,6 +1,6 @@
 """Shared breakers and retry budgets across 4 real OS processes and a real redis-server.
 
-Each replica is a process of ``tests/_fleet_support.py`` calling a stand-in dependency
+Each replica is a process of ``tests/_replica_support.py`` calling a stand-in dependency
 every 10 ms; the test steers them through a control file (so it can do so while Redis is
 down) and reads what each counted.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from _fleet_support import fleet
+from _replica_support import fleet
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
