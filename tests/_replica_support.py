@@ -158,7 +158,7 @@ def budget_replica(argv: list[str]) -> None:
 
 
 def start(mode: str, *args: object) -> subprocess.Popen[str]:
-    code = f"import sys, _fleet_support; _fleet_support.{mode}(sys.argv[1:])"
+    code = f"import sys, _replica_support; _replica_support.{mode}(sys.argv[1:])"
     return subprocess.Popen(
         [sys.executable, "-c", code, *map(str, args)],
         stdout=subprocess.PIPE,

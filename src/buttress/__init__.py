@@ -52,8 +52,8 @@ The dependencies between features, each one way:
 - caching -> redis: ``RedisStore`` runs over the shared Redis connection (``_redis``).
 - policies -> redis: shared rate limits, breakers and budgets keep their state in a
   ``FleetStore`` (``_redis``).
-- policies -> caching: a shared rate limit is named as a shared cache names functions
-  (``_caching._naming``).
+- policies -> caching: shared rate limits and breakers are named as a shared cache names
+  functions (``_caching._naming``).
 
 A new module gets its layer in ``tests/test_architecture.py`` (which fails until it has
 one) and here; a new dependency between features is listed in both places too.
