@@ -232,7 +232,6 @@ class BreakerLink(Link):
 
     __slots__ = (
         "_args",
-        "_owner",
         "calls",
         "command",
         "counts",
@@ -261,8 +260,8 @@ class BreakerLink(Link):
         slow_call_ratio: float,
         retry_wait: float,
     ) -> None:
-        super().__init__(state)
-        self._owner = weakref.ref(owner)
+        super().__init__(state, owner)
+        self._owner: weakref.ref[_Owner]  # type: ignore[assignment]  # the narrower kind
         self.keys = (state.key("state"), state.key("window"))
         window_ms = max(1, math.ceil(window * 1000))
         open_ms = max(1, math.ceil(open_for * 1000))
@@ -324,13 +323,3 @@ class BreakerLink(Link):
         owner = self._owner()
         if owner is not None:
             owner._follow(decode(reply))
-
-    def lost(self, error: BaseException, first: bool) -> None:
-        owner = self._owner()
-        if owner is not None:
-            owner._fleet_changed(False, error, first)
-
-    def restored(self) -> None:
-        owner = self._owner()
-        if owner is not None:
-            owner._fleet_changed(True, None, False)

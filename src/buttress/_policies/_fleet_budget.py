@@ -92,7 +92,6 @@ class BudgetLink(Link):
     __slots__ = (
         "_args",
         "_id",
-        "_owner",
         "_sent",
         "base_calls",
         "base_retries",
@@ -104,8 +103,8 @@ class BudgetLink(Link):
     )
 
     def __init__(self, owner: _Owner, state: SharedState, *, window: float) -> None:
-        super().__init__(state)
-        self._owner = weakref.ref(owner)
+        super().__init__(state, owner)
+        self._owner: weakref.ref[_Owner]  # type: ignore[assignment]  # the narrower kind
         self.keys = (state.key("reports"),)
         window_ms = max(1, math.ceil(window * 1000))
         self._args = (window_ms, 2 * window_ms + 60_000)
@@ -145,15 +144,3 @@ class BudgetLink(Link):
         if self._id[0] != pid:
             self._id = (pid, f"{pid}-{uuid.uuid4().hex[:12]}")
         return self._id[1]
-
-    def lost(self, error: BaseException, first: bool) -> None:
-        owner = self._owner()
-        if owner is not None:
-            owner._fleet_changed(False, error, first)
-
-    def restored(self) -> None:
-        owner = self._owner()
-        if owner is not None:
-            owner._fleet_changed(True, None, False)
-
-

@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from buttress._errors import SharedStateError
 
@@ -47,6 +47,13 @@ _BUSY_FOR: Final = 1.0
 _LINGER: Final = 1.0
 
 
+class Owner(Protocol):
+    """What a link tells its shared object about Redis: answering again (``shared``), or
+    not, with the error and whether it is the first since the last success."""
+
+    def _fleet_changed(self, shared: bool, error: BaseException | None, first: bool) -> None: ...
+
+
 class Link:
     """One shared object's side of the sync. Subclasses say what to send and what to do
     with the answer; every method but :meth:`take` and :meth:`apply` is the syncer's.
@@ -60,9 +67,11 @@ class Link:
     called on the first sync that succeeds after failures.
     """
 
-    __slots__ = ("__weakref__", "busy_until", "next_sync", "shared", "state")
+    __slots__ = ("__weakref__", "_owner", "busy_until", "next_sync", "shared", "state")
 
-    def __init__(self, state: SharedState) -> None:
+    def __init__(self, state: SharedState, owner: Owner) -> None:
+        #: The shared object (held weakly: the link must not keep it alive).
+        self._owner: weakref.ref[Owner] = weakref.ref(owner)
         #: The name's keys and scripts in the store.
         self.state = state
         #: Whether the last sync reached Redis (true until a sync fails).
@@ -82,10 +91,14 @@ class Link:
         raise NotImplementedError
 
     def lost(self, error: BaseException, first: bool) -> None:
-        raise NotImplementedError
+        owner = self._owner()
+        if owner is not None:
+            owner._fleet_changed(False, error, first)
 
     def restored(self) -> None:
-        raise NotImplementedError
+        owner = self._owner()
+        if owner is not None:
+            owner._fleet_changed(True, None, False)
 
 
 class Syncer:
