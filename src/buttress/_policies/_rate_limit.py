@@ -149,31 +149,41 @@ class RateLimiterStats:
 class _Gcra:
     """GCRA in integer units of ``1 / scale`` seconds: exact, whatever the clock reads."""
 
-    __slots__ = ("_lock", "_tat", "capacity", "interval", "scale")
+    __slots__ = ("_lock", "_tat", "admitted", "capacity", "delayed", "interval", "spent")
 
     def __init__(self, rate: float, per: float, burst: int, scale: int) -> None:
-        self.scale = scale
         # rounded up: the limit errs toward fewer calls, never more
         self.interval = max(1, math.ceil(per * scale / rate))
         self.capacity = burst * self.interval
         self._lock = threading.Lock()
         self._tat = _LONG_AGO
+        #: the calls it admitted at once, those it made wait, and what they cost
+        self.admitted = 0
+        self.delayed = 0
+        self.spent = 0.0
 
     def increment(self, cost: float) -> int:
         if type(cost) is int:
             return cost * self.interval
         return math.ceil(cost * self.interval)
 
-    def reserve(self, now: int, increment: int, max_wait: int) -> tuple[int, int | None]:
+    def reserve(
+        self, now: int, increment: int, max_wait: int, cost: float
+    ) -> tuple[int, int | None]:
         """``(wait, new tat)``; ``new tat`` is ``None`` (nothing reserved) past
-        ``max_wait`` (negative: any wait)."""
+        ``max_wait`` (negative: any wait). Counts what it admits."""
         with self._lock:
             tat = self._tat
             new = (tat if tat > now else now) + increment
             wait = new - self.capacity - now
-            if wait > 0 and 0 <= max_wait < wait:
+            if wait <= 0:
+                self.admitted += 1
+            elif 0 <= max_wait < wait:
                 return wait, None
+            else:
+                self.delayed += 1
             self._tat = new
+            self.spent += cost
             return wait, new
 
     def release(self, reserved: int, increment: int) -> None:
@@ -213,7 +223,6 @@ class RateLimiter:
         "_admitted",
         "_capacity_us",
         "_delayed",
-        "_fallbacks",
         "_interval_us",
         "_last_room",
         "_local",
@@ -271,7 +280,6 @@ class RateLimiter:
         self._admitted = 0
         self._delayed = 0
         self._rejected = 0
-        self._fallbacks = 0
         self._spent = 0.0
         if store is not None and name is not None:
             self._share(name)
@@ -313,7 +321,16 @@ class RateLimiter:
         Entering waits for the start (``anyio.sleep`` in ``async with``) or raises what a
         decorated call raises (:class:`RateLimitExceeded`, :class:`RateLimitCostError`);
         leaving gives nothing back (a rate limit counts starts, not durations).
+
+        Raises:
+            ConfigurationError: a shared limiter that decorates nothing has no name:
+                give ``rate_limit(..., store=..., name=...)``.
         """
+        if self.store is not None and self._state is None:
+            raise ConfigurationError(
+                "this rate limit has store= but no name: a shared limiter used through "
+                "acquire() alone is known to the other processes by name=, give it one"
+            )
         return _Turn(self, cost)
 
     def stats(self) -> RateLimiterStats:
@@ -329,18 +346,19 @@ class RateLimiter:
             scale = _PS // _US
             units = (room[0] * scale + now - room[1]) // (self._interval_us * scale)
             available = max(0, min(self.burst, units))
+        local = self._local
         with self._stats_lock:
             return RateLimiterStats(
                 rate=self.rate,
                 per=self.per,
                 burst=self.burst,
-                admitted=self._admitted,
-                delayed=self._delayed,
+                admitted=self._admitted + local.admitted,
+                delayed=self._delayed + local.delayed,
                 rejected=self._rejected,
                 available=available,
-                spent=self._spent,
+                spent=self._spent + local.spent,
                 shared=state is not None and not state.lost,
-                fallbacks=self._fallbacks,
+                fallbacks=0 if state is None else local.admitted + local.delayed,
             )
 
     # --- the engine -------------------------------------------------------------------
@@ -362,7 +380,13 @@ class RateLimiter:
             reply = state.run("admit", ADMIT, [state.key("tat")], self._admit_args(cost))
             if reply is not LOST:
                 return self._decide_shared(function, cost, reply)
-        return self._reserve_local(function, cost, state is not None)
+        local = self._local
+        increment = local.interval if cost == 1 else local.increment(cost)
+        now = int(_clock.monotonic() * _PS)
+        wait, reserved = local.reserve(now, increment, self._max_wait_ps, cost)
+        if wait <= 0:
+            return _GO
+        return self._decided(function, cost, wait / _PS, reserved, False, increment)
 
     async def areserve(self, function: str, cost: float = 1) -> tuple[float, Reservation | None]:
         """:meth:`reserve` from a coroutine: a shared limit's round trip never blocks
@@ -374,7 +398,7 @@ class RateLimiter:
             reply = await state.arun("admit", ADMIT, [state.key("tat")], self._admit_args(cost))
             if reply is not LOST:
                 return self._decide_shared(function, cost, reply)
-        return self._reserve_local(function, cost, state is not None)
+        return self.reserve(function, cost)  # decided locally: no I/O
 
     def cancel(self, reservation: Reservation) -> None:
         """A caller gave up waiting: give its start back if no one reserved after it.
@@ -427,50 +451,43 @@ class RateLimiter:
             increment = math.ceil(cost * self._interval_us)
         return [increment, self._capacity_us, self._max_wait_us]
 
-    def _reserve_local(
-        self, function: str, cost: float, fallback: bool
-    ) -> tuple[float, Reservation | None]:
-        local = self._local
-        increment = local.increment(cost)
-        wait, reserved = local.reserve(_now_ps(), increment, self._max_wait_ps)
-        if fallback and reserved is not None:
-            with self._stats_lock:
-                self._fallbacks += 1
-        admitted = reserved is not None
-        reservation = (False, reserved or 0, increment)
-        return self._decided(function, cost, wait / _PS, admitted, reservation)
-
     def _decide_shared(
         self, function: str, cost: float, reply: Any
     ) -> tuple[float, Reservation | None]:
         admitted, wait, tat, room = int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
         self._last_room = (room, _now_ps())
+        with self._stats_lock:
+            if admitted:
+                self._spent += cost
+                if wait <= 0:
+                    self._admitted += 1
+                    return _GO
+                self._delayed += 1
         increment = self._admit_args(cost)[0]
-        return self._decided(function, cost, wait / _US, bool(admitted), (True, tat, increment))
+        return self._decided(function, cost, wait / _US, tat if admitted else None, True, increment)
 
     def _decided(
-        self, function: str, cost: float, wait: float, admitted: bool, reservation: Reservation
+        self,
+        function: str,
+        cost: float,
+        wait: float,
+        reserved: int | None,
+        shared: bool,
+        increment: int,
     ) -> tuple[float, Reservation | None]:
-        if admitted and wait <= 0.0:
-            with self._stats_lock:
-                self._admitted += 1
-                self._spent += cost
-            return _GO
-        if admitted:
-            with self._stats_lock:
-                self._delayed += 1
-                self._spent += cost
+        """A call that waits (``reserved``: its reservation) or is refused (``None``)."""
+        if reserved is not None:
             if events.active:
                 events.emit(RateLimited(function=function, waited=wait, rejected=False))
-            return wait, reservation
+            return wait, (shared, reserved, increment)
         with self._stats_lock:
             self._rejected += 1
         if events.active:
             events.emit(RateLimited(function=function, waited=0.0, rejected=True))
-        shared = "" if self._state is None else f" shared as {self.name!r},"
+        where = f" shared as {self.name!r}," if shared else ""
         raise RateLimitExceeded(
             f"rate limit of {function}() ({self.rate:g} per {self.per:g}s, burst "
-            f"{self.burst},{shared} cost {cost:g}): the next start is free in {wait:.3g}s, "
+            f"{self.burst},{where} cost {cost:g}): the next start is free in {wait:.3g}s, "
             + ("and wait=False" if self.max_wait == 0 else f"past max_wait={self.max_wait:g}s")
             + "; the call was not made",
             rate=self.rate,
@@ -607,17 +624,27 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
         name = function_name(fn)
         reserve = limiter.reserve
         read_cost = limiter.cost_reader(fn)
-        cost = limiter.cost
+        cost: Any = limiter.cost
 
-        def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
-            spend: Any = cost if read_cost is None else read_cost(args, kwargs)
+        if read_cost is None:
+
+            def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
+                wait, reserved = reserve(name, cost)
+                if reserved is not None:
+                    _wait_turn(limiter, wait, reserved)
+                return fn(*args, **kwargs)
+
+            return rate_limit_wrapper
+
+        def weighed_rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
+            spend = read_cost(args, kwargs)
             if spend is not _MISFIT:  # a misfit: the function raises its TypeError
                 wait, reserved = reserve(name, spend)
                 if reserved is not None:
                     _wait_turn(limiter, wait, reserved)
             return fn(*args, **kwargs)
 
-        return rate_limit_wrapper
+        return weighed_rate_limit_wrapper
 
     return build
 
@@ -628,7 +655,7 @@ def _async_shell(limiter: RateLimiter) -> WrapperFactory:
         reserve = limiter.reserve
         areserve = limiter.areserve if limiter.store is not None else None
         read_cost = limiter.cost_reader(fn)
-        cost = limiter.cost
+        cost: Any = limiter.cost
 
         async def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
             spend: Any = cost if read_cost is None else read_cost(args, kwargs)

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 from buttress import _settings
 from buttress._errors import ConfigurationError, SharedSettingsError, SharedStateError
@@ -265,6 +265,10 @@ def _settings_error(
     )
 
 
+class _Stoppable(Protocol):
+    def close(self) -> None: ...
+
+
 @final
 class FleetStore:
     """Where replicas keep the state they share: shared rate limits (and breakers, retry
@@ -298,7 +302,16 @@ class FleetStore:
     when done; a loop that ends through ``asyncio.run`` closes its client by itself.
     """
 
-    __slots__ = ("_lock", "_shared", "address", "connection", "fail_open", "namespace", "timeout")
+    __slots__ = (
+        "_lock",
+        "_shared",
+        "_syncer",
+        "address",
+        "connection",
+        "fail_open",
+        "namespace",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -331,6 +344,8 @@ class FleetStore:
         self.address = self.connection.address
         self._lock = threading.Lock()
         self._shared: dict[tuple[str, str], SharedState] = {}
+        # The thread that syncs shared breakers and budgets (``_sync.syncer``), if any.
+        self._syncer: _Stoppable | None = None
 
     def __repr__(self) -> str:
         return f"FleetStore({self.address!r}, namespace={self.namespace!r})"
@@ -407,8 +422,13 @@ class FleetStore:
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the sync client the store opened (a ``client=`` you gave stays open).
-        The store stays usable: it opens a new client when it next needs one."""
+        """Stop the thread that syncs shared breakers and budgets, and close the sync
+        client the store opened (a ``client=`` you gave stays open). The store stays
+        usable: it opens a new client, and starts the thread again, when it next needs
+        them."""
+        syncer = self._syncer
+        if syncer is not None:
+            syncer.close()
         self.connection.close()
 
     async def aclose(self) -> None:
