@@ -3,7 +3,7 @@
 ``python -m buttress demo --replicas 3`` puts, beside the plain and the resilient gateway,
 three gateway processes (:mod:`.replica`) behind the one load generator, which sends them
 the same traffic in turn (round robin, as a load balancer would). They share their cache
-(:class:`~buttress.RedisStore`) and the upstream's rate limit
+(:class:`~buttress.RedisStore`), the upstream's rate limit and the circuit breaker
 (:class:`~buttress.FleetStore`), in the Redis named by ``--redis URL`` or in a private
 ``redis-server`` that :func:`private_redis` starts on a free port and stops at the end.
 
@@ -32,7 +32,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 import buttress
 
-from .gateways import FleetLimit
+from .gateways import FLEET, FleetLimit
 from .replica import ReplicaConfig
 from .report import ReplicaStats
 
@@ -182,11 +182,12 @@ class Fleet:
         return self.stats
 
     async def forget(self) -> None:
-        """Drop the shared limit's settings record, so no run leaves it behind in Redis
-        (the cache's keys expire with their TTL)."""
+        """Drop the shared limit's and breaker's settings records, so that no run leaves
+        them behind in Redis (the cache's keys expire with their TTL)."""
         store = buttress.FleetStore(self.redis, namespace=self.namespace, timeout=5.0)
         try:
             await anyio.to_thread.run_sync(store.forget, "rate_limit", self.limit.name)
+            await anyio.to_thread.run_sync(store.forget, "circuit_breaker", f"{FLEET}.embed")
         finally:
             await anyio.to_thread.run_sync(store.close)
 

@@ -202,7 +202,8 @@ def resilience_policy(
 
     A replica of a fleet passes what it shares with the others: ``cache_store`` (a
     :class:`~buttress.RedisStore`) for the cache, ``fleet`` (a
-    :class:`~buttress.FleetStore`) with ``limit`` for the upstream rate limit.
+    :class:`~buttress.FleetStore`) for the circuit breaker and, with ``limit``, the
+    upstream rate limit.
     """
     vector = Annotated[np.ndarray, ArraySpec(shape=(settings.dim,), dtype="float32", finite=True)]
     cache: dict[str, Any] = {"ttl": settings.cache_ttl}
@@ -211,6 +212,11 @@ def resilience_policy(
     else:
         # Every replica's cache must carry the same name to share the store's entries.
         cache.update(store=cache_store, name=f"{FLEET}.embed.one")
+    breaker: dict[str, Any] = {}
+    if fleet is not None:
+        # Shared by the fleet: one replica's failures open it for all. Named as the batch
+        # function, so that transitions a replica learns from Redis reach its EventTally.
+        breaker = {"store": fleet, "name": f"{FLEET}.embed"}
     shared: dict[str, Any] = {}
     if limit is not None:
         shared["rate_limit"] = {
@@ -240,6 +246,7 @@ def resilience_policy(
             # Refusals by our own bulkhead, rate limit or memory guard say nothing about
             # the upstream.
             "exclude": (BulkheadFullError, RateLimitExceeded, MemoryPressureError),
+            **breaker,
         },
         bulkhead={
             "max_concurrent": settings.max_concurrent,

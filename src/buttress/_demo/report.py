@@ -349,8 +349,8 @@ def _fleet_lines(fleet: FleetFacts) -> list[str]:
     return [
         f"fleet: {len(fleet.replicas)} gateway processes behind one load generator (round "
         f"robin), sharing through {fleet.redis}: the cache (RedisStore) and the upstream "
-        f"rate limit ({limit.rate:g} requests/s, burst {limit.burst}, FleetStore); each "
-        "replica keeps its own breaker",
+        f"rate limit ({limit.rate:g} requests/s, burst {limit.burst}) and the circuit "
+        "breaker (FleetStore)",
     ]
 
 
