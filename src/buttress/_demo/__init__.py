@@ -366,10 +366,10 @@ metrics (needs prometheus-client) and the resilient gateway's @monitor records (
 lines) into --out.
 
 With --replicas N (2 or more), a third column: a fleet of N resilient gateway
-processes behind the same load generator (round robin), sharing their cache and the
-upstream's rate limit through Redis (--redis URL, or a private redis-server started for
-the run and stopped at its end). Without Redis the demo says why and runs without the
-fleet.
+processes behind the same load generator (round robin), sharing their cache, the
+upstream's rate limit and the breaker through Redis (--redis URL, or a private
+redis-server started for the run and stopped at its end). Without Redis the demo says
+why and runs without the fleet.
 
 The default run takes about 25 seconds."""
 
@@ -498,7 +498,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.replicas,
         metavar="N",
         help="add a fleet of N resilient gateway processes (2 or more) behind the load "
-        "generator, sharing their cache and the upstream's rate limit through Redis "
+        "generator, sharing their cache, the upstream's rate limit and the breaker through "
+        "Redis "
         "(default: %(default)s, no fleet)",
     )
     fleet.add_argument(
