@@ -18,8 +18,10 @@ from buttress import (
     AttemptTimeoutError,
     BatchQueueFullError,
     BatchResultError,
+    BlockingCallWarning,
     BulkheadFullError,
     ButtressError,
+    ButtressWarning,
     CacheStoreError,
     CallTimeoutError,
     CircuitOpenError,
@@ -33,6 +35,7 @@ from buttress import (
     RefusedValueError,
     RejectedError,
     RetryError,
+    StackingWarning,
     StreamTimeoutError,
     UnencodableResultError,
     UnkeyableArgumentError,
@@ -92,6 +95,9 @@ INSTANCES: dict[type[BaseException], BaseException] = {
     BatchResultError: BatchResultError(
         "3 results for 4 items", reason="length", expected=4, returned=3, function="embed_many"
     ),
+    ButtressWarning: ButtressWarning("a guardrail"),
+    BlockingCallWarning: BlockingCallWarning("f() is about to block the event loop"),
+    StackingWarning: StackingWarning("@monitor above @app.get() never sees a request"),
 }
 
 

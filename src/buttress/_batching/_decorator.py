@@ -239,6 +239,7 @@ def _sync_one(batcher: Batcher, fn: Callable[..., Any]) -> Callable[[Any], Any]:
                 raise
         elif action == WAKE:
             batch.timer.set()
+        _clock.blocking_wait(batcher, name, "batch", None)
         try:
             done.wait()
         except BaseException:  # KeyboardInterrupt while waiting

@@ -308,6 +308,7 @@ class Bulkhead:
 def _wait_sync(bulkhead: Bulkhead, waiter: _Waiter, name: str) -> None:
     """Wait on a thread for the slot ``waiter`` queued for; refused on timeout."""
     assert isinstance(waiter, _ThreadWaiter)
+    _clock.blocking_wait(bulkhead, name, "bulkhead", bulkhead.wait_timeout)
     started = _clock.monotonic()
     try:
         granted = waiter.event.wait(bulkhead.wait_timeout)

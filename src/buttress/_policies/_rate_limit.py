@@ -189,9 +189,9 @@ class RateLimiter:
 # the waiter is cancelled meanwhile. Calls, streams and any later form share them.
 
 
-def _wait_turn(limiter: RateLimiter, wait: float, reserved: float) -> None:
+def _wait_turn(limiter: RateLimiter, wait: float, reserved: float, name: str) -> None:
     try:
-        _clock.sleep(wait)
+        _clock.sync_sleep(wait, limiter, name, "rate_limit")
     except BaseException:
         limiter.cancel(reserved)
         raise
@@ -213,7 +213,7 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
         def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
             wait, reserved = acquire(name)
             if wait:
-                _wait_turn(limiter, wait, reserved)
+                _wait_turn(limiter, wait, reserved, name)
             return fn(*args, **kwargs)
 
         return rate_limit_wrapper
@@ -248,7 +248,7 @@ def _sync_stream_shell(limiter: RateLimiter) -> WrapperFactory:
         def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
             wait, reserved = limiter.acquire(name)
             if wait:
-                _wait_turn(limiter, wait, reserved)
+                _wait_turn(limiter, wait, reserved, name)
             return _STARTED
 
         return sync_stream_shell(open_run)(fn)

@@ -1,0 +1,228 @@
+"""Guardrails: integration mistakes that used to go by silently now warn or say what is wrong.
+
+- a plain (``def``) decorated function waiting on the thread that runs an event loop;
+- ``@cache_result`` over a function that is cached already;
+- typos in settings (``policy()``, its dicts, every decorator);
+- two circuit breakers of one name with different settings.
+
+``@monitor`` above a route decorator is tested with the real frameworks, in
+``tests/test_integrations_fastapi.py`` and ``tests/test_integrations_aiohttp.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import pytest
+
+from _cgroup_trees import GiB, MiB, limited_v2
+from buttress import (
+    BlockingCallWarning,
+    BulkheadFullError,
+    ButtressWarning,
+    _clock,
+    bulkhead,
+    memory_guard,
+    rate_limit,
+    retry,
+    retrying,
+)
+from buttress.testing import FakeClock, testing_mode
+
+
+@pytest.fixture(autouse=True)
+def _forget_warned() -> Iterator[None]:
+    """Each test starts with no function warned about (the record is once per process)."""
+    _clock._warned.clear()
+    yield
+    _clock._warned.clear()
+
+
+# --- a plain function waiting on an event loop's thread -------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_retry_backoff_on_the_loop_thread_warns_once_naming_the_coroutine_form(
+    buttress_clock: FakeClock,
+) -> None:
+    failures = [ConnectionError("down"), ConnectionError("down")]
+
+    @retry(max_retries=3, base_delay=0.5)
+    def fetch_features() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    with pytest.warns(BlockingCallWarning) as caught:
+        assert fetch_features() == "ok"
+    assert len(caught) == 1  # once per function, not once per wait
+    message = str(caught[0].message)
+    assert "fetch_features() is a plain function" in message
+    assert "@retry" in message
+    assert "async def fetch_features(...)" in message
+    assert "event loop" in message
+    assert caught[0].filename == __file__  # shown at the caller's line, not buttress'
+    assert isinstance(caught[0].message, ButtressWarning)
+    assert isinstance(caught[0].message, RuntimeWarning)
+
+    failures.append(ConnectionError("down"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fetch_features() == "ok"  # warned once already: silent
+
+
+def test_the_real_loop_is_blocked_as_long_as_the_warning_says() -> None:
+    """With real time on asyncio: the warning comes before the wait, which the loop feels."""
+    failures = [ConnectionError("down")]
+
+    @retry(max_retries=1, base_delay=0.2, jitter=None)
+    def fetch_features() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    async def main() -> float:
+        ticks: list[float] = []
+
+        async def ticker() -> None:
+            for _ in range(3):
+                ticks.append(_clock.monotonic())
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ticker)
+            await anyio.lowlevel.checkpoint()
+            with pytest.warns(BlockingCallWarning, match=r"up to 0\.2s"):
+                fetch_features()
+        return max(later - earlier for earlier, later in itertools.pairwise(ticks))
+
+    assert anyio.run(main) >= 0.15  # the ticker stood still while the plain function slept
+
+
+@pytest.mark.anyio
+async def test_no_warning_off_the_loop_thread_or_without_a_wait(buttress_clock: FakeClock) -> None:
+    failures = [ConnectionError("down")]
+
+    @retry(max_retries=2, base_delay=0.5, jitter=None)
+    def fetch_features() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # In a worker thread the loop keeps running: no warning.
+        assert await anyio.to_thread.run_sync(fetch_features) == "ok"
+        # Outside any event loop: no warning.
+        failures.append(ConnectionError("down"))
+        result: list[str] = []
+        thread = threading.Thread(target=lambda: result.append(fetch_features()))
+        thread.start()
+        thread.join(30)
+        assert result == ["ok"]
+    assert buttress_clock.sleeps == [0.5, 0.5]
+
+
+def test_no_warning_when_a_call_does_not_wait() -> None:
+    @retry(max_retries=2, base_delay=0.5)
+    def fetch_features() -> str:
+        return "ok"
+
+    async def main() -> str:
+        return fetch_features()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert anyio.run(main) == "ok"
+
+
+@pytest.mark.anyio
+async def test_the_coroutine_form_never_warns(buttress_clock: FakeClock) -> None:
+    failures = [ConnectionError("down"), ConnectionError("down")]
+
+    @retry(max_retries=3, base_delay=0.5, jitter=None)
+    async def fetch_features() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert await fetch_features() == "ok"
+    assert buttress_clock.sleeps == [0.5, 1.0]
+
+
+@pytest.mark.anyio
+async def test_a_retrying_block_on_the_loop_thread_warns(buttress_clock: FakeClock) -> None:
+    failures = [ConnectionError("down")]
+
+    def fetch_features() -> None:
+        for attempt in retrying(max_retries=2, base_delay=0.5):
+            with attempt:
+                if failures:
+                    raise failures.pop()
+
+    with pytest.warns(BlockingCallWarning, match=r"fetch_features\(\) .* @retry"):
+        fetch_features()
+
+
+@pytest.mark.anyio
+async def test_a_rate_limit_wait_on_the_loop_thread_warns(buttress_clock: FakeClock) -> None:
+    @rate_limit(1, per=10)
+    def call_provider() -> str:
+        return "ok"
+
+    call_provider()  # the first start is free
+    with pytest.warns(BlockingCallWarning, match=r"@rate_limit is about to wait \(up to 10s\)"):
+        call_provider()
+    assert buttress_clock.sleeps == [10.0]
+
+
+@pytest.mark.anyio
+async def test_a_bulkhead_wait_on_the_loop_thread_warns() -> None:
+    inside, release = threading.Event(), threading.Event()
+
+    @bulkhead(1, max_waiting=1, wait_timeout=0.05)
+    def infer() -> None:
+        inside.set()
+        release.wait(30)
+
+    holder = threading.Thread(target=infer)
+    holder.start()
+    inside.wait(30)
+    try:
+        waits = r"@bulkhead is about to wait \(up to 0\.05s\)"
+        with pytest.warns(BlockingCallWarning, match=waits), pytest.raises(BulkheadFullError):
+            infer()
+    finally:
+        release.set()
+        holder.join(30)
+
+
+@pytest.mark.anyio
+async def test_a_memory_guard_wait_on_the_loop_thread_warns(tmp_path: Path) -> None:
+    tree = limited_v2(tmp_path, limit=GiB, usage=950 * MiB)
+
+    class MemoryFreedWhileAsleep(FakeClock):
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds)
+            tree.set(usage=100 * MiB)  # the next poll finds the memory given back
+
+    @memory_guard(probe=tree.probe(), action="wait", poll_interval=0.05, wait_timeout=60)
+    def predict() -> str:
+        return "ok"
+
+    waits = r"predict\(\) is a plain function, and @memory_guard"
+    with (
+        testing_mode(MemoryFreedWhileAsleep()) as clock,
+        pytest.warns(BlockingCallWarning, match=waits),
+    ):
+        assert predict() == "ok"
+    assert clock.sleeps == [0.05]
