@@ -27,13 +27,16 @@ from buttress import (
     BlockingCallWarning,
     BulkheadFullError,
     ButtressWarning,
+    ConfigurationError,
     _clock,
     bulkhead,
+    circuit_breaker,
     memory_guard,
     rate_limit,
     retry,
     retrying,
 )
+from buttress._settings import ABSENT, Difference, differences, name_conflict
 from buttress.testing import FakeClock, testing_mode
 
 
@@ -226,3 +229,39 @@ async def test_a_memory_guard_wait_on_the_loop_thread_warns(tmp_path: Path) -> N
     ):
         assert predict() == "ok"
     assert clock.sleeps == [0.05]
+
+
+# --- two circuit breakers of one name ---------------------------------------------------
+
+
+def test_two_breakers_of_one_name_name_the_setting_that_differs_with_both_values() -> None:
+    first = circuit_breaker(name="guardrails-db", failure_ratio=0.5)
+    with pytest.raises(ConfigurationError) as caught:
+        circuit_breaker(name="guardrails-db", failure_ratio=0.9, open_for=30)
+    message = str(caught.value)
+    assert "name='guardrails-db'" in message
+    assert "failure_ratio=0.5" in message
+    assert "failure_ratio=0.9" in message
+    assert "also different: open_for" in message
+    assert "_Settings(" not in message  # no internal object
+    assert "object at" not in message
+    assert circuit_breaker(name="guardrails-db", failure_ratio=0.5) is first
+
+
+def test_breaker_exception_settings_are_shown_by_class_name() -> None:
+    first = circuit_breaker(name="guardrails-api", exceptions=ConnectionError)
+    with pytest.raises(ConfigurationError, match=r"exceptions=\(ConnectionError,\).*"
+                       r"exceptions=\(ConnectionError, TimeoutError\)"):
+        circuit_breaker(name="guardrails-api", exceptions=(ConnectionError, TimeoutError))
+    del first
+
+
+def test_the_settings_difference_helper() -> None:
+    found = differences({"rate": 10, "per": 1.0}, {"rate": 20, "per": 1, "burst": 5})
+    assert found == [Difference("rate", 10, 20), Difference("burst", ABSENT, 5)]
+    message = name_conflict("rate limiter", "openai", found, where="in Redis")
+    assert message.startswith(
+        "name='openai': a rate limiter of this name exists in Redis with rate=10, and this "
+        "one has rate=20 (also different: burst)."
+    )
+    assert differences({"a": 1.0}, {"a": 1}) == []
