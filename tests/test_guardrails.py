@@ -16,6 +16,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -29,12 +30,18 @@ from buttress import (
     ButtressWarning,
     ConfigurationError,
     _clock,
+    batch,
     bulkhead,
     circuit_breaker,
+    fallback,
+    hedge,
     memory_guard,
+    policy,
     rate_limit,
     retry,
     retrying,
+    timeout,
+    validate_input,
 )
 from buttress._settings import ABSENT, Difference, differences, name_conflict
 from buttress.testing import FakeClock, testing_mode
@@ -265,3 +272,54 @@ def test_the_settings_difference_helper() -> None:
         "one has rate=20 (also different: burst)."
     )
     assert differences({"a": 1.0}, {"a": 1}) == []
+
+
+# --- typos in settings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: policy(retyr=3), "policy(): got an unexpected keyword argument 'retyr'; "
+         "did you mean 'retry'?"),
+        (lambda: policy(retry={"max_retry": 3}), "policy(retry={...}): got an unexpected "
+         "keyword argument 'max_retry'; did you mean 'max_retries'?"),
+        (lambda: policy(cache={"ttl": 5, "max_size": 10}), "policy(cache={...}): got an "
+         "unexpected keyword argument 'max_size'; did you mean 'maxsize'?"),
+        (lambda: policy(fallback={"value": 0, "exception": KeyError}), "policy(fallback={...}):"
+         " got an unexpected keyword argument 'exception'; did you mean 'exceptions'?"),
+        (lambda: policy(validate_output={"on_eror": None}), "did you mean 'on_error'?"),
+        (lambda: policy(bulkhead={"queue": 3}), "policy(bulkhead={...}): got an unexpected "
+         "keyword argument 'queue'; it takes max_concurrent, max_waiting, wait_timeout"),
+        (lambda: retry(max_retry=3), "retry(): got an unexpected keyword argument "
+         "'max_retry'; did you mean 'max_retries'?"),
+        (lambda: circuit_breaker(failure_rate=0.5), "did you mean 'failure_ratio'?"),
+        (lambda: memory_guard(max_procent=80), "did you mean 'max_percent'?"),
+        (lambda: bulkhead(4, max_wating=2), "bulkhead(): got an unexpected keyword argument "
+         "'max_wating'; did you mean 'max_waiting'?"),
+        (lambda: rate_limit(5, brust=10), "did you mean 'burst'?"),
+        (lambda: timeout(5, frist_item=1), "did you mean 'first_item'?"),
+        (lambda: hedge(0.1, max_hedge=2), "did you mean 'max_hedges'?"),
+        (lambda: batch(max_szie=8), "did you mean 'max_size'?"),
+        (lambda: fallback(0, exception=KeyError), "did you mean 'exceptions'?"),
+    ],
+)
+def test_a_typo_in_a_setting_suggests_the_near_name(make: Any, message: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        make()
+    assert message in str(caught.value)
+
+
+def test_a_typo_in_an_argument_spec_suggests_the_parameter() -> None:
+    with pytest.raises(ConfigurationError, match=r"has no parameter 'texts' .*did you mean 'text'"):
+
+        @validate_input(texts=str)
+        def embed(text: str) -> str:
+            return text
+
+
+def test_right_settings_still_pass_and_other_type_errors_are_untouched() -> None:
+    assert policy(retry={"max_retries": 3}, fallback={"value": 0, "exceptions": KeyError})
+    assert bulkhead(4, max_waiting=2).max_waiting == 2
+    with pytest.raises(TypeError, match="positional"):
+        bulkhead(4, 2)  # type: ignore[misc]

@@ -31,6 +31,7 @@ __all__ = [
     "differences",
     "exception_types",
     "name_conflict",
+    "nearest",
     "non_negative_int",
     "positive_int",
     "ratio",
@@ -187,12 +188,18 @@ def unexpected_keyword(where: str, keyword: str, accepted: Iterable[str]) -> Typ
     are listed. A ``TypeError``, as Python's own for an unexpected keyword.
     """
     names = sorted(accepted)
-    near = difflib.get_close_matches(keyword, names, n=3, cutoff=0.6)
-    if near:
-        hint = "did you mean " + " or ".join(repr(name) for name in near) + "?"
+    near = nearest(keyword, names)
+    if near is not None:
+        hint = f"did you mean {near!r}?"
     else:
         hint = "it takes " + ", ".join(names) if names else "it takes no keywords"
-    return TypeError(f"{where} got an unexpected keyword argument {keyword!r}; {hint}")
+    return TypeError(f"{where}: got an unexpected keyword argument {keyword!r}; {hint}")
+
+
+def nearest(word: str, names: Iterable[str]) -> str | None:
+    """The one of ``names`` that ``word`` is most likely a typo of, if any is close."""
+    near = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
+    return near[0] if near else None
 
 
 # --- one name, two sets of settings ---------------------------------------------------------

@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _settings
+from buttress._declare import suggests_keywords
 from buttress._errors import ConfigurationError, RateLimitExceeded
 from buttress._events import RateLimited, events
 from buttress._streams import Session, async_stream_shell, sync_stream_shell
@@ -296,6 +297,7 @@ class RateLimitedFunction(Protocol[P, T_co]):
     ) -> RateLimitedFunction[P2, T2]: ...
 
 
+@suggests_keywords
 def rate_limit(
     rate: float,
     per: float | timedelta = 1.0,
