@@ -29,9 +29,11 @@ from buttress import (
     BulkheadFullError,
     ButtressWarning,
     ConfigurationError,
+    StackingWarning,
     _clock,
     batch,
     bulkhead,
+    cache_result,
     circuit_breaker,
     fallback,
     hedge,
@@ -323,3 +325,48 @@ def test_right_settings_still_pass_and_other_type_errors_are_untouched() -> None
     assert bulkhead(4, max_waiting=2).max_waiting == 2
     with pytest.raises(TypeError, match="positional"):
         bulkhead(4, 2)  # type: ignore[misc]
+
+
+# --- a cache over a cache ------------------------------------------------------------------
+
+
+def test_cache_result_over_a_policy_with_a_cache_warns_at_the_decoration() -> None:
+    with pytest.warns(StackingWarning) as caught:
+
+        @cache_result(ttl=60)
+        @policy(cache=300, retry=3)
+        def embed(text: str) -> str:
+            return text
+
+    message = str(caught[0].message)
+    assert "@cache_result over " in message
+    assert "embed(), which is cached already" in message
+    assert "kept twice" in message
+    assert caught[0].filename == __file__
+    assert embed("a") == "a"  # it still works, caching twice
+
+
+def test_a_policy_with_a_cache_over_cache_result_warns_too() -> None:
+    with pytest.warns(StackingWarning, match="cached already"):
+
+        @policy(cache=300)
+        @cache_result(ttl=60)
+        async def embed(text: str) -> str:
+            return text
+
+
+def test_one_cache_does_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+
+        @policy(cache=300, retry=3, monitor=True)
+        def embed(text: str) -> str:
+            return text
+
+        @cache_result(ttl=60)
+        @retry(max_retries=2)
+        def rank(text: str) -> str:
+            return text
+
+    assert embed.cache is not None
+    assert rank.cache is not None
