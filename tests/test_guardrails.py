@@ -18,12 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import httpx
 import pytest
 
 from _cgroup_trees import GiB, MiB, limited_v2
+from _servers import UvicornThread, aiohttp_serving
 from buttress import (
     BlockingCallWarning,
     BulkheadFullError,
@@ -370,3 +373,60 @@ def test_one_cache_does_not_warn() -> None:
 
     assert embed.cache is not None
     assert rank.cache is not None
+
+
+# --- @monitor above the route decorator ---------------------------------------------------
+
+
+def test_monitor_above_a_fastapi_route_warns_as_the_app_starts() -> None:
+    import _misplaced_routes as routes
+
+    def serve_two_requests() -> list[object]:
+        with UvicornThread(routes.app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            return [client.get("/hello").json(), client.get("/fine").json()]
+
+    with pytest.warns(StackingWarning) as caught:  # the server warns as it starts
+        answers = serve_two_requests()
+    assert answers == [{"hello": "world"}, {"fine": "yes"}]
+    assert len(caught) == 1  # /fine is decorated the right way round
+    message = str(caught[0].message)
+    assert message.startswith("@monitor, @retry above the route decorator of GET /hello:")
+    assert "FastAPI registered hello() as it was below @monitor, @retry" in message
+    assert "never runs for a request to GET /hello" in message
+    assert "(@app.get(...))" in message
+    assert caught[0].filename == routes.__file__  # at the function's definition
+    # What the warning is about: the monitor above the route saw nothing.
+    assert routes.hello.monitor.stats().calls == 0
+    assert routes.fine.monitor.stats().calls == 1
+
+
+def test_check_routes_on_demand_and_only_once_per_middleware() -> None:
+    import _misplaced_routes as routes
+    from buttress.integrations.fastapi import check_routes
+
+    with pytest.warns(StackingWarning, match="GET /hello"):
+        assert check_routes(routes.app) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_routes(routes.app.router.routes[:0]) == 0  # nothing to look at
+
+
+@pytest.mark.asyncio  # aiohttp runs on asyncio only
+async def test_monitor_above_an_aiohttp_route_table_decorator_warns_at_the_first_request() -> None:
+    import _misplaced_routes as routes
+
+    async with aiohttp_serving(routes.aiohttp_app()) as url, aiohttp.ClientSession(url) as http:
+        with pytest.warns(StackingWarning) as caught:
+            async with http.get("/hello") as response:
+                assert (await response.json()) == {"hello": "world"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # checked once: the next request is quiet
+            async with http.get("/fine") as response:
+                assert response.status == 200
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith("@monitor above the route decorator of GET,HEAD /hello:")
+    assert "aiohttp registered aiohttp_hello()" in message
+    assert caught[0].filename == routes.__file__
+    assert routes.aiohttp_hello.monitor.stats().calls == 0
+    assert routes.aiohttp_fine.monitor.stats().calls == 1

@@ -13,7 +13,7 @@ import functools
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -617,7 +617,7 @@ class StackingWarning(ButtressWarning):
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def warn(message: str, category: type[Warning], *, at: Callable[..., object] | None = None) -> None:
+def warn(message: str, category: type[Warning], *, at: object = None) -> None:
     """Give a warning at the line of the user's code that caused it.
 
     Without ``at``, that is the innermost frame outside buttress on the stack (the call

@@ -254,6 +254,10 @@ def differences(recorded: Mapping[str, object], given: Mapping[str, object]) -> 
     return found
 
 
+def _setting(name: str, value: object) -> str:
+    return f"no {name}" if value is ABSENT else f"{name}={shown(value)}"
+
+
 def name_conflict(
     kind: str,
     name: str,
@@ -271,15 +275,11 @@ def name_conflict(
     first = found[0]
     others = [difference.setting for difference in found[1:]]
     also = f" (also different: {', '.join(others)})" if others else ""
-    before = f"{first.setting}={shown(first.recorded)}" if first.recorded is not ABSENT else (
-        f"no {first.setting}"
-    )
-    now = f"{first.setting}={shown(first.given)}" if first.given is not ABSENT else (
-        f"no {first.setting}"
-    )
     return (
-        f"name={name!r}: a {kind} of this name exists {where} with {before}, and this one "
-        f"has {now}{also}. One name means one {kind} with one state, so every use of it "
+        f"name={name!r}: a {kind} of this name exists {where} with "
+        f"{_setting(first.setting, first.recorded)}, and this one has "
+        f"{_setting(first.setting, first.given)}{also}. One name means one {kind} with one "
+        "state, so every use of it "
         "must give the same settings; "
         + (remedy or "give these settings another name, or give the same ones")
     )
