@@ -243,6 +243,43 @@ async def test_a_memory_guard_wait_on_the_loop_thread_warns(tmp_path: Path) -> N
     assert clock.sleeps == [0.05]
 
 
+
+@pytest.mark.anyio
+async def test_a_batch_item_waiting_on_the_loop_thread_warns(buttress_clock: FakeClock) -> None:
+    @batch(max_size=10, max_wait=0.25)
+    def embed_many(texts: list[str]) -> list[int]:
+        return [len(text) for text in texts]
+
+    with pytest.warns(BlockingCallWarning, match=r"embed_many\(\) .* @batch"):
+        assert embed_many.one("four") == 4
+
+
+def test_a_cache_follower_waiting_on_the_loop_thread_warns() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @cache_result(ttl=60)
+    def load_features(key: str) -> str:
+        started.set()
+        release.wait(30)
+        return key.upper()
+
+    leader = threading.Thread(target=load_features, args=("user-7",))
+    leader.start()
+    started.wait(30)
+
+    async def follow() -> str:
+        threading.Timer(0.1, release.set).start()  # the leader finishes while we wait
+        with pytest.warns(BlockingCallWarning, match=r"load_features\(\) .* @cache_result"):
+            return load_features("user-7")
+
+    try:
+        assert anyio.run(follow) == "USER-7"
+    finally:
+        release.set()
+        leader.join(30)
+    assert load_features.cache.stats().joins == 1
+
+
 # --- two circuit breakers of one name ---------------------------------------------------
 
 
