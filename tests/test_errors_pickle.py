@@ -18,8 +18,10 @@ from buttress import (
     AttemptTimeoutError,
     BatchQueueFullError,
     BatchResultError,
+    BlockingCallWarning,
     BulkheadFullError,
     ButtressError,
+    ButtressWarning,
     CacheStoreError,
     CallTimeoutError,
     CircuitOpenError,
@@ -36,6 +38,7 @@ from buttress import (
     RetryError,
     SharedSettingsError,
     SharedStateError,
+    StackingWarning,
     StreamTimeoutError,
     UnencodableResultError,
     UnkeyableArgumentError,
@@ -100,6 +103,9 @@ INSTANCES: dict[type[BaseException], BaseException] = {
     BatchResultError: BatchResultError(
         "3 results for 4 items", reason="length", expected=4, returned=3, function="embed_many"
     ),
+    ButtressWarning: ButtressWarning("a guardrail"),
+    BlockingCallWarning: BlockingCallWarning("f() is about to block the event loop"),
+    StackingWarning: StackingWarning("@monitor above @app.get() never sees a request"),
 }
 
 

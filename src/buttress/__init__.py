@@ -92,8 +92,10 @@ from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
 from ._errors import BatchQueueFullError as BatchQueueFullError
 from ._errors import BatchResultError as BatchResultError
+from ._errors import BlockingCallWarning as BlockingCallWarning
 from ._errors import BulkheadFullError as BulkheadFullError
 from ._errors import ButtressError as ButtressError
+from ._errors import ButtressWarning as ButtressWarning
 from ._errors import CacheStoreError as CacheStoreError
 from ._errors import CallTimeoutError as CallTimeoutError
 from ._errors import CircuitOpenError as CircuitOpenError
@@ -110,6 +112,7 @@ from ._errors import RejectedError as RejectedError
 from ._errors import RetryError as RetryError
 from ._errors import SharedSettingsError as SharedSettingsError
 from ._errors import SharedStateError as SharedStateError
+from ._errors import StackingWarning as StackingWarning
 from ._errors import StreamTimeoutError as StreamTimeoutError
 from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
@@ -214,6 +217,7 @@ __all__ = [
     "BatchStats",
     "BatchedFunction",
     "Batcher",
+    "BlockingCallWarning",
     "BreakerFunction",
     "BreakerState",
     "BreakerStats",
@@ -224,6 +228,7 @@ __all__ = [
     "BulkheadStats",
     "BulkheadWaited",
     "ButtressError",
+    "ButtressWarning",
     "CacheAccess",
     "CacheEntry",
     "CacheEviction",
@@ -295,6 +300,7 @@ __all__ = [
     "SharedStateError",
     "SharedStateLost",
     "SharedStateRestored",
+    "StackingWarning",
     "StreamResume",
     "StreamTimeoutError",
     "Subscription",

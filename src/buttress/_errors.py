@@ -1,13 +1,18 @@
-"""Every exception type buttress raises.
+"""Every exception and warning type buttress raises.
 
-Each subclasses :class:`ButtressError` and the builtin that fits, so callers can catch
-either the package's errors as a family or the ordinary builtin they already handle.
+Each error subclasses :class:`ButtressError` and the builtin that fits, so callers can
+catch either the package's errors as a family or the ordinary builtin they already handle.
+Each warning subclasses :class:`ButtressWarning` (and the builtin warning that fits), so
+``-W error::buttress.ButtressWarning`` turns every guardrail into a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +24,10 @@ __all__ = [
     "AttemptTimeoutError",
     "BatchQueueFullError",
     "BatchResultError",
+    "BlockingCallWarning",
     "BulkheadFullError",
     "ButtressError",
+    "ButtressWarning",
     "CacheStoreError",
     "CallTimeoutError",
     "CircuitOpenError",
@@ -37,12 +44,14 @@ __all__ = [
     "RetryError",
     "SharedSettingsError",
     "SharedStateError",
+    "StackingWarning",
     "StreamTimeoutError",
     "UnencodableResultError",
     "UnkeyableArgumentError",
     "ValidationProblem",
     "format_path",
     "is_fatal",
+    "warn",
 ]
 
 
@@ -647,6 +656,76 @@ def _rebuild_with_facts(
     BaseException.__init__(error, *args)
     error.__dict__.update(facts)
     return error
+
+
+# --- warnings --------------------------------------------------------------------------
+
+
+class ButtressWarning(UserWarning):
+    """Base class of every warning buttress gives.
+
+    A warning names a mistake that lets the code run but makes it do less than it seems
+    to (a decorator that never sees a call, a cache kept twice, an event loop blocked).
+    Each is given once per function (or per route), at the line of your code that did it.
+    """
+
+
+class BlockingCallWarning(ButtressWarning, RuntimeWarning):
+    """A plain (``def``) decorated function is about to wait on a thread running an event loop.
+
+    A retry backoff, a memory-guard wait, a bulkhead or rate-limit wait in the ``def``
+    form sleeps the thread; on the event loop's thread nothing else on the loop runs
+    meanwhile. Make the function ``async def`` (the coroutine form waits without blocking
+    the loop), or call it off the loop (``await anyio.to_thread.run_sync(fn)``).
+    """
+
+
+class StackingWarning(ButtressWarning):
+    """Decorators stacked so that one does nothing, or the same thing twice.
+
+    ``@monitor`` above ``@app.get(...)`` (the framework registered the function below
+    it, so the monitor never sees a request), or ``@cache_result`` over a function that
+    is cached already (two caches, each with its own TTL and invalidation).
+    """
+
+
+#: Where buttress' own modules live: a warning is shown at the first frame outside.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning], *, at: object = None) -> None:
+    """Give a warning at the line of the user's code that caused it.
+
+    Without ``at``, that is the innermost frame outside buttress on the stack (the call
+    or the decoration). With ``at``, the definition of that function (for a mistake found
+    later, as a web app starts), reached through ``__wrapped__`` and
+    ``functools.partial``.
+    """
+    if at is not None:
+        code = _code_of(at)
+        if code is not None:
+            module = getattr(at, "__module__", None) or "buttress"
+            warnings.warn_explicit(
+                message, category, code.co_filename, code.co_firstlineno, module=module
+            )
+            return
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _code_of(fn: object) -> Any:
+    seen = 0
+    while seen < 100:  # a __wrapped__ cycle must not hang a warning
+        seen += 1
+        inner = fn.func if isinstance(fn, functools.partial) else getattr(fn, "__wrapped__", None)
+        if inner is None:
+            break
+        fn = inner
+    return getattr(getattr(fn, "__func__", fn), "__code__", None)
 
 
 # --- helpers ---------------------------------------------------------------------------

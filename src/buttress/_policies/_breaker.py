@@ -725,11 +725,10 @@ def _shared(name: str, settings: _Settings) -> CircuitBreaker:
             breaker = CircuitBreaker(name, settings)
             _by_name[key] = breaker
         elif breaker.settings != settings:
-            raise ConfigurationError(
-                f"name={name!r}: a circuit breaker with this name already exists with "
-                f"other settings ({breaker.settings}); breakers sharing a name share one "
-                "state, so they must agree on its settings"
+            found = _settings.differences(
+                _settings.compared_fields(breaker.settings), _settings.compared_fields(settings)
             )
+            raise ConfigurationError(_settings.name_conflict("circuit breaker", name, found))
         return breaker
 
 

@@ -37,6 +37,7 @@ import anyio
 from buttress import _clock, _settings
 from buttress._blocks import caller_name
 from buttress._caching._naming import shared_name
+from buttress._declare import suggests_keywords
 from buttress._errors import ConfigurationError, RateLimitCostError, RateLimitExceeded
 from buttress._events import RateLimited, events
 from buttress._redis import LOST, FleetStore, Script, SharedState
@@ -566,9 +567,10 @@ class _Turn:
 
     def __enter__(self) -> RateLimiter:
         limiter = self.limiter
-        wait, reserved = limiter.reserve(caller_name(), self.cost)
+        name = caller_name()
+        wait, reserved = limiter.reserve(name, self.cost)
         if reserved is not None:
-            _wait_turn(limiter, wait, reserved)
+            _wait_turn(limiter, wait, reserved, name)
         return limiter
 
     def __exit__(
@@ -602,9 +604,9 @@ class _Turn:
 # and blocks share them.
 
 
-def _wait_turn(limiter: RateLimiter, wait: float, reserved: Reservation) -> None:
+def _wait_turn(limiter: RateLimiter, wait: float, reserved: Reservation, name: str) -> None:
     try:
-        _clock.sleep(wait)
+        _clock.sync_sleep(wait, limiter, name, "rate_limit")
     except BaseException:
         limiter.cancel(reserved)
         raise
@@ -631,7 +633,7 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
             def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
                 wait, reserved = reserve(name, cost)
                 if reserved is not None:
-                    _wait_turn(limiter, wait, reserved)
+                    _wait_turn(limiter, wait, reserved, name)
                 return fn(*args, **kwargs)
 
             return rate_limit_wrapper
@@ -641,7 +643,7 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
             if spend is not _MISFIT:  # a misfit: the function raises its TypeError
                 wait, reserved = reserve(name, spend)
                 if reserved is not None:
-                    _wait_turn(limiter, wait, reserved)
+                    _wait_turn(limiter, wait, reserved, name)
             return fn(*args, **kwargs)
 
         return weighed_rate_limit_wrapper
@@ -687,7 +689,7 @@ def _sync_stream_shell(limiter: RateLimiter) -> WrapperFactory:
             if spend is not _MISFIT:
                 wait, reserved = limiter.reserve(name, spend)
                 if reserved is not None:
-                    _wait_turn(limiter, wait, reserved)
+                    _wait_turn(limiter, wait, reserved, name)
             return _STARTED
 
         return sync_stream_shell(open_run)(fn)
@@ -738,6 +740,7 @@ class RateLimitedFunction(Protocol[P, T_co]):
     ) -> RateLimitedFunction[P2, T2]: ...
 
 
+@suggests_keywords
 def rate_limit(
     rate: float,
     per: float | timedelta = 1.0,
