@@ -39,6 +39,8 @@ __all__ = [
 logger = logging.getLogger("buttress.monitor.exporter")
 
 THREAD_NAME = "buttress-monitor-exporter"
+#: Seconds the exporter thread waits, once woken, for more items before handling them.
+LINGER = 0.02
 
 
 class Item(Protocol):
@@ -103,6 +105,8 @@ class Exporter:
         self.wants_calls = False
         self._items: deque[Any] = deque()
         self._wake = threading.Event()
+        #: set with ``_wake`` by a flush or a stop: no lingering then
+        self._hurry = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -176,6 +180,7 @@ class Exporter:
             return True
         marker = _Marker()
         self._items.append(marker)  # past the bound on purpose: a flush is never dropped
+        self._hurry.set()
         self._wake.set()
         return marker.done.wait(timeout)
 
@@ -189,6 +194,7 @@ class Exporter:
             if thread is None:
                 return True
             self._stopping = True
+        self._hurry.set()
         self._wake.set()
         if thread is not threading.current_thread():
             thread.join(timeout)
@@ -250,9 +256,18 @@ class Exporter:
         next_tick = time.monotonic() + self.interval
         while True:
             try:
-                self._wake.wait(max(0.0, next_tick - time.monotonic()))
-                self._wake.clear()
+                if self._wake.wait(max(0.0, next_tick - time.monotonic())):
+                    # Let a burst gather before handling it: one wake-up per burst
+                    # rather than per record, while producers find the flag already set
+                    # and skip setting it. A flush or a stop cuts the wait short.
+                    self._hurry.wait(LINGER)
                 self._drain()
+                # Cleared only now, and the queue checked again after: an item queued
+                # while the flag was still set is never left waiting for the next tick.
+                self._wake.clear()
+                self._hurry.clear()
+                if self._items:
+                    self._wake.set()
                 if time.monotonic() >= next_tick:
                     self._tick()
                     next_tick = time.monotonic() + self.interval
@@ -318,6 +333,7 @@ class Exporter:
         # parent's to export: start afresh.
         self._items = deque()
         self._wake = threading.Event()
+        self._hurry = threading.Event()
         self._lock = threading.Lock()
         self._thread = None
         self._stopping = False
