@@ -7,6 +7,7 @@ either the package's errors as a family or the ordinary builtin they already han
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
+    "SHOW_VALUES_ENV",
     "AttemptTimeoutError",
     "BatchQueueFullError",
     "BatchResultError",
@@ -40,7 +42,57 @@ __all__ = [
     "ValidationProblem",
     "format_path",
     "is_fatal",
+    "show_values",
+    "value_shape",
+    "value_text",
 ]
+
+#: The environment variable that lets error messages quote the values they are about
+#: (for development): ``BUTTRESS_SHOW_VALUES=1``. Unset, messages describe a value by its
+#: type, length or shape and never show its content, so logs stay free of payloads.
+SHOW_VALUES_ENV = "BUTTRESS_SHOW_VALUES"
+
+
+def show_values() -> bool:
+    """Whether error messages may quote values (``BUTTRESS_SHOW_VALUES`` is set to a
+    true word: ``1``, ``true``, ``yes`` or ``on``). Read on each failure, never per call."""
+    return os.environ.get(SHOW_VALUES_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def value_text(value: Any, limit: int = 200) -> str:
+    """``value`` as an error message may show it: its repr (cut to ``limit``) when
+    :func:`show_values` allows, else its type and size (``str of 19 characters``)."""
+    if show_values():
+        try:
+            text = repr(value)
+        except Exception:
+            return f"{type(value).__qualname__} object"
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    return value_shape(value)
+
+
+def value_shape(value: Any) -> str:
+    """A description of ``value`` without its content: type, then length or shape."""
+    kind = type(value)
+    name = kind.__qualname__
+    if value is None or kind is bool:
+        return repr(value)  # a constant says nothing about any payload
+    try:
+        if isinstance(value, str):
+            return f"str of {len(value)} character{'' if len(value) == 1 else 's'}"
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return f"{name} of {len(value)} byte{'' if len(value) == 1 else 's'}"
+        shape = getattr(value, "shape", None)
+        if shape is not None and not isinstance(value, type):
+            dims = ", ".join(str(size) for size in shape)
+            dtype = getattr(value, "dtype", None)
+            suffix = f" and dtype {dtype}" if dtype is not None else ""
+            return f"{name} of shape ({dims}{',' if len(shape) == 1 else ''}){suffix}"
+        if isinstance(value, (list, tuple, set, frozenset, dict)):
+            return f"{name} of {len(value)} item{'' if len(value) == 1 else 's'}"
+    except Exception:  # a broken __len__ or shape: the type alone must do
+        pass
+    return name
 
 
 class ButtressError(Exception):

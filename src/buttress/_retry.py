@@ -31,7 +31,7 @@ import anyio
 from . import _clock, _settings
 from ._blocks import caller_name
 from ._declare import Decorate, bare_or_called
-from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fatal
+from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fatal, value_text
 from ._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled, events
 from ._policies._budget import RetryBudget
 from ._settings import ExceptionTypes
@@ -271,7 +271,8 @@ class _Run:
         if reason is not None:
             self._gave_up(reason, None, result)
             raise RetryError(
-                self._summary(reason) + f"; the last result was still rejected: {result!r:.200}",
+                self._summary(reason)
+                + f"; the last result was still rejected: {value_text(result)}",
                 last_result=result,
                 attempts=self.attempts,
             )
