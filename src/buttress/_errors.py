@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,10 +43,53 @@ __all__ = [
     "ValidationProblem",
     "format_path",
     "is_fatal",
+    "public_type_name",
     "show_values",
     "value_shape",
     "value_text",
 ]
+
+_public_names: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+
+
+def public_type_name(value: object) -> str:
+    """The name ``value``'s type is imported by: ``buttress.InputValidationError``.
+
+    A class defined in a private module (a dotted part starting with ``_``) is named by
+    the shortest public module of its package that re-exports it (``buttress`` for
+    ``buttress._validation._binding.InputValidationError``); a class no public module
+    re-exports keeps ``module.qualname``, as builtins keep their bare name.
+    """
+    kind = type(value)
+    try:
+        return _public_names[kind]
+    except KeyError:
+        pass
+    except TypeError:  # pragma: no cover - a type without weak references
+        return _qualified(kind)
+    name = _qualified(kind)
+    module = kind.__module__
+    parts = module.split(".")
+    if any(part.startswith("_") for part in parts) and "." not in kind.__qualname__:
+        for end in range(1, len(parts)):
+            if parts[end - 1].startswith("_"):
+                break  # below a private part nothing is public
+            candidate = sys.modules.get(".".join(parts[:end]))
+            try:
+                found = getattr(candidate, kind.__qualname__, None)
+            except Exception:  # a module's __getattr__ that fails: not this one
+                found = None
+            if found is kind:
+                name = f"{'.'.join(parts[:end])}.{kind.__qualname__}"
+                break
+    _public_names[kind] = name
+    return name
+
+
+def _qualified(kind: type) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
 
 #: The environment variable that lets error messages quote the values they are about
 #: (for development): ``BUTTRESS_SHOW_VALUES=1``. Unset, messages describe a value by its

@@ -316,7 +316,7 @@ class _Run:
     def _scheduled(self, delay: float, error: BaseException | None, result: Any) -> None:
         self.delays.append(delay)
         on_retry = self.retrier.on_retry
-        if on_retry is None and not events.active:
+        if on_retry is None and not events.notable():
             return
         record = RetryScheduled(
             function=self.function,
@@ -328,7 +328,7 @@ class _Run:
         )
         if on_retry is not None:
             on_retry(record)
-        if events.active:
+        if events.notable():
             events.emit(record)
 
     def _gave_up(
@@ -337,7 +337,7 @@ class _Run:
         error: BaseException | None,
         result: Any,
     ) -> None:
-        if events.active:
+        if events.notable():
             if reason == "budget":
                 events.emit(RetryBudgetExhausted(function=self.function))
             events.emit(

@@ -152,7 +152,7 @@ class CacheCore:
         """A store failed and the call goes on without it: count, report, log (rarely)."""
         self.counters.store_errors += 1
         store_name = getattr(self.store, "name", type(self.store).__name__)
-        if events.active:
+        if events.notable():
             events.emit(
                 CacheStoreFailed(
                     function=self.name, store=store_name, operation=operation, error=exc

@@ -20,11 +20,13 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
 from buttress import _settings
+from buttress._events import event_log
 
 __all__ = [
     "Exporter",
@@ -352,6 +354,26 @@ def _finish(sink: Sink) -> None:
 
 #: The process-wide exporter every monitored function queues to.
 exporter = Exporter()
+
+
+class Deferred:
+    """A record to build in the exporter thread: a ``buttress.events`` record, say."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], None]) -> None:
+        self.make = make
+
+    def export(self) -> None:
+        self.make()
+
+
+def _defer(make: Callable[[], None]) -> None:
+    exporter.put(Deferred(make))
+
+
+# The event log's records are built and handled here too, off the caller's path.
+event_log.defer = _defer
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
     os.register_at_fork(after_in_child=exporter._after_fork)

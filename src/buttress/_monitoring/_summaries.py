@@ -24,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import weakref
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
+
+from buttress._errors import public_type_name
 
 __all__ = [
     "MAX_KEYS",
@@ -54,43 +55,6 @@ def type_name(value: object) -> str:
     if module == "builtins":
         return kind.__qualname__
     return f"{module}.{kind.__qualname__}"
-
-
-_public_names: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
-
-
-def public_type_name(value: object) -> str:
-    """The name ``value``'s type is imported by: ``buttress.InputValidationError``.
-
-    A class defined in a private module (a dotted part starting with ``_``) is named by
-    the shortest public module of its package that re-exports it (``buttress`` for
-    ``buttress._validation._binding.InputValidationError``); a class no public module
-    re-exports keeps ``module.qualname``, as builtins keep their bare name.
-    """
-    kind = type(value)
-    try:
-        return _public_names[kind]
-    except KeyError:
-        pass
-    except TypeError:  # pragma: no cover - a type without weak references
-        return type_name(value)
-    name = type_name(value)
-    module = kind.__module__
-    parts = module.split(".")
-    if any(part.startswith("_") for part in parts) and "." not in kind.__qualname__:
-        for end in range(1, len(parts)):
-            if parts[end - 1].startswith("_"):
-                break  # below a private part nothing is public
-            candidate = sys.modules.get(".".join(parts[:end]))
-            try:
-                found = getattr(candidate, kind.__qualname__, None)
-            except Exception:  # a module's __getattr__ that fails: not this one
-                found = None
-            if found is kind:
-                name = f"{'.'.join(parts[:end])}.{kind.__qualname__}"
-                break
-    _public_names[kind] = name
-    return name
 
 
 def _length(kind: str) -> Any:
