@@ -235,3 +235,30 @@ def test_start_time_matches_isoformat(stamp: float) -> None:
     wanted = datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="microseconds")
     assert _utc(stamp) == wanted
     assert _utc(stamp) == wanted  # the cached second too
+
+
+def test_scalar_inputs_summarised_later_match_the_summaries(records: Records) -> None:
+    class Model:
+        @monitor("method")
+        def predict(self, x: int, text: str, *, flag: bool = False) -> float:
+            return 1.5
+
+    @monitor("mixed")
+    def mixed(x: int, items: list[int]) -> None:
+        pass
+
+    Model().predict(1, "four", flag=True)
+    items = [1, 2]
+    mixed(None, items)  # type: ignore[arg-type]
+    items.append(99)  # changed after the call: its summary was taken at the call's end
+    assert flush_monitoring()
+    (method,) = records.of("method")
+    assert method.inputs == {  # type: ignore[attr-defined]
+        "x": {"type": "int"},
+        "text": {"type": "str", "length": 4},
+        "flag": {"type": "bool"},
+    }
+    assert method.output == {"type": "float", "finite": True}  # type: ignore[attr-defined]
+    (record,) = records.of("mixed")
+    assert record.inputs["items"]["length"] == 2  # type: ignore[attr-defined]
+    assert record.inputs["x"] is None  # type: ignore[attr-defined]

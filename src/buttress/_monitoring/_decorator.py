@@ -57,7 +57,7 @@ from ._stats import (
     counters,
     function_stats,
 )
-from ._summaries import nonfinite, summarize, type_name
+from ._summaries import nonfinite, summarize, summarize_scalar, type_name
 
 __all__ = ["MonitorHandle", "MonitoredFunction", "Site", "monitor"]
 
@@ -288,6 +288,7 @@ class Site:
         "output_bounds",
         "pathname",
         "positional",
+        "record_template",
         "redact",
         "sample_rate",
         "signature",
@@ -315,6 +316,7 @@ class Site:
         self.output_bounds = settings.output_buckets
         self.redact = settings.redact
         self.logger = logger
+        self.record_template: tuple[int, dict[str, Any]] | None = None
         self.warned = False
         # The monitor's policy towards the shared signature, all of it here: inputs are
         # what the caller passed (defaults left out), by display name; the receiver is
@@ -508,8 +510,20 @@ class Site:
         )
 
     def summarize_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The ``inputs`` field of a call whose summary was left to the exporter thread."""
-        return self._inputs(args, kwargs)
+        """The ``inputs`` field of a call whose summary was left to the exporter thread
+        (every value a scalar, no ``redact``)."""
+        names = self.positional
+        if len(args) > self.lean_limit:
+            return self._inputs(args, kwargs)
+        if self.skip_first:  # self/cls is no scalar: never summarised
+            names, args = names[1:], args[1:]
+        inputs = {
+            name: summarize_scalar(value)
+            for name, value in zip(names, args)  # noqa: B905 - args may be fewer
+        }
+        for name, value in kwargs.items():
+            inputs[name] = summarize_scalar(value)
+        return inputs
 
     def _count_stream(self, items: int, first: float | None) -> None:
         """Add a stream's items and time to first item to the totals (lock held)."""

@@ -35,6 +35,7 @@ __all__ = [
     "nonfinite",
     "public_type_name",
     "summarize",
+    "summarize_scalar",
     "type_name",
 ]
 
@@ -165,6 +166,11 @@ def _array(np: Any, array: Any) -> dict[str, Any]:
 def _fields(value: Any, names: Any) -> dict[str, Any]:
     fields = [str(name) for name in list(names)[:MAX_KEYS]]
     return {"type": type_name(value), "fields": fields}
+
+
+def summarize_scalar(value: Any) -> Any:
+    """:func:`summarize` for a value whose type is int, bool, float, str, bytes or None."""
+    return None if value is None else _EXACT[type(value)](value)
 
 
 def summarize(value: Any) -> Any:
