@@ -103,18 +103,21 @@ def _prometheus_peers(registry: Any) -> list[tuple[str, Callable[..., Any], Call
     ]
 
 
-def _drained(fn: Callable[[], object], *, quick: bool) -> float:
-    """ns per call of ``fn()``, including the exporter thread's work to drain the queue."""
+def _drained(
+    fn: Callable[[], object], *, quick: bool, clock: Callable[[], int] = time.perf_counter_ns
+) -> float:
+    """ns per call of ``fn()`` on ``clock``, including the exporter thread's work to drain
+    the queue."""
     calls, rounds = (200, 2) if quick else (20_000, 5)
     buttress.configure_monitoring(queue_size=calls * 2)
     results = []
     for _ in range(rounds):
         buttress.flush_monitoring()
-        start = time.perf_counter_ns()
+        start = clock()
         for _ in range(calls):
             fn()
         buttress.flush_monitoring()
-        results.append((time.perf_counter_ns() - start) / calls)
+        results.append((clock() - start) / calls)
     buttress.configure_monitoring(queue_size=10_000)
     return median_of(results)
 
@@ -122,18 +125,7 @@ def _drained(fn: Callable[[], object], *, quick: bool) -> float:
 def _cpu(fn: Callable[[], object], *, quick: bool) -> float:
     """CPU ns per call of ``fn()``, every thread of the process counted (the exporter's
     work to build and handle the records included), median of several rounds."""
-    calls, rounds = (200, 3) if quick else (20_000, 7)
-    buttress.configure_monitoring(queue_size=calls * 2)
-    results = []
-    for _ in range(rounds):
-        buttress.flush_monitoring()
-        start = time.process_time_ns()
-        for _ in range(calls):
-            fn()
-        buttress.flush_monitoring()
-        results.append((time.process_time_ns() - start) / calls)
-    buttress.configure_monitoring(queue_size=10_000)
-    return median_of(results)
+    return _drained(fn, quick=quick, clock=time.process_time_ns)
 
 
 def _overhead(quick: bool) -> list[Comparison]:
