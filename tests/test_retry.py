@@ -186,7 +186,7 @@ def test_retry_on_result_accepts_a_good_result(buttress_clock: FakeClock) -> Non
 async def test_retry_on_result_async(buttress_clock: FakeClock) -> None:
     flaky = Flaky(0, result=-1)
     fetch = retry(max_retries=2, retry_on_result=lambda r: r < 0)(flaky.acall)
-    with pytest.raises(RetryError, match="still rejected: -1"):
+    with pytest.raises(RetryError, match=r"still rejected: int$"):
         await fetch()
     assert flaky.calls == 3
 

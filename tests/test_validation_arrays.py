@@ -11,6 +11,13 @@ import pytest
 from buttress import ArraySpec, InputValidationError, validate_input
 
 
+@pytest.fixture(autouse=True)
+def _show_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These messages are checked as development shows them (values quoted); the
+    default, without values, is tested in test_validation_values.py."""
+    monkeypatch.setenv("BUTTRESS_SHOW_VALUES", "1")
+
+
 def problems(call: Any, *args: Any, **kwargs: Any) -> list[str]:
     """The messages of the InputValidationError raised by ``call``."""
     with pytest.raises(InputValidationError) as caught:

@@ -21,6 +21,13 @@ from buttress import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _show_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These messages are checked as development shows them (values quoted); the
+    default, without values, is tested in test_validation_values.py."""
+    monkeypatch.setenv("BUTTRESS_SHOW_VALUES", "1")
+
+
 class Request(BaseModel):
     prompt: str
     tokens: list[int]

@@ -10,6 +10,13 @@ from pydantic import BaseModel
 
 from buttress import ArraySpec, Keys, OutputValidationError, validate_input, validate_output
 
+
+@pytest.fixture(autouse=True)
+def _show_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These messages are checked as development shows them (values quoted); the
+    default, without values, is tested in test_validation_values.py."""
+    monkeypatch.setenv("BUTTRESS_SHOW_VALUES", "1")
+
 Probabilities = Annotated[np.ndarray, ArraySpec(("batch", 3), "float32", min=0, max=1)]
 
 

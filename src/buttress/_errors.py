@@ -13,6 +13,7 @@ import functools
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
+    "SHOW_VALUES_ENV",
     "AttemptTimeoutError",
     "BatchQueueFullError",
     "BatchResultError",
@@ -51,8 +53,101 @@ __all__ = [
     "ValidationProblem",
     "format_path",
     "is_fatal",
+    "public_type_name",
+    "show_values",
+    "value_shape",
+    "value_text",
     "warn",
 ]
+
+_public_names: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+
+
+def public_type_name(value: object) -> str:
+    """The name ``value``'s type is imported by: ``buttress.InputValidationError``.
+
+    A class defined in a private module (a dotted part starting with ``_``) is named by
+    the shortest public module of its package that re-exports it (``buttress`` for
+    ``buttress._validation._binding.InputValidationError``); a class no public module
+    re-exports keeps ``module.qualname``, as builtins keep their bare name.
+    """
+    kind = type(value)
+    try:
+        return _public_names[kind]
+    except KeyError:
+        pass
+    except TypeError:  # pragma: no cover - a type without weak references
+        return _qualified(kind)
+    name = _qualified(kind)
+    module = kind.__module__
+    parts = module.split(".")
+    if any(part.startswith("_") for part in parts) and "." not in kind.__qualname__:
+        for end in range(1, len(parts)):
+            if parts[end - 1].startswith("_"):
+                break  # below a private part nothing is public
+            candidate = sys.modules.get(".".join(parts[:end]))
+            try:
+                found = getattr(candidate, kind.__qualname__, None)
+            except Exception:  # a module's __getattr__ that fails: not this one
+                found = None
+            if found is kind:
+                name = f"{'.'.join(parts[:end])}.{kind.__qualname__}"
+                break
+    _public_names[kind] = name
+    return name
+
+
+def _qualified(kind: type) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+#: The environment variable that lets error messages quote the values they are about
+#: (for development): ``BUTTRESS_SHOW_VALUES=1``. Unset, messages describe a value by its
+#: type, length or shape and never show its content, so logs stay free of payloads.
+SHOW_VALUES_ENV = "BUTTRESS_SHOW_VALUES"
+
+
+def show_values() -> bool:
+    """Whether error messages may quote values (``BUTTRESS_SHOW_VALUES`` is set to a
+    true word: ``1``, ``true``, ``yes`` or ``on``). Read on each failure, never per call."""
+    return os.environ.get(SHOW_VALUES_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def value_text(value: Any, limit: int = 200) -> str:
+    """``value`` as an error message may show it: its repr (cut to ``limit``) when
+    :func:`show_values` allows, else its type and size (``str of 19 characters``)."""
+    if show_values():
+        try:
+            text = repr(value)
+        except Exception:
+            return f"{type(value).__qualname__} object"
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    return value_shape(value)
+
+
+def value_shape(value: Any) -> str:
+    """A description of ``value`` without its content: type, then length or shape."""
+    kind = type(value)
+    name = kind.__qualname__
+    if value is None or kind is bool:
+        return repr(value)  # a constant says nothing about any payload
+    try:
+        if isinstance(value, str):
+            return f"str of {len(value)} character{'' if len(value) == 1 else 's'}"
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return f"{name} of {len(value)} byte{'' if len(value) == 1 else 's'}"
+        shape = getattr(value, "shape", None)
+        if shape is not None and not isinstance(value, type):
+            dims = ", ".join(str(size) for size in shape)
+            dtype = getattr(value, "dtype", None)
+            suffix = f" and dtype {dtype}" if dtype is not None else ""
+            return f"{name} of shape ({dims}{',' if len(shape) == 1 else ''}){suffix}"
+        if isinstance(value, (list, tuple, set, frozenset, dict)):
+            return f"{name} of {len(value)} item{'' if len(value) == 1 else 's'}"
+    except Exception:  # a broken __len__ or shape: the type alone must do
+        pass
+    return name
 
 
 class ButtressError(Exception):

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
+
+from buttress import _clock
+from buttress._errors import public_type_name
 
 __all__ = [
     "BatchCompleted",
@@ -33,6 +37,7 @@ __all__ = [
     "CircuitStateChanged",
     "Event",
     "EventBus",
+    "EventLog",
     "FallbackUsed",
     "HedgeStarted",
     "HedgeWon",
@@ -46,6 +51,7 @@ __all__ = [
     "Subscription",
     "TimedOut",
     "ValidationFailed",
+    "event_log",
     "events",
 ]
 
@@ -353,6 +359,16 @@ class EventBus:
 
     __slots__ = ("_lock", "_subscriptions", "active")
 
+    def notable(self) -> bool:
+        """Whether a rare event (a retry, a give-up, a breaker's transition, a fallback, a
+        store failure) is wanted: by a subscriber, or by :data:`event_log` (the
+        ``buttress.events`` logger enabled for WARNING, as it is by default).
+
+        Sites of such events test this rather than :attr:`active`; frequent events (a
+        cache hit) test :attr:`active` only, so that logging costs them nothing.
+        """
+        return self.active or (event_log.enabled and _events_logger.isEnabledFor(logging.WARNING))
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscriptions: tuple[Subscription[Event], ...] = ()
@@ -381,7 +397,13 @@ class EventBus:
             self.active = bool(self._subscriptions)
 
     def emit(self, event: Event) -> None:
-        """Deliver ``event`` to every matching subscriber, in subscription order."""
+        """Deliver ``event`` to every matching subscriber, in subscription order, then to
+        :data:`event_log` when it logs events of its kind."""
+        if type(event) in _LOGGED:
+            try:
+                event_log.handle(event)
+            except Exception:
+                logger.exception("buttress event log failed on %r", event)
         for subscription in self._subscriptions:
             if isinstance(event, subscription.kinds):
                 try:
@@ -392,3 +414,165 @@ class EventBus:
 
 #: The process-wide bus every decorator reports to.
 events = EventBus()
+
+
+# --- the event log -------------------------------------------------------------------
+
+_events_logger = logging.getLogger("buttress.events")
+
+
+def _error_text(error: BaseException | None) -> str:
+    return "" if error is None else f"{public_type_name(error)}: {error}"
+
+
+def _retry_scheduled(event: RetryScheduled) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+    cause = _error_text(event.error) or "its result was rejected"
+    return (
+        logging.INFO,
+        "%s(): attempt %d failed (%s); retrying in %.3f s",
+        (event.function, event.attempt, cause, event.delay),
+        {"attempt": event.attempt, "delay": event.delay, "elapsed": event.elapsed},
+    )
+
+
+def _retry_gave_up(event: RetryGaveUp) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+    cause = _error_text(event.error) or "the last result was still rejected"
+    return (
+        logging.WARNING,
+        "%s(): gave up retrying after %d attempt(s) (%s): %s",
+        (event.function, event.attempts, event.reason, cause),
+        {"attempts": event.attempts, "reason": event.reason, "elapsed": event.elapsed},
+    )
+
+
+def _budget(event: RetryBudgetExhausted) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+    return (
+        logging.WARNING,
+        "%s(): retry skipped: the retry budget is spent",
+        (event.function,),
+        {},
+    )
+
+
+def _circuit(event: CircuitStateChanged) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+    level = logging.WARNING if event.new == "open" else logging.INFO
+    return (
+        level,
+        "circuit breaker %r: %s -> %s (on a call of %s())",
+        (event.breaker, event.old, event.new, event.function),
+        {"breaker": event.breaker, "old": event.old, "new": event.new},
+    )
+
+
+def _fallback(event: FallbackUsed) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+    return (
+        logging.WARNING,
+        "%s(): the fallback answered in place of %s",
+        (event.function, _error_text(event.error)),
+        {},
+    )
+
+
+def _store(event: CacheStoreFailed) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+    return (
+        logging.WARNING,
+        "%s(): cache store %r failed on %s (%s); the call goes on without it",
+        (event.function, event.store, event.operation, _error_text(event.error)),
+        {"store": event.store, "operation": event.operation},
+    )
+
+
+_Formatter = Callable[[Any], tuple[int, str, tuple[Any, ...], dict[str, Any]]]
+#: What the event log writes, per event class: its level, message and fields.
+_LOGGED: dict[type[Event], _Formatter] = {
+    RetryScheduled: _retry_scheduled,
+    RetryGaveUp: _retry_gave_up,
+    RetryBudgetExhausted: _budget,
+    CircuitStateChanged: _circuit,
+    FallbackUsed: _fallback,
+    CacheStoreFailed: _store,
+}
+
+
+class EventLog:
+    """Writes the rare events an operator must see to the ``buttress.events`` logger.
+
+    Retries (INFO), give-ups and a spent retry budget (WARNING), breaker transitions
+    (WARNING when one opens, INFO when it half-opens or closes), fallbacks and cache store
+    failures (WARNING). Each record carries ``event`` (the class name), ``function``,
+    ``error_type`` and ``error_message`` when an error is involved, and the event's own
+    facts. At most ``burst`` records per ``window`` seconds are written for one kind of
+    event of one function (or one breaker); the rest are counted and the next record
+    written says how many were left out (``suppressed``).
+
+    The check runs in the caller's thread and costs one level check when the logger is
+    disabled; the record is built and handled by ``defer`` (set by ``@monitor``'s
+    exporter to its background thread; inline until then).
+    """
+
+    def __init__(self, burst: int = 5, window: float = 60.0) -> None:
+        self.enabled = True
+        self.burst = burst
+        self.window = window
+        #: hands a zero-argument callable to whoever builds records off the caller's path
+        self.defer: Callable[[Callable[[], None]], None] = lambda make: make()
+        self._lock = threading.Lock()
+        #: per key: (window start, records written in it, records left out)
+        self._windows: dict[tuple[Any, ...], list[float]] = {}
+
+    def handle(self, event: Event) -> None:
+        formatter = _LOGGED.get(type(event))
+        if formatter is None or not self.enabled:
+            return
+        log = _events_logger
+        level, text, args, fields = formatter(event)
+        if not log.isEnabledFor(level):
+            return
+        key = (type(event), event.function, fields.get("breaker"))
+        now = _clock.monotonic()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now - window[0] >= self.window:
+                suppressed = int(window[2]) if window is not None else 0
+                self._windows[key] = [now, 1, 0]
+            elif window[1] < self.burst:
+                window[1] += 1
+                suppressed, window[2] = int(window[2]), 0
+            else:
+                window[2] += 1
+                return
+        error = getattr(event, "error", None)
+        extra: dict[str, Any] = {
+            "event": type(event).__name__,
+            "function": event.function,
+            **fields,
+        }
+        if isinstance(error, BaseException):
+            extra["error_type"] = public_type_name(error)
+            extra["error_message"] = str(error)
+        if suppressed:
+            text += " (%d similar record(s) left out before this one)"
+            args = (*args, suppressed)
+            extra["suppressed"] = suppressed
+        thread = threading.current_thread()
+        stamp = time.time()
+
+        def make() -> None:
+            if log.isEnabledFor(level):
+                record = log.makeRecord(log.name, level, "(buttress)", 0, text, args, None)
+                record.__dict__.update(extra)
+                # the record describes the event, not the moment a thread got to it
+                record.created, record.msecs = stamp, (stamp - int(stamp)) * 1000
+                record.thread, record.threadName = thread.ident, thread.name
+                log.handle(record)
+
+        self.defer(make)
+
+    def reset(self) -> None:
+        """Forget every window (for tests)."""
+        with self._lock:
+            self._windows.clear()
+
+
+#: The process-wide event log (see :class:`EventLog`); ``enabled = False`` turns it off.
+event_log = EventLog()

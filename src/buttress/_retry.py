@@ -31,7 +31,7 @@ import anyio
 from . import _clock, _settings
 from ._blocks import caller_name
 from ._declare import Decorate, bare_or_called
-from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fatal
+from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fatal, value_text
 from ._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled, events
 from ._policies._budget import RetryBudget
 from ._settings import ExceptionTypes
@@ -271,7 +271,8 @@ class _Run:
         if reason is not None:
             self._gave_up(reason, None, result)
             raise RetryError(
-                self._summary(reason) + f"; the last result was still rejected: {result!r:.200}",
+                self._summary(reason)
+                + f"; the last result was still rejected: {value_text(result)}",
                 last_result=result,
                 attempts=self.attempts,
             )
@@ -315,7 +316,7 @@ class _Run:
     def _scheduled(self, delay: float, error: BaseException | None, result: Any) -> None:
         self.delays.append(delay)
         on_retry = self.retrier.on_retry
-        if on_retry is None and not events.active:
+        if on_retry is None and not events.notable():
             return
         record = RetryScheduled(
             function=self.function,
@@ -327,7 +328,7 @@ class _Run:
         )
         if on_retry is not None:
             on_retry(record)
-        if events.active:
+        if events.notable():
             events.emit(record)
 
     def _gave_up(
@@ -336,7 +337,7 @@ class _Run:
         error: BaseException | None,
         result: Any,
     ) -> None:
-        if events.active:
+        if events.notable():
             if reason == "budget":
                 events.emit(RetryBudgetExhausted(function=self.function))
             events.emit(

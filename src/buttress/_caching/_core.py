@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final, Literal, final
 
 from buttress import _clock
+from buttress._errors import value_text
 from buttress._events import CacheAccess, CacheEviction, CacheStoreFailed, events
 from buttress._wrapping import function_module, function_name
 
@@ -109,7 +110,7 @@ class CacheCore:
         except BindError:
             raise TypeError(
                 f"these arguments do not fit the signature of {self.name}(): "
-                f"args={args!r:.200}, kwargs={kwargs!r:.200}"
+                f"args={value_text(args)}, kwargs={value_text(kwargs)}"
             ) from None
 
     def store_key(self, key: Hashable) -> CacheKey:
@@ -151,7 +152,7 @@ class CacheCore:
         """A store failed and the call goes on without it: count, report, log (rarely)."""
         self.counters.store_errors += 1
         store_name = getattr(self.store, "name", type(self.store).__name__)
-        if events.active:
+        if events.notable():
             events.emit(
                 CacheStoreFailed(
                     function=self.name, store=store_name, operation=operation, error=exc

@@ -25,7 +25,12 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _settings, _tracing
 from buttress._declare import Decorate, declare
-from buttress._errors import ConfigurationError, is_fatal
+from buttress._errors import (
+    ConfigurationError,
+    InputValidationError,
+    RejectedError,
+    is_fatal,
+)
 from buttress._signature import CallSignature, signature_of
 from buttress._streams import (
     Outcome,
@@ -39,7 +44,7 @@ from buttress._tracing import TraceIds
 from buttress._wrapping import WrapperFactory, function_name, wrap
 
 from ._emitter import exporter
-from ._logs import CallItem, MessageItem
+from ._logs import PENDING_INPUTS, PENDING_OUTPUT, CallItem, ExcInfo, MessageItem
 from ._stats import (
     CANCELLED,
     DURATION_BUCKETS,
@@ -52,7 +57,7 @@ from ._stats import (
     counters,
     function_stats,
 )
-from ._summaries import nonfinite, summarize, type_name
+from ._summaries import nonfinite, summarize, summarize_scalar, type_name
 
 __all__ = ["MonitorHandle", "MonitoredFunction", "Site", "monitor"]
 
@@ -72,6 +77,50 @@ _RESERVED_LABELS = frozenset({"function", "outcome", "le", "quantile"})
 #: Argument types that can hold no NaN: the anomaly scan skips them at once.
 _PLAIN = frozenset({int, bool, str, bytes, type(None), dict, list, tuple, set})
 _FIRST_BOUND = DURATION_BUCKETS[0]
+#: Exceptions ``@monitor`` logs at WARNING without a traceback, whatever ``expected``
+#: says: a caller's invalid input, and calls buttress refused on purpose (open breaker,
+#: full bulkhead or batch queue, rate limit, memory pressure).
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (InputValidationError, RejectedError)
+#: The attribute that marks an exception as logged by a monitor (holds its name).
+_LOGGED = "_buttress_logged_by"
+
+
+def _logged_by(exc: BaseException) -> str | None:
+    """The name of the monitor that logged ``exc`` already, if one did."""
+    found = getattr(exc, _LOGGED, None)
+    return found if isinstance(found, str) else None
+
+
+def _mark_logged(exc: BaseException, name: str) -> None:
+    try:
+        setattr(exc, _LOGGED, name)
+    except Exception:  # pragma: no cover - an exception that refuses attributes
+        pass
+
+
+def _expected(value: object) -> tuple[type[BaseException], ...]:
+    kinds = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds):
+        raise ConfigurationError(
+            f"expected must be an exception class or a tuple of them, got {value!r}"
+        )
+    return EXPECTED_ERRORS + tuple(kind for kind in kinds if kind not in EXPECTED_ERRORS)
+
+
+#: Argument types whose values never change: their summaries can wait for the exporter.
+_SCALARS = frozenset({int, bool, float, str, bytes, type(None)})
+
+
+def _settled(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether every value is of a type in :data:`_SCALARS` (immutable)."""
+    for value in args:
+        if type(value) not in _SCALARS:
+            return False
+    if kwargs:
+        for value in kwargs.values():
+            if type(value) not in _SCALARS:
+                return False
+    return True
 
 
 def _log_level(value: object) -> int:
@@ -141,6 +190,7 @@ class _Settings:
     """
 
     __slots__ = (
+        "expected",
         "labels",
         "level",
         "log_inputs",
@@ -168,6 +218,7 @@ class _Settings:
         redact: Mapping[str, Any] | None = None,
         labels: Mapping[str, str] | None = None,
         span_kind: str | Enum = "internal",
+        expected: type[BaseException] | tuple[type[BaseException], ...] = (),
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
@@ -191,6 +242,7 @@ class _Settings:
         self.redact = dict(redact) if redact else None
         self.labels = _labels(labels)
         self.span_kind = _span_kind(span_kind)
+        self.expected = _expected(expected)
 
 
 class MonitorHandle:
@@ -223,6 +275,7 @@ class Site:
     """One monitored function: its names, compiled settings, totals and decisions."""
 
     __slots__ = (
+        "expected",
         "func_name",
         "labels",
         "lean_limit",
@@ -235,6 +288,7 @@ class Site:
         "output_bounds",
         "pathname",
         "positional",
+        "record_template",
         "redact",
         "sample_rate",
         "signature",
@@ -251,6 +305,7 @@ class Site:
         self, settings: _Settings, fn: Callable[..., Any], signature: CallSignature
     ) -> None:
         self.name = settings.name or function_name(fn)
+        self.expected = settings.expected
         self.labels = settings.labels
         self.level = settings.level
         self.log_inputs = settings.log_inputs
@@ -261,6 +316,7 @@ class Site:
         self.output_bounds = settings.output_buckets
         self.redact = settings.redact
         self.logger = logger
+        self.record_template: tuple[int, dict[str, Any]] | None = None
         self.warned = False
         # The monitor's policy towards the shared signature, all of it here: inputs are
         # what the caller passed (defaults left out), by display name; the receiver is
@@ -382,8 +438,22 @@ class Site:
         # A stream is slow when its first item is (a long stream is not slow in itself).
         waited = duration if stream is None or stream[1] is None else stream[1]
         slow = threshold is not None and waited >= threshold
+        expected = False
+        logged_by: str | None = None
         if outcome == ERROR:
-            level = max(self.level, logging.ERROR)
+            assert exc is not None
+            expected = isinstance(exc, self.expected)
+            logged_by = _logged_by(exc)
+            if logged_by == self.name:
+                # The same function's monitor: another call that shared the exception
+                # (a single-flight follower, a batch's callers), logged like any call.
+                logged_by = None
+            # A client's mistake or a refusal by design is no server error; an exception
+            # an inner monitor logged already is not logged as an error twice.
+            if expected or logged_by is not None:
+                level = max(self.level, logging.WARNING)
+            else:
+                level = max(self.level, logging.ERROR)
         elif slow:
             level = max(self.level, logging.WARNING)
         else:
@@ -396,6 +466,28 @@ class Site:
             level = 0
         if not level and not exporter.wants_calls:
             return
+        inputs: Any = None
+        output: Any = None
+        pending = 0
+        if level:
+            # Summaries are taken now, while the values are as the call saw them; values
+            # that cannot change (numbers, strings, None) are summarised by the exporter
+            # thread instead, off the caller's path.
+            if self.log_inputs:
+                if self.redact is None and _settled(scanned, kwargs):
+                    inputs, pending = (args, kwargs), PENDING_INPUTS
+                else:
+                    inputs = self._inputs(args, kwargs)
+            if self.log_outputs and outcome == OK and stream is None:
+                if self.redact is None and type(result) in _SCALARS:
+                    output, pending = result, pending | PENDING_OUTPUT
+                else:
+                    output = self._summary("return", result)
+        exc_info: ExcInfo | None = None
+        if level and outcome == ERROR and exc is not None and logged_by is None:
+            _mark_logged(exc, self.name)
+            if not expected:  # the traceback, once, from the innermost monitor
+                exc_info = (type(exc), exc, exc.__traceback__)
         exporter.put(
             CallItem(
                 self,
@@ -404,18 +496,34 @@ class Site:
                 duration,
                 time.time(),
                 slow,
-                (type(exc), exc, exc.__traceback__)
-                if level and outcome == ERROR and exc is not None
-                else None,
-                self._inputs(args, kwargs) if level and self.log_inputs else None,
-                self._summary("return", result)
-                if level and self.log_outputs and outcome == OK and stream is None
-                else None,
+                exc_info,
+                inputs,
+                output,
                 tracked,
                 trace,
                 stream,
+                pending,
+                exc if level and outcome == ERROR else None,
+                expected,
+                logged_by,
             )
         )
+
+    def summarize_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The ``inputs`` field of a call whose summary was left to the exporter thread
+        (every value a scalar, no ``redact``)."""
+        names = self.positional
+        if len(args) > self.lean_limit:
+            return self._inputs(args, kwargs)
+        if self.skip_first:  # self/cls is no scalar: never summarised
+            names, args = names[1:], args[1:]
+        inputs = {
+            name: summarize_scalar(value)
+            for name, value in zip(names, args)  # noqa: B905 - args may be fewer
+        }
+        for name, value in kwargs.items():
+            inputs[name] = summarize_scalar(value)
+        return inputs
 
     def _count_stream(self, items: int, first: float | None) -> None:
         """Add a stream's items and time to first item to the totals (lock held)."""
@@ -853,8 +961,8 @@ def monitor(settings: _Settings) -> Decorate:
         name: the ``function`` label and log field; the function's qualified name by
             default. Also usable bare: ``@monitor``.
         log_level: the level of routine records (a name such as ``"INFO"`` or an int).
-            Errors are logged at ERROR with their traceback, slow calls at WARNING at
-            least.
+            Errors are logged at ERROR with their traceback, expected errors at WARNING
+            without one, slow calls at WARNING at least.
         log_inputs: include the summary of every argument (``self``/``cls`` excepted).
         log_outputs: include the summary of the return value.
         sample_rate: the fraction of successful, not slow calls that are logged (0 to
@@ -872,6 +980,12 @@ def monitor(settings: _Settings) -> Decorate:
         labels: fixed extra labels (and log fields) for this function's metrics, such as
             ``{"model": "resnet50"}``. Chosen in code, never from request data, so the
             number of series stays bounded.
+        expected: exception classes (one or a tuple) that are part of normal operation,
+            such as a client's bad request: they are logged at WARNING without a
+            traceback, with ``expected: true``. Always included:
+            :class:`~buttress.InputValidationError` and :class:`~buttress.RejectedError`
+            (open breaker, full bulkhead, rate limit, memory pressure, full batch queue).
+            Metrics count them as errors all the same.
         span_kind: the kind of the call's span when OpenTelemetry is enabled:
             ``"internal"`` (the default), ``"client"`` (the function calls a remote
             service), ``"server"``, ``"producer"`` or ``"consumer"``; an

@@ -20,11 +20,13 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
 from buttress import _settings
+from buttress._events import event_log
 
 __all__ = [
     "Exporter",
@@ -39,6 +41,8 @@ __all__ = [
 logger = logging.getLogger("buttress.monitor.exporter")
 
 THREAD_NAME = "buttress-monitor-exporter"
+#: Seconds the exporter thread waits, once woken, for more items before handling them.
+LINGER = 0.02
 
 
 class Item(Protocol):
@@ -103,6 +107,8 @@ class Exporter:
         self.wants_calls = False
         self._items: deque[Any] = deque()
         self._wake = threading.Event()
+        #: set with ``_wake`` by a flush or a stop: no lingering then
+        self._hurry = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -176,6 +182,7 @@ class Exporter:
             return True
         marker = _Marker()
         self._items.append(marker)  # past the bound on purpose: a flush is never dropped
+        self._hurry.set()
         self._wake.set()
         return marker.done.wait(timeout)
 
@@ -189,6 +196,7 @@ class Exporter:
             if thread is None:
                 return True
             self._stopping = True
+        self._hurry.set()
         self._wake.set()
         if thread is not threading.current_thread():
             thread.join(timeout)
@@ -250,9 +258,18 @@ class Exporter:
         next_tick = time.monotonic() + self.interval
         while True:
             try:
-                self._wake.wait(max(0.0, next_tick - time.monotonic()))
-                self._wake.clear()
+                if self._wake.wait(max(0.0, next_tick - time.monotonic())):
+                    # Let a burst gather before handling it: one wake-up per burst
+                    # rather than per record, while producers find the flag already set
+                    # and skip setting it. A flush or a stop cuts the wait short.
+                    self._hurry.wait(LINGER)
                 self._drain()
+                # Cleared only now, and the queue checked again after: an item queued
+                # while the flag was still set is never left waiting for the next tick.
+                self._wake.clear()
+                self._hurry.clear()
+                if self._items:
+                    self._wake.set()
                 if time.monotonic() >= next_tick:
                     self._tick()
                     next_tick = time.monotonic() + self.interval
@@ -318,6 +335,7 @@ class Exporter:
         # parent's to export: start afresh.
         self._items = deque()
         self._wake = threading.Event()
+        self._hurry = threading.Event()
         self._lock = threading.Lock()
         self._thread = None
         self._stopping = False
@@ -336,6 +354,26 @@ def _finish(sink: Sink) -> None:
 
 #: The process-wide exporter every monitored function queues to.
 exporter = Exporter()
+
+
+class Deferred:
+    """A record to build in the exporter thread: a ``buttress.events`` record, say."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], None]) -> None:
+        self.make = make
+
+    def export(self) -> None:
+        self.make()
+
+
+def _defer(make: Callable[[], None]) -> None:
+    exporter.put(Deferred(make))
+
+
+# The event log's records are built and handled here too, off the caller's path.
+event_log.defer = _defer
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
     os.register_at_fork(after_in_child=exporter._after_fork)

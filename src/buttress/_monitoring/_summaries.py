@@ -27,7 +27,17 @@ import sys
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
-__all__ = ["MAX_KEYS", "SAMPLE_LIMIT", "nonfinite", "summarize", "type_name"]
+from buttress._errors import public_type_name
+
+__all__ = [
+    "MAX_KEYS",
+    "SAMPLE_LIMIT",
+    "nonfinite",
+    "public_type_name",
+    "summarize",
+    "summarize_scalar",
+    "type_name",
+]
 
 #: Arrays larger than this many elements are summarised from a strided sample.
 SAMPLE_LIMIT = 100_000
@@ -156,6 +166,11 @@ def _array(np: Any, array: Any) -> dict[str, Any]:
 def _fields(value: Any, names: Any) -> dict[str, Any]:
     fields = [str(name) for name in list(names)[:MAX_KEYS]]
     return {"type": type_name(value), "fields": fields}
+
+
+def summarize_scalar(value: Any) -> Any:
+    """:func:`summarize` for a value whose type is int, bool, float, str, bytes or None."""
+    return None if value is None else _EXACT[type(value)](value)
 
 
 def summarize(value: Any) -> Any:

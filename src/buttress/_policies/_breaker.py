@@ -664,7 +664,7 @@ class CircuitBreaker:
             self._fast = self._state is _CLOSED
 
     def _announce(self, change: tuple[BreakerState, BreakerState] | None, function: str) -> None:
-        if change is not None and events.active:
+        if change is not None and events.notable():
             events.emit(
                 CircuitStateChanged(
                     function=function, breaker=self.name, old=change[0], new=change[1]

@@ -56,7 +56,7 @@ class _Answer:
 
     def make(self, exc: BaseException, function: str) -> Any:
         """The replacement answer (possibly an awaitable, from an async factory)."""
-        if events.active:
+        if events.notable():
             events.emit(FallbackUsed(function=function, error=exc))
         factory = self.factory
         # The factory is typed for Exception, what users catch; a non-fatal BaseException

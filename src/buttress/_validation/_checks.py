@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic.errors import PydanticUserError
 from pydantic_core import PydanticCustomError, core_schema
 
-from buttress._errors import ConfigurationError
+from buttress._errors import ConfigurationError, show_values, value_shape
 
 __all__ = [
     "ArrayRules",
@@ -170,10 +170,16 @@ def dtype_text(dtype: np.dtype[Any]) -> str:
 
 
 def describe(value: Any) -> str:
-    """A short description of ``value`` for a message: never the whole of a large value."""
+    """A short description of ``value`` for a message: never the whole of a large value.
+
+    By default it names the value's type and size, never its content (messages end up in
+    logs); with ``BUTTRESS_SHOW_VALUES=1`` (development) short values are quoted.
+    """
     try:
         if isinstance(value, np.ndarray):
             return f"array of shape {format_shape(value.shape)} and dtype {dtype_text(value.dtype)}"
+        if not show_values():
+            return value_shape(value)
         if isinstance(value, (str, bytes, bytearray)):
             if len(value) <= 40:
                 return repr(value)
@@ -191,12 +197,22 @@ def describe(value: Any) -> str:
         return f"{type(value).__qualname__} object"
 
 
+def _key_text(key: Any) -> str:
+    """A dict key as a message names it: names (str keys) are shown, as in ``@monitor``'s
+    summaries; other keys only by type unless values are shown."""
+    if isinstance(key, str):
+        return repr(key) if len(key) <= 40 else repr(key[:37] + "...")
+    return describe(key)
+
+
 def plural(count: int, word: str) -> str:
     """``1 value``, ``2 values``."""
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _exception_text(exc: BaseException) -> str:
+    if not show_values():  # the text of a conversion error often quotes the value
+        return type(exc).__name__
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""
     if len(text) > 120:
@@ -346,12 +362,14 @@ def _range_problems(
     if low is not None and smallest is not None and smallest < low:
         count = int(np.count_nonzero(value < low))  # NaN compares false: not counted
         at = _first_index(value == smallest)
-        found = f"{plural(count, 'value')} below it, the smallest {smallest} at index {at}"
+        shown = f" {smallest}" if show_values() else ""
+        found = f"{plural(count, 'value')} below it, the smallest{shown} at index {at}"
         problems.append(((), f"values >= {low}", found, f"values must be >= {low}: {found}"))
     if high is not None and largest is not None and largest > high:
         count = int(np.count_nonzero(value > high))
         at = _first_index(value == largest)
-        found = f"{plural(count, 'value')} above it, the largest {largest} at index {at}"
+        shown = f" {largest}" if show_values() else ""
+        found = f"{plural(count, 'value')} above it, the largest{shown} at index {at}"
         problems.append(((), f"values <= {high}", found, f"values must be <= {high}: {found}"))
     return problems or None
 
@@ -588,7 +606,7 @@ def _exact_shape_problem(
 
 
 def _listing(keys: Any, limit: int = 8) -> str:
-    items = [_short(describe(key)) for key in list(keys)[:limit]]
+    items = [_short(_key_text(key)) for key in list(keys)[:limit]]
     extra = len(keys) - limit
     return ", ".join(items) + (f" and {extra} more" if extra > 0 else "")
 
@@ -614,7 +632,7 @@ def compile_keys(spec: KeyRules) -> Check:
             if (not required or keys >= required) and (not strict or allowed.issuperset(keys)):
                 return value
             problems: list[Problem] = [
-                ((key,), "present", "missing", f"missing required key {describe(key)}")
+                ((key,), "present", "missing", f"missing required key {_key_text(key)}")
                 for key in order
                 if key not in keys
             ]
@@ -684,6 +702,10 @@ def pydantic_keys_schema(spec: KeyRules, inner: core_schema.CoreSchema) -> core_
     return core_schema.no_info_after_validator_function(validate, inner)
 
 
+#: pydantic error types whose message is a custom validator's free text.
+_QUOTING = frozenset({"value_error", "assertion_error"})
+
+
 def pydantic_problems(error: ValidationError) -> list[Problem]:
     """Pydantic's errors as problems, with inputs summarised rather than echoed."""
     problems: list[Problem] = []
@@ -695,6 +717,10 @@ def pydantic_problems(error: ValidationError) -> list[Problem]:
             problems.extend((loc + path, *rest) for path, *rest in ours)
             continue
         message = item["msg"]
+        if item["type"] in _QUOTING and not show_values():
+            # A custom validator's own text ("Value error, bad token 'hunter2'"): the
+            # kind of failure stays, the text that may quote the value goes.
+            message = message.split(",", 1)[0]
         if item["type"] == "missing":
             problems.append((loc, message, "missing", message))
         else:
