@@ -170,7 +170,7 @@ def test_rewritten_keys_leave_no_garbage_behind(buttress_clock: FakeClock) -> No
         buttress_clock.advance(1.5)
     table = f.cache._core.table
     assert table is not None
-    assert len(table._heap) < 100  # records of replaced entries are dropped
+    assert table._records < 100  # records of replaced entries are dropped
     assert len(table) <= 1
 
 
@@ -242,3 +242,46 @@ async def test_copy_arrays_returns_private_writable_copies(buttress_clock: FakeC
 def test_bad_settings_fail_at_decoration(settings: dict[str, Any], parameter: str) -> None:
     with pytest.raises(ConfigurationError, match=parameter):
         cache_result(**settings)
+
+
+@pytest.mark.anyio
+async def test_a_fresh_array_is_frozen_in_place_and_a_held_one_through_a_view(
+    buttress_clock: FakeClock,
+) -> None:
+    held = np.zeros(3)
+
+    @cache_result
+    def fresh(x: int) -> np.ndarray:
+        return np.full(3, float(x))
+
+    @cache_result
+    async def afresh(x: int) -> np.ndarray:
+        return np.full(3, float(x))
+
+    @cache_result
+    def shared() -> np.ndarray:
+        return held
+
+    for result in (fresh(1), await afresh(1)):
+        assert not result.flags.writeable
+        assert result.base is None  # no view was needed: nobody else holds it
+    result = shared()
+    assert not result.flags.writeable
+    assert result.base is held  # a read-only view; the function's own array stays writable
+    assert held.flags.writeable
+
+
+def test_a_single_argument_is_its_own_key(buttress_clock: FakeClock) -> None:
+    @cache_result
+    def f(x: object) -> object:
+        return x
+
+    f(1)
+    f("a")
+    f(x=1)  # the same entry as f(1)
+    f((1,))
+    table = f.cache._core.table
+    assert table is not None
+    assert set(table.data) == {1, "a", ((1,),)}
+    assert f.cache.stats().hits == 1
+    assert f.cache.invalidate(1) is True

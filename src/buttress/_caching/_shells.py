@@ -32,8 +32,8 @@ from ._handle import CacheHandle
 from ._keys import BindError
 from ._policy import Policy
 from ._steps import Compute, Lead, Read, Release, Wait, Write
-from ._store import CacheEntry, CacheStore
-from ._values import copy_arrays
+from ._store import CacheEntry, CacheStore, Entry
+from ._values import copy_arrays, seal
 
 __all__ = ["aenter", "aleave_flight", "async_shell", "sync_shell"]
 
@@ -71,7 +71,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         core = CacheCore(policy, fn)
         handle._bind(core)
         builder = core.builder
-        arity, tail, bind = builder.arity, builder.tail, builder.build
+        arity, tail, bind, single = builder.arity, builder.tail, core.bind, core.single
         plan, flights = Engine(core).plan, core.thread_flights
         store = cast("CacheStore", core.store)  # the engine asks for it only when there is one
         keep = policy.keep
@@ -81,7 +81,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         table = core.table
 
         def resolve(
-            key: Hashable, entry: CacheEntry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+            key: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             """Carry out the engine's steps for one call, blocking this thread."""
             steps = plan(key, entry, flights, ThreadFlight)
@@ -96,6 +96,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                 try:
                     if isinstance(step, Compute):
                         reply = fn(*args, **kwargs)
+                        seal(reply)  # a fresh array is made read-only in place
                     elif isinstance(step, Wait):
                         _clock.blocking_wait(core, name, "cache_result", None)
                         step.on.wait()
@@ -138,6 +139,10 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     key: Hashable = bind(args, kwargs)
                 except BindError:
                     return fn(*args, **kwargs)
+            elif single:  # the argument is the key (see CacheCore.single)
+                key = args[0]
+                if isinstance(key, tuple):
+                    key = args
             else:
                 key = args + tail if tail else args
             try:
@@ -172,7 +177,7 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         handle._bind(core)
         engine = Engine(core)
         builder = core.builder
-        arity, tail, bind = builder.arity, builder.tail, builder.build
+        arity, tail, bind, single = builder.arity, builder.tail, core.bind, core.single
         plan, flights = engine.plan, core.flights.table
         store = cast("CacheStore", core.store)  # the engine asks for it only when there is one
         keep = policy.keep
@@ -182,7 +187,7 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         table = core.table
 
         async def resolve(
-            key: Hashable, entry: CacheEntry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+            key: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             """Carry out the engine's steps for one call, waiting without blocking the loop.
 
@@ -202,6 +207,7 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                 try:
                     if isinstance(step, Compute):
                         reply = await fn(*args, **kwargs)
+                        seal(reply)  # a fresh array is made read-only in place
                     elif isinstance(step, Wait):
                         await step.on.wait()
                     elif isinstance(step, Read):
@@ -244,6 +250,10 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     key: Hashable = bind(args, kwargs)
                 except BindError:
                     return await fn(*args, **kwargs)
+            elif single:  # the argument is the key (see CacheCore.single)
+                key = args[0]
+                if isinstance(key, tuple):
+                    key = args
             else:
                 key = args + tail if tail else args
             try:
