@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ._signature import signature_of
 
 __all__ = [
+    "StackName",
     "WrapperFactory",
     "function_module",
     "function_name",
     "is_async_callable",
+    "stack_name",
     "stream_kind",
     "wrap",
 ]
@@ -90,6 +93,82 @@ def function_module(target: Any) -> str:
     """The module defining ``target`` (through ``functools.partial``), or ``""``."""
     module = getattr(_unwrap_partial(target), "__module__", None)
     return module if isinstance(module, str) else ""
+
+
+class StackName:
+    """The ``function`` name every buttress layer of one decorated function reports.
+
+    One per stack of decorators, shared by all its layers: ``wrap()`` hangs it on each
+    wrapper (``functools.update_wrapper`` then carries it to every wrapper above), and each
+    layer reads :attr:`value` when it reports an event, not when it is built. So the name
+    ``@monitor`` gives, applied last (outermost), is what the retries, cache lookups and
+    timeouts below it report too, and ``policy()`` needs nothing of its own.
+
+    Attributes:
+        value: the name: the function's qualified name until a monitor names the stack.
+        monitored: a ``@monitor`` layer took the name (then no other may change it).
+        origin: where the function is defined (module and qualified name, file and line),
+            which tells two different functions of one name from one redefined.
+    """
+
+    __slots__ = ("__weakref__", "monitored", "origin", "value")
+
+    def __init__(self, value: str, origin: tuple[str, str, str, int] | None = None) -> None:
+        self.value = value
+        self.monitored = False
+        # a name given outright (a retrying block's) comes from nowhere in particular
+        self.origin = origin if origin is not None else ("", value, "", 0)
+
+    def __str__(self) -> str:  # messages spell the name as it is now
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"<StackName {self.value!r}>"
+
+
+_NAME_ATTRIBUTE = "__buttress_name__"
+#: Names made for a target not yet wrapped: the factory asks for it, ``wrap()`` then
+#: hangs the same one on the wrapper and forgets it here.
+_unclaimed: weakref.WeakKeyDictionary[Any, StackName] = weakref.WeakKeyDictionary()
+
+
+def _origin(target: Any) -> tuple[str, str, str, int]:
+    inner = inspect.unwrap(_unwrap_partial(target))
+    code = getattr(inner, "__code__", None)
+    return (
+        function_module(target),
+        function_name(target),
+        code.co_filename if code is not None else "",
+        code.co_firstlineno if code is not None else 0,
+    )
+
+
+def stack_name(target: Any) -> StackName:
+    """The :class:`StackName` of the stack ``target`` belongs to (made for a new stack)."""
+    found = getattr(_unwrap_partial(target), _NAME_ATTRIBUTE, None)
+    if isinstance(found, StackName):
+        return found
+    try:
+        name = _unclaimed.get(target)
+    except TypeError:  # neither hashable nor weakly referenceable: a stack of its own
+        return StackName(function_name(target), _origin(target))
+    if name is None:
+        name = StackName(function_name(target), _origin(target))
+        try:
+            _unclaimed[target] = name
+        except TypeError:
+            pass
+    return name
+
+
+def _claim(target: Any) -> StackName:
+    """The stack name for ``target``'s new wrapper; a raw function gets a new stack's."""
+    name = stack_name(target)
+    try:
+        _unclaimed.pop(target, None)
+    except TypeError:
+        pass
+    return name
 
 
 def wrap(
@@ -166,6 +245,7 @@ def wrap(
             )
     wrapper = factory(target)
     functools.update_wrapper(wrapper, target)
+    setattr(wrapper, _NAME_ATTRIBUTE, _claim(target))
     if attributes:
         for name, value in attributes.items():
             setattr(wrapper, name, value)

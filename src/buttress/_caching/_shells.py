@@ -76,7 +76,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         store = cast("CacheStore", core.store)  # the engine asks for it only when there is one
         keep = policy.keep
         counters = core.counters
-        name = core.name
+        stack = core.stack
         copying = policy.copy_arrays
         table = core.table
 
@@ -151,7 +151,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     pass
                 counters.hits += 1
                 if events.active:
-                    events.emit(CacheAccess(function=name, result="hit"))
+                    events.emit(CacheAccess(function=stack.value, result="hit"))
                 if copying and entry.arrays:
                     return copy_arrays(entry.value)
                 return entry.value
@@ -176,7 +176,7 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         store = cast("CacheStore", core.store)  # the engine asks for it only when there is one
         keep = policy.keep
         counters = core.counters
-        name = core.name
+        stack = core.stack
         copying = policy.copy_arrays
         table = core.table
 
@@ -257,7 +257,7 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     pass
                 counters.hits += 1
                 if events.active:
-                    events.emit(CacheAccess(function=name, result="hit"))
+                    events.emit(CacheAccess(function=stack.value, result="hit"))
                 if copying and entry.arrays:
                     return copy_arrays(entry.value)
                 return entry.value

@@ -36,7 +36,7 @@ from buttress._streams import (
     sync_stream_shell,
 )
 from buttress._tracing import TraceIds
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, stack_name, wrap
 
 from ._emitter import exporter
 from ._logs import CallItem, MessageItem
@@ -250,7 +250,19 @@ class Site:
     def __init__(
         self, settings: _Settings, fn: Callable[..., Any], signature: CallSignature
     ) -> None:
-        self.name = settings.name or function_name(fn)
+        # One name for the whole stack (see _wrapping.StackName): the monitor names it,
+        # and every layer below reports that name when it reports an event.
+        stack = stack_name(fn)
+        if settings.name is not None and settings.name != stack.value:
+            if stack.monitored:
+                raise ConfigurationError(
+                    f"name: {function_name(fn)}() is already monitored as "
+                    f"{stack.value!r}; one function has one name in the metrics, so a "
+                    f"second @monitor cannot call it {settings.name!r}"
+                )
+            stack.value = settings.name
+        stack.monitored = True
+        self.name = stack.value
         self.labels = settings.labels
         self.level = settings.level
         self.log_inputs = settings.log_inputs

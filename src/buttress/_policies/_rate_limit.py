@@ -26,7 +26,7 @@ from buttress import _clock, _settings
 from buttress._errors import ConfigurationError, RateLimitExceeded
 from buttress._events import RateLimited, events
 from buttress._streams import Session, async_stream_shell, sync_stream_shell
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import WrapperFactory, stack_name, wrap
 
 __all__ = ["RateLimitedFunction", "RateLimiter", "RateLimiterStats", "rate_limit"]
 
@@ -207,11 +207,11 @@ async def _await_turn(limiter: RateLimiter, wait: float, reserved: float) -> Non
 
 def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         acquire = limiter.acquire
 
         def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
-            wait, reserved = acquire(name)
+            wait, reserved = acquire(stack.value)
             if wait:
                 _wait_turn(limiter, wait, reserved)
             return fn(*args, **kwargs)
@@ -223,11 +223,11 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
 
 def _async_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         acquire = limiter.acquire
 
         async def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
-            wait, reserved = acquire(name)
+            wait, reserved = acquire(stack.value)
             if wait:
                 await _await_turn(limiter, wait, reserved)
             return await fn(*args, **kwargs)
@@ -243,10 +243,10 @@ _STARTED = Session()
 
 def _sync_stream_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
-            wait, reserved = limiter.acquire(name)
+            wait, reserved = limiter.acquire(stack.value)
             if wait:
                 _wait_turn(limiter, wait, reserved)
             return _STARTED
@@ -258,10 +258,10 @@ def _sync_stream_shell(limiter: RateLimiter) -> WrapperFactory:
 
 def _async_stream_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
-            wait, reserved = limiter.acquire(name)
+            wait, reserved = limiter.acquire(stack.value)
             if wait:
                 await _await_turn(limiter, wait, reserved)
             return _STARTED
