@@ -41,7 +41,7 @@ def registry() -> CollectorRegistry:
 def functions_in(registry: CollectorRegistry) -> dict[str, set[str]]:
     """Per family (sample name), the ``function`` labels it reports."""
     seen: dict[str, set[str]] = {}
-    for (name, labels), _ in parse(metrics.generate_latest(registry)).items():
+    for name, labels in parse(metrics.generate_latest(registry)):
         function = dict(labels).get("function")
         if function is not None:
             seen.setdefault(name, set()).add(function)
