@@ -3,11 +3,14 @@ under one name by accident, one label set per family, configurable duration buck
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator
 
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from _monitor_support import fresh_monitoring, parse, value
 from buttress import (
@@ -22,7 +25,9 @@ from buttress import (
     timeout,
     validate_input,
 )
-from buttress.testing import testing_mode
+from buttress._monitoring import _stats
+from buttress._monitoring._stats import DURATION_BUCKETS
+from buttress.testing import FakeClock, testing_mode
 
 
 @pytest.fixture(autouse=True)
@@ -39,11 +44,11 @@ def registry() -> CollectorRegistry:
 
 
 def functions_in(registry: CollectorRegistry) -> dict[str, set[str]]:
-    """Per family (sample name), the ``function`` labels it reports."""
+    """Per family (sample name), the ``function`` labels it reports something for."""
     seen: dict[str, set[str]] = {}
-    for name, labels in parse(metrics.generate_latest(registry)):
+    for (name, labels), amount in parse(metrics.generate_latest(registry)).items():
         function = dict(labels).get("function")
-        if function is not None:
+        if function is not None and amount and not name.endswith("_bucket"):
             seen.setdefault(name, set()).add(function)
     return seen
 
@@ -179,3 +184,143 @@ def test_messages_name_the_stack_too() -> None:
         failing()
     notes = " ".join(getattr(raised.value, "__notes__", []))
     assert "named.giveup() failed 2 time(s)" in notes
+
+
+# --- one label set per family -----------------------------------------------------------
+
+
+def test_every_function_carries_every_static_label(registry: CollectorRegistry) -> None:
+    @monitor("default.buckets")
+    def other() -> None: ...
+
+    def serve_once() -> str:
+        @monitor("route.embed", labels={"route": "/embed"})
+        def route() -> int:
+            return inner()
+
+        @monitor("inner.embed")
+        def inner() -> int:
+            return 1
+
+        other()
+        route()
+        return metrics.generate_latest(registry).decode()
+
+    text = serve_once()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    for name in ("buttress_calls", "buttress_call_duration_seconds", "buttress_in_flight"):
+        label_sets = {
+            frozenset(k for k in sample.labels if k not in ("outcome", "le"))
+            for sample in families[name].samples
+        }
+        assert len(label_sets) == 1, name  # other tests' live monitors may add labels
+        assert {"function", "route"} <= next(iter(label_sets)), name
+    samples = parse(text)
+    assert value(
+        samples, "buttress_calls_total", function="inner.embed", route="none", outcome="ok"
+    ) == 1
+    assert value(
+        samples, "buttress_calls_total", function="route.embed", route="/embed", outcome="ok"
+    ) == 1
+
+
+# --- duration buckets -----------------------------------------------------------------------
+
+
+def bucket_bounds(registry: CollectorRegistry, function: str) -> list[str]:
+    return sorted(
+        (dict(labels)["le"] for name, labels in parse(metrics.generate_latest(registry))
+         if name == "buttress_call_duration_seconds_bucket"
+         and dict(labels)["function"] == function),
+        key=float,
+    )
+
+
+def test_default_buckets_are_kept(registry: CollectorRegistry) -> None:
+    @monitor("default.buckets")
+    def fn() -> None: ...
+
+    fn()
+    assert metrics.duration_buckets()[0] == 0.001
+    assert metrics.duration_buckets()[-1] == 30.0
+    assert bucket_bounds(registry, "default.buckets") == [
+        repr(b) for b in metrics.duration_buckets()
+    ] + ["+Inf"]
+
+
+def test_buckets_of_one_function(registry: CollectorRegistry, buttress_clock: FakeClock) -> None:
+    @monitor("own.buckets", duration_buckets=[0.5, 60, 300])
+    def train(seconds: float) -> None:
+        buttress_clock.advance(seconds)
+
+    train(100)
+    assert bucket_bounds(registry, "own.buckets") == ["0.5", "60.0", "300.0", "+Inf"]
+    samples = parse(metrics.generate_latest(registry))
+    bucket = "buttress_call_duration_seconds_bucket"
+    assert value(samples, bucket, function="own.buckets", le="60.0") == 0
+    assert value(samples, bucket, function="own.buckets", le="300.0") == 1
+
+
+def test_buckets_for_every_function(registry: CollectorRegistry) -> None:
+    @monitor("global.buckets")
+    def fn() -> None: ...
+
+    fn()
+    try:
+        metrics.set_duration_buckets([0.01, 0.1, 1])
+        fn()
+        assert bucket_bounds(registry, "global.buckets") == ["0.01", "0.1", "1.0", "+Inf"]
+        samples = parse(metrics.generate_latest(registry))
+        count = "buttress_call_duration_seconds_count"
+        assert value(samples, count, function="global.buckets") == 1  # started again
+    finally:
+        metrics.set_duration_buckets(DURATION_BUCKETS)
+
+
+@pytest.mark.parametrize(
+    "buckets", [[], [1, 1], [2, 1], [0, 1], [1, math.inf], "1,2", [1, "x"]]
+)
+def test_bad_buckets_are_refused(buckets: object) -> None:
+    with pytest.raises(ConfigurationError, match="duration_buckets"):
+        monitor("bad", duration_buckets=buckets)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="duration_buckets"):
+        metrics.set_duration_buckets(buckets)  # type: ignore[arg-type]
+
+
+def test_one_series_has_one_set_of_buckets() -> None:
+    @monitor("shared.buckets", duration_buckets=[1, 2])
+    def one() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="already reports its durations"):
+
+        @monitor("shared.buckets", duration_buckets=[1, 3])
+        def two() -> None: ...
+
+
+# --- the forgotten metrics.enable() -------------------------------------------------------
+
+
+def test_a_hint_when_no_sink_is_enabled(caplog: pytest.LogCaptureFixture) -> None:
+    @monitor("unseen")
+    def fn() -> None: ...
+
+    _stats.hint_pending = True
+    with caplog.at_level(logging.WARNING, logger="buttress.metrics"):
+        fn()
+        fn()
+    hints = [r for r in caplog.records if r.name == "buttress.metrics"]
+    assert len(hints) == 1
+    assert "metrics.enable()" in hints[0].getMessage()
+
+
+def test_no_hint_with_metrics_enabled(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    @monitor("seen")
+    def fn() -> None: ...
+
+    _stats.hint_pending = True
+    with caplog.at_level(logging.WARNING, logger="buttress.metrics"):
+        fn()
+    assert not [r for r in caplog.records if r.name == "buttress.metrics"]
+    assert not _stats.hint_pending

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
+from ._monitoring._decorator import histogram_bounds
 from ._monitoring._emitter import exporter
-from ._monitoring._stats import counters
+from ._monitoring._stats import counters, duration_buckets
+from ._monitoring._stats import set_duration_buckets as _set_default_buckets
 from ._sinks._statsd import DogStatsdSink, tag
 
 if TYPE_CHECKING:
@@ -48,12 +50,14 @@ __all__ = [
     "current_registry",
     "disable",
     "disable_dogstatsd",
+    "duration_buckets",
     "enable",
     "enable_dogstatsd",
     "generate_latest",
     "push_to_gateway",
     "push_to_gateway_async",
     "render",
+    "set_duration_buckets",
 ]
 
 _lock = threading.Lock()
@@ -115,6 +119,25 @@ def disable() -> None:
             return
         registry.unregister(collector)
         counters.release()
+
+
+def set_duration_buckets(buckets: Sequence[float]) -> None:
+    """Set the default upper bounds of ``buttress_call_duration_seconds`` (and of
+    ``buttress_stream_first_item_seconds``) for every monitored function.
+
+    Functions given ``@monitor(duration_buckets=...)`` keep their own. Call it at start-up,
+    before the first calls: the histograms of the functions that use the default start
+    again in the new buckets (counts cannot be moved from one set of buckets to another).
+    :func:`duration_buckets` returns the bounds in force (1 ms to 30 s by default).
+
+    Args:
+        buckets: upper bounds in seconds, positive, finite and strictly increasing;
+            ``+Inf`` is always added.
+
+    Raises:
+        ConfigurationError: for bounds that cannot work.
+    """
+    _set_default_buckets(histogram_bounds(buckets, "duration_buckets"))
 
 
 def current_registry() -> CollectorRegistry | None:
