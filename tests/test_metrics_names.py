@@ -3,9 +3,11 @@ under one name by accident, one label set per family, configurable duration buck
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -27,6 +29,7 @@ from buttress import (
 )
 from buttress._monitoring import _stats
 from buttress._monitoring._stats import DURATION_BUCKETS
+from buttress._wrapping import check_names
 from buttress.testing import FakeClock, testing_mode
 
 
@@ -193,7 +196,7 @@ def test_every_function_carries_every_static_label(registry: CollectorRegistry) 
     @monitor("default.buckets")
     def other() -> None: ...
 
-    def serve_once() -> str:
+    def serve_once() -> str:  # its monitors die when it returns
         @monitor("route.embed", labels={"route": "/embed"})
         def route() -> int:
             return inner()
@@ -212,9 +215,9 @@ def test_every_function_carries_every_static_label(registry: CollectorRegistry) 
         label_sets = {
             frozenset(k for k in sample.labels if k not in ("outcome", "le"))
             for sample in families[name].samples
+            if sample.labels["function"] in ("route.embed", "inner.embed", "default.buckets")
         }
-        assert len(label_sets) == 1, name  # other tests' live monitors may add labels
-        assert {"function", "route"} <= next(iter(label_sets)), name
+        assert label_sets == {frozenset({"function", "route"})}, name
     samples = parse(text)
     assert value(
         samples, "buttress_calls_total", function="inner.embed", route="none", outcome="ok"
@@ -222,6 +225,12 @@ def test_every_function_carries_every_static_label(registry: CollectorRegistry) 
     assert value(
         samples, "buttress_calls_total", function="route.embed", route="/embed", outcome="ok"
     ) == 1
+    gc.collect()
+    # Monitors gone, their labels go (their series stay, with their own labels).
+    again = parse(metrics.generate_latest(registry))
+    assert ("buttress_calls_total", frozenset(
+        {("function", "default.buckets"), ("outcome", "ok")}
+    )) in again
 
 
 # --- duration buckets -----------------------------------------------------------------------
@@ -324,3 +333,102 @@ def test_no_hint_with_metrics_enabled(
         fn()
     assert not [r for r in caplog.records if r.name == "buttress.metrics"]
     assert not _stats.hint_pending
+
+
+# --- two functions, one name ----------------------------------------------------------------
+
+
+def collisions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records
+        if r.name == "buttress.metrics" and "two different functions" in r.getMessage()
+    ]
+
+
+def text_embed() -> Callable[..., Any]:
+    @cache_result(ttl=60)
+    def embed(text: str) -> int:
+        return len(text)
+
+    return embed
+
+
+def test_two_functions_under_one_default_name_are_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="buttress.metrics"):
+        first = make_in_module("pkg_text", "embed_text_or_image")
+        second = make_in_module("pkg_image", "embed_text_or_image")
+        check_names()
+    found = collisions(caplog)
+    assert len(found) == 1, found
+    assert "function='embed_text_or_image'" in found[0]
+    assert "pkg_text.embed_text_or_image" in found[0]
+    assert "pkg_image.embed_text_or_image" in found[0]
+    assert first is not second
+
+
+def test_a_monitor_naming_one_of_them_settles_it(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="buttress.metrics"):
+        first = make_in_module("pkg_text2", "embed_named_later")
+        # named by its monitor, applied after the cache layer: no false alarm
+        second = make_in_module(
+            "pkg_image2", "embed_named_later", monitor_name="image.embed_named_later"
+        )
+        check_names()
+    assert collisions(caplog) == []
+    assert second.monitor.name == "image.embed_named_later"
+    assert first is not second
+
+
+def test_the_same_name_given_twice_on_purpose_is_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="buttress.metrics"):
+        make_in_module("pkg_a", "score_on_purpose", monitor_name="shared.score")
+        make_in_module("pkg_b", "score_on_purpose", monitor_name="shared.score")
+        check_names()
+    assert collisions(caplog) == []
+
+
+def test_one_function_defined_again_is_not_a_collision(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="buttress.metrics"):
+        kept = [text_embed(), text_embed()]  # one definition, two function objects
+        check_names()
+    assert collisions(caplog) == []
+    assert kept[0] is not kept[1]
+
+
+def test_labels_tell_two_functions_apart(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="buttress.metrics"):
+        make_in_module("pkg_c", "rank_by_model", labels={"model": "a"})
+        make_in_module("pkg_d", "rank_by_model", labels={"model": "b"})
+        check_names()
+    assert collisions(caplog) == []
+
+
+def make_in_module(
+    module: str,
+    name: str,
+    *,
+    monitor_name: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> Any:
+    """A function ``name`` defined in a module of its own (as pkg.text.embed would be)."""
+    source = (
+        "from buttress import cache_result, monitor\n"
+        f"@monitor({monitor_name!r}, labels={labels!r})\n"
+        "@cache_result(ttl=60)\n"
+        f"def {name}(text):\n"
+        "    return len(text)\n"
+    )
+    namespace: dict[str, Any] = {"__name__": module}
+    exec(compile(source, f"<{module}>", "exec"), namespace)
+    made = namespace[name]
+    _kept.append(made)
+    return made
+
+
+_kept: list[Any] = []  # alive to the end: a collision is between live functions

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -26,6 +28,7 @@ from ._signature import signature_of
 __all__ = [
     "StackName",
     "WrapperFactory",
+    "check_names",
     "function_module",
     "function_name",
     "is_async_callable",
@@ -107,15 +110,19 @@ class StackName:
     Attributes:
         value: the name: the function's qualified name until a monitor names the stack.
         monitored: a ``@monitor`` layer took the name (then no other may change it).
+        named: that monitor was given the name outright (``@monitor("embed")``).
+        labels: the monitor's static labels, sorted (they make a series too).
         origin: where the function is defined (module and qualified name, file and line),
             which tells two different functions of one name from one redefined.
     """
 
-    __slots__ = ("__weakref__", "monitored", "origin", "value")
+    __slots__ = ("__weakref__", "labels", "monitored", "named", "origin", "value")
 
     def __init__(self, value: str, origin: tuple[str, str, str, int] | None = None) -> None:
         self.value = value
         self.monitored = False
+        self.named = False
+        self.labels: tuple[tuple[str, str], ...] = ()
         # a name given outright (a retrying block's) comes from nowhere in particular
         self.origin = origin if origin is not None else ("", value, "", 0)
 
@@ -168,7 +175,84 @@ def _claim(target: Any) -> StackName:
         _unclaimed.pop(target, None)
     except TypeError:
         pass
+    _settle(name)
     return name
+
+
+# --- two functions under one name ----------------------------------------------------------
+#
+# Two different functions reporting the same name and labels would share every series (the
+# calls of pkg.text.embed and pkg.image.embed, both "embed", added up). A stack's name is
+# final only once its outermost layer is applied, and nothing says when that is; but stacks
+# are built one after another, so a stack is checked when a layer of another one is applied
+# (at import time still), and the last one when the metrics are enabled or read
+# (:func:`check_names`).
+
+_collisions = logging.getLogger("buttress.metrics")
+_names_lock = threading.Lock()
+#: Stacks checked, by the name and labels they had then (looked up by their current ones).
+_checked: dict[tuple[str, tuple[tuple[str, str], ...]], list[weakref.ref[StackName]]] = {}
+_pending: weakref.ref[StackName] | None = None
+_reported: set[tuple[tuple[str, str, str, int], tuple[str, str, str, int]]] = set()
+
+
+def _settle(name: StackName) -> None:
+    """``name``'s stack got a layer: the stack touched before it is complete, check it."""
+    global _pending
+    with _names_lock:
+        previous = _pending() if _pending is not None else None
+        _pending = weakref.ref(name)
+    if previous is not None and previous is not name:
+        _check(previous)
+
+
+def check_names() -> None:
+    """Check the last stack built (the others were when the next one started)."""
+    global _pending
+    with _names_lock:
+        last = _pending() if _pending is not None else None
+        _pending = None
+    if last is not None:
+        _check(last)
+
+
+def _check(name: StackName) -> None:
+    key = (name.value, name.labels)
+    with _names_lock:
+        others = [
+            other
+            for ref in _checked.get(key, ())
+            if (other := ref()) is not None
+            and other is not name
+            and (other.value, other.labels) == key
+            and other.origin != name.origin
+            and not (other.named and name.named)  # the same name given on purpose
+        ]
+        if not any(ref() is name for ref in _checked.get(key, ())):
+            _checked.setdefault(key, []).append(weakref.ref(name))
+        fresh = [
+            other
+            for other in others
+            if (other.origin, name.origin) not in _reported
+            and (name.origin, other.origin) not in _reported
+        ]
+        _reported.update((other.origin, name.origin) for other in fresh)
+    for other in fresh:
+        _collisions.warning(
+            "two different functions report their metrics as function=%r%s: %s and %s; "
+            "their series are added up. Give each its own name (@monitor(\"...\") or "
+            "policy(monitor=\"...\")), or the same one to both on purpose",
+            name.value,
+            "".join(f", {key}={value!r}" for key, value in name.labels),
+            _where(other.origin),
+            _where(name.origin),
+        )
+
+
+def _where(origin: tuple[str, str, str, int]) -> str:
+    module, qualname, path, line = origin
+    place = f"{module}.{qualname}" if module else qualname
+    return f"{place} ({path}:{line})" if path else place
 
 
 def wrap(

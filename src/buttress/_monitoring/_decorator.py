@@ -231,6 +231,7 @@ class Site:
     """One monitored function: its names, compiled settings, totals and decisions."""
 
     __slots__ = (
+        "__weakref__",
         "func_name",
         "labels",
         "lean_limit",
@@ -269,7 +270,10 @@ class Site:
                     f"second @monitor cannot call it {settings.name!r}"
                 )
             stack.value = settings.name
+        if settings.name is not None:
+            stack.named = True
         stack.monitored = True
+        stack.labels = tuple(sorted(settings.labels.items()))
         self.name = stack.value
         self.labels = settings.labels
         self.level = settings.level
@@ -314,6 +318,7 @@ class Site:
         self.span_kind = settings.span_kind
         self.span_attributes = self._span_attributes(inner, code is not None)
         self.stats = function_stats(self.name, self.labels, settings.duration_buckets)
+        _stats.use_labels(self, self.labels)
         if self.track_output is not None:
             self.stats.track_output(self.output_bounds)
 

@@ -17,7 +17,8 @@ import bisect
 import importlib.util
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,8 @@ __all__ = [
     "hint_once",
     "set_duration_buckets",
     "snapshot",
+    "static_labels",
+    "use_labels",
 ]
 
 #: Call outcomes, in the order of :attr:`FunctionStats.outcomes`.
@@ -336,6 +339,38 @@ def function_stats(
             f"function the same buckets or another name"
         )
     return stats
+
+
+#: How many live monitors declare each static label: the per-function families carry
+#: every label some live monitor declares (see the Prometheus collector).
+_label_users: dict[str, int] = {}
+
+
+def use_labels(owner: object, names: Iterable[str]) -> None:
+    """Count ``names`` as declared static labels while ``owner`` (a monitor) lives."""
+    names = tuple(names)
+    if not names:
+        return
+    with _functions_lock:
+        for name in names:
+            _label_users[name] = _label_users.get(name, 0) + 1
+    weakref.finalize(owner, _release_labels, names)
+
+
+def _release_labels(names: tuple[str, ...]) -> None:
+    with _functions_lock:
+        for name in names:
+            left = _label_users.get(name, 0) - 1
+            if left > 0:
+                _label_users[name] = left
+            else:
+                _label_users.pop(name, None)
+
+
+def static_labels() -> list[str]:
+    """The names of the static labels the live monitors declare, sorted."""
+    with _functions_lock:
+        return sorted(_label_users)
 
 
 #: The default upper bounds of every duration histogram without buckets of its own.

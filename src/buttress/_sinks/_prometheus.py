@@ -31,6 +31,7 @@ from buttress._monitoring._stats import (
     OUTCOMES,
     counters,
     snapshot,
+    static_labels,
 )
 from buttress._monitoring._stats import DROPPED_FAMILY as _DROPPED
 from buttress._monitoring._stats import DURATION_FAMILY as _DURATION
@@ -109,9 +110,10 @@ class ButtressCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         # Samples are added one by one. One label set per family: every function carries
-        # every static label some monitor declared, MISSING_LABEL where it has none.
+        # every static label a live monitor declares, MISSING_LABEL where it has none (a
+        # function whose monitors are all gone, in tests, keeps its own labels too).
         functions = snapshot()
-        static = sorted({key for item in functions for key, _ in item.labels})
+        static = static_labels()
         calls = Metric(*_CALLS, "counter")
         duration = Metric(*_DURATION, "histogram")
         in_flight = Metric(*_IN_FLIGHT, "gauge")
@@ -123,6 +125,7 @@ class ButtressCollector(Collector):
             labels = {"function": item.name}
             for key in static:
                 labels[key] = own.get(key, MISSING_LABEL)
+            labels.update(own)
             for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
                 calls.add_sample("buttress_calls_total", {**labels, "outcome": outcome}, count)
             _histogram(
