@@ -56,6 +56,7 @@ PEERS: dict[str, str] = {
     "aiobreaker": "aiobreaker",
     "purgatory": "purgatory",
     "aiolimiter": "aiolimiter",
+    "limits": "limits",
     "pydantic": "pydantic",
     "prometheus-client": "prometheus_client",
     "beartype": "beartype",

@@ -27,13 +27,9 @@ import gc
 import itertools
 import logging
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -44,43 +40,11 @@ from typing import Any
 import _redis_wakeup as wakeup
 import buttress
 from _harness import Comparison, median_of
+from _redis_server import commands_sent as _monitor
+from _redis_server import redis_server as _redis_server
 
 TTL = 600
 Setup = Callable[[str], Awaitable[tuple[Callable[[int], Awaitable[Any]], Callable[[], Any]]]]
-
-
-# --- a private server -------------------------------------------------------------------
-
-
-@contextmanager
-def _redis_server() -> Iterator[str | None]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as directory:
-        server = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", directory],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
 
 
 # --- timing inside one loop ---------------------------------------------------------------
@@ -326,51 +290,6 @@ def _sync_hits(url: str, quick: bool) -> Comparison:
 
 
 # --- round trips and wake-ups, counted by the server ----------------------------------------
-
-
-@contextmanager
-def _monitor(url: str) -> Iterator[Counter[str]]:
-    """Count the commands clients send inside the block (``MONITOR``), leaving out those a
-    Lua script runs (part of its one ``EVALSHA``) and a new connection's handshake."""
-    import redis
-
-    seen: Counter[str] = Counter()
-    watcher = redis.Redis.from_url(url, socket_timeout=30)
-    marker = redis.Redis.from_url(url, socket_timeout=5)
-    started, stopped = threading.Event(), threading.Event()
-
-    def watch() -> None:
-        try:
-            with watcher.monitor() as monitor:
-                marker.echo("bench-start")
-                counting = False
-                while True:
-                    entry = monitor.next_command()
-                    words = entry["command"].split()
-                    if words[:2] == ["ECHO", "bench-start"]:
-                        counting = True
-                        started.set()
-                    elif words[:2] == ["ECHO", "bench-stop"]:
-                        return
-                    elif counting and entry.get("client_type") != "lua":
-                        command = words[0].lower()
-                        if command not in {"hello", "client", "auth", "select", "ping"}:
-                            seen[command] += 1
-        finally:
-            started.set()
-            stopped.set()
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    started.wait(10)
-    try:
-        yield seen
-    finally:
-        marker.echo("bench-stop")
-        stopped.wait(10)
-        thread.join(10)
-        marker.close()
-        watcher.close()
 
 
 def _describe(seen: Counter[str], calls: int) -> str:

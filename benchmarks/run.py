@@ -38,6 +38,7 @@ from _harness import PEERS, Comparison, Skip  # noqa: E402
 #: Modules run in this order (the order of the issues); any other bench_*.py after them.
 ORDER = (
     "retry", "validation", "cache", "memory", "monitor", "policies", "redis", "scale", "batch",
+    "fleet",
 )
 
 

@@ -100,6 +100,10 @@ FEATURE_OF: dict[str, str] = {
 FEATURE_DEPENDENCIES: dict[tuple[str, str], str] = {
     ("retry", "policies"): "@retry(budget=...) takes a RetryBudget (_policies._budget)",
     ("caching", "redis"): "RedisStore runs over the shared Redis connection (_redis)",
+    ("policies", "redis"): "shared rate limits, breakers and budgets keep their state "
+    "in a FleetStore (_redis)",
+    ("policies", "caching"): "shared rate limits and breakers are named as a shared cache "
+    "names functions (_caching._naming)",
 }
 
 #: Import names of the optional dependencies (the extras in pyproject.toml): a module

@@ -2,8 +2,9 @@
 
 Every ``benchmarks/bench_*.py`` must produce tables whose rows all carry a number, with a
 bare row wherever figures are per call; the scale cases must count what they claim
-(one computation per stampede for a single-flight cache). The Redis benchmark, when
-present, needs a redis-server like the Redis tests do.
+(one computation per stampede for a single-flight cache). The Redis benchmarks (the
+cache's, and the shared rate limit's of the fleet) need a redis-server like the Redis
+tests do, and run apart.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ def check_tables(results: list[dict[str, Any]]) -> None:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    """One quick run of every module but the Redis one (tested on its own below)."""
-    return run_quick(tmp_path_factory.mktemp("bench"), "-x", "redis")
+    """One quick run of every module but the Redis ones (tested on their own below)."""
+    return run_quick(tmp_path_factory.mktemp("bench"), "-x", "redis", "-x", "fleet")
 
 
 def test_quick_run_of_every_module(quick_run: tuple[dict[str, Any], str]) -> None:
     report, markdown = quick_run
-    expected = {path.stem for path in BENCHMARKS.glob("bench_*.py")} - {"bench_redis"}
+    expected = {path.stem for path in BENCHMARKS.glob("bench_*.py")} - {
+        "bench_redis",
+        "bench_fleet",
+    }
     modules = {module["name"]: module for module in report["modules"]}
     assert set(modules) == expected
     for name, module in modules.items():
@@ -126,19 +130,42 @@ def test_missing_peers_are_reported_not_hidden(tmp_path: Path) -> None:
     assert "peers NOT installed" in markdown
 
 
-def test_redis_benchmark(tmp_path: Path) -> None:
-    if not (BENCHMARKS / "bench_redis.py").exists():
-        pytest.skip("no benchmarks/bench_redis.py in this tree")
+def run_redis_module(tmp_path: Path, topic: str) -> dict[str, Any]:
+    """A quick run of ``bench_<topic>.py``, which needs a redis-server; its JSON."""
+    if not (BENCHMARKS / f"bench_{topic}.py").exists():
+        pytest.skip(f"no benchmarks/bench_{topic}.py in this tree")
     if shutil.which("redis-server") is None:
-        reason = "redis-server not found on PATH: the Redis benchmark cannot run"
+        reason = f"redis-server not found on PATH: bench_{topic} cannot run"
         if REQUIRE_REDIS:
             pytest.fail(reason + "; BUTTRESS_REQUIRE_REDIS=1 forbids skipping it")
         pytest.skip(reason)
-    report, _ = run_quick(tmp_path, "redis")
+    report, _ = run_quick(tmp_path, topic)
     (module,) = report["modules"]
     assert module["status"] == "ok", module["reason"]
     assert module["tables"] >= 1
     check_tables(report["results"])
+    return report
+
+
+def test_redis_benchmark(tmp_path: Path) -> None:
+    run_redis_module(tmp_path, "redis")
+
+
+def test_fleet_benchmark_counts_round_trips_and_admissions(tmp_path: Path) -> None:
+    report = run_redis_module(tmp_path, "fleet")
+    tables = {table["title"]: table for table in report["results"]}
+    latency = tables["shared rate limit, per admitted call, async function"]
+    rows = {row["name"]: row for row in latency["rows"]}
+    ours = rows["buttress.rate_limit(store=FleetStore)"]
+    assert ours["extra"]["round trips"] == 1.0  # one Lua script per admission
+    assert rows["buttress.rate_limit, in process"]["extra"]["round trips"] == 0
+    assert {row["kind"] for row in latency["rows"]} >= {"bare", "floor", "ours", "peer"}
+    (accuracy,) = [title for title in tables if title.startswith("shared rate limit accuracy")]
+    for row in tables[accuracy]["rows"]:
+        # 4 processes, 200/s for 2 s: generous bounds on a busy machine; a limit that
+        # did not hold across processes would admit several times as many.
+        assert 0.5 * 400 <= row["extra"]["admitted"] <= 1.1 * 400 + 4, row
+        assert row["extra"]["most in 1 s"] <= 1.1 * 200 + 4, row
 
 
 # --- the bench extra installs everything the suite imports --------------------------------

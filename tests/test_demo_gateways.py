@@ -25,6 +25,7 @@ from buttress import (
     ConfigurationError,
     Event,
     InputValidationError,
+    RateLimited,
     RetryScheduled,
     TimedOut,
     ValidationFailed,
@@ -139,6 +140,9 @@ def test_event_tally_counts_its_own_function_only() -> None:
         events.emit(TimedOut("mine.embed", 0.3))
         events.emit(BatchDispatched("mine.embed", 3, 0.001, "full", 1))
         events.emit(BatchDispatched("mine.embed", 2, 0.005, "max_wait", 1))
+        events.emit(RateLimited("mine.embed", 0.1, False))
+        events.emit(RateLimited("mine.embed", 0.0, True))
+        events.emit(RateLimited("mine.embed", 0.2, False))
     finally:
         tally.stop()
         others.stop()
@@ -159,6 +163,8 @@ def test_event_tally_counts_its_own_function_only() -> None:
         "attempt_timeouts": 1,
         "batches": 2,
         "batched_texts": 5,
+        "rate_waits": 2,
+        "rate_refusals": 1,
     }
     assert tally.mean_batch == 2.5
     assert others.retries == 1

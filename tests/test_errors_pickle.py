@@ -18,8 +18,10 @@ from buttress import (
     AttemptTimeoutError,
     BatchQueueFullError,
     BatchResultError,
+    BlockingCallWarning,
     BulkheadFullError,
     ButtressError,
+    ButtressWarning,
     CacheStoreError,
     CallTimeoutError,
     CircuitOpenError,
@@ -28,11 +30,15 @@ from buttress import (
     InputValidationError,
     MemoryPressureError,
     OutputValidationError,
+    RateLimitCostError,
     RateLimitExceeded,
     RedisStoreError,
     RefusedValueError,
     RejectedError,
     RetryError,
+    SharedSettingsError,
+    SharedStateError,
+    StackingWarning,
     StreamTimeoutError,
     UnencodableResultError,
     UnkeyableArgumentError,
@@ -53,6 +59,11 @@ INSTANCES: dict[type[BaseException], BaseException] = {
     ),
     CacheStoreError: CacheStoreError("store down"),
     RedisStoreError: RedisStoreError("down", operation="get", address="127.0.0.1:6379/0"),
+    RateLimitCostError: RateLimitCostError("too big", cost=5000, burst=1000, function="f"),
+    SharedStateError: SharedStateError("down", operation="admit", address="127.0.0.1:6379/0"),
+    SharedSettingsError: SharedSettingsError(
+        "differs", kind="rate_limit", name="embed", setting="rate", recorded="200", given="300"
+    ),
     RefusedValueError: RefusedValueError("bad signature", key="k", reason="signature"),
     UnencodableResultError: UnencodableResultError(
         "cannot encode", function="f", type_name="Lock", path="result[0]"
@@ -92,6 +103,9 @@ INSTANCES: dict[type[BaseException], BaseException] = {
     BatchResultError: BatchResultError(
         "3 results for 4 items", reason="length", expected=4, returned=3, function="embed_many"
     ),
+    ButtressWarning: ButtressWarning("a guardrail"),
+    BlockingCallWarning: BlockingCallWarning("f() is about to block the event loop"),
+    StackingWarning: StackingWarning("@monitor above @app.get() never sees a request"),
 }
 
 

@@ -239,22 +239,24 @@ async def test_waiters_start_in_arrival_order_at_their_slots() -> None:
 def test_cancelled_last_reservation_is_returned() -> None:
     with testing.testing_mode(FakeClock(auto_advance=False)):
         limiter = RateLimiter(10, 1.0, 1, math.inf)
-        assert limiter.acquire("f") == (0.0, 0.0)
-        wait, reserved = limiter.acquire("f")
+        assert limiter.reserve("f") == (0.0, None)
+        wait, reserved = limiter.reserve("f")
         assert wait == pytest.approx(0.1)
+        assert reserved is not None
         limiter.cancel(reserved)  # nobody queued behind it: its start comes back
-        assert limiter.acquire("f")[0] == pytest.approx(0.1)
+        assert limiter.reserve("f")[0] == pytest.approx(0.1)
 
 
 def test_cancelled_reservation_with_others_behind_stays_unused() -> None:
     with testing.testing_mode(FakeClock(auto_advance=False)):
         limiter = RateLimiter(10, 1.0, 1, math.inf)
-        limiter.acquire("f")
-        _, middle = limiter.acquire("f")  # start at 0.1
-        limiter.acquire("f")  # start at 0.2
+        limiter.reserve("f")
+        _, middle = limiter.reserve("f")  # start at 0.1
+        limiter.reserve("f")  # start at 0.2
+        assert middle is not None
         limiter.cancel(middle)
         # Handing 0.1 to a newcomer would overtake the waiter at 0.2; it stays unused.
-        assert limiter.acquire("f")[0] == pytest.approx(0.3)
+        assert limiter.reserve("f")[0] == pytest.approx(0.3)
 
 
 @pytest.mark.anyio

@@ -28,10 +28,12 @@ def test_all_lists_exactly_the_public_names() -> None:
         assert getattr(buttress, name) is not None, name
 
 
-def test_every_exported_error_is_a_buttress_error() -> None:
+def test_every_exported_error_is_a_buttress_error_and_every_warning_a_buttress_warning() -> None:
     for name in buttress.__all__:
         value = getattr(buttress, name)
-        if isinstance(value, type) and issubclass(value, BaseException):
+        if isinstance(value, type) and issubclass(value, Warning):
+            assert issubclass(value, buttress.ButtressWarning), name
+        elif isinstance(value, type) and issubclass(value, BaseException):
             assert issubclass(value, buttress.ButtressError), name
 
 

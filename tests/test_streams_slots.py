@@ -219,7 +219,7 @@ async def test_a_stream_cancelled_while_waiting_its_turn_gives_the_start_back() 
     assert quota.stats().delayed == 1
     # the cancelled wait returned its start: the next caller waits one interval, not two
     assert quota.stats().available == 0
-    wait, reserved = quota.acquire("probe")
+    wait, reserved = quota.reserve("probe")
     assert 59 < wait <= 60
     quota.cancel(reserved)
 

@@ -51,6 +51,15 @@ HEADLINE: tuple[tuple[str, ...], ...] = (
         "policies/rate limit, never waiting (rate far above the call rate), async function",
     ),
     ("`RedisStore` hit, async", "redis/Redis cache hit, async function with one int argument"),
+    (
+        "`@rate_limit(store=FleetStore)`, per admitted call, async",
+        "fleet/shared rate limit, per admitted call, async function",
+        "**buttress.rate_limit(store=FleetStore)**",
+    ),
+    (
+        "shared limit, 4 processes at 200/s for 10 s: off by",
+        "fleet/shared rate limit accuracy: 4 processes, 200/s for 10 s",
+    ),
 )
 
 

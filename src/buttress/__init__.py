@@ -50,6 +50,10 @@ The dependencies between features, each one way:
 
 - retry -> policies: ``@retry(budget=...)`` takes a ``RetryBudget`` (``_policies._budget``).
 - caching -> redis: ``RedisStore`` runs over the shared Redis connection (``_redis``).
+- policies -> redis: shared rate limits, breakers and budgets keep their state in a
+  ``FleetStore`` (``_redis``).
+- policies -> caching: shared rate limits and breakers are named as a shared cache names
+  functions (``_caching._naming``).
 
 A new module gets its layer in ``tests/test_architecture.py`` (which fails until it has
 one) and here; a new dependency between features is listed in both places too.
@@ -88,8 +92,10 @@ from ._caching import cache_result as cache_result
 from ._errors import AttemptTimeoutError as AttemptTimeoutError
 from ._errors import BatchQueueFullError as BatchQueueFullError
 from ._errors import BatchResultError as BatchResultError
+from ._errors import BlockingCallWarning as BlockingCallWarning
 from ._errors import BulkheadFullError as BulkheadFullError
 from ._errors import ButtressError as ButtressError
+from ._errors import ButtressWarning as ButtressWarning
 from ._errors import CacheStoreError as CacheStoreError
 from ._errors import CallTimeoutError as CallTimeoutError
 from ._errors import CircuitOpenError as CircuitOpenError
@@ -98,11 +104,15 @@ from ._errors import DataValidationError as DataValidationError
 from ._errors import InputValidationError as InputValidationError
 from ._errors import MemoryPressureError as MemoryPressureError
 from ._errors import OutputValidationError as OutputValidationError
+from ._errors import RateLimitCostError as RateLimitCostError
 from ._errors import RateLimitExceeded as RateLimitExceeded
 from ._errors import RedisStoreError as RedisStoreError
 from ._errors import RefusedValueError as RefusedValueError
 from ._errors import RejectedError as RejectedError
 from ._errors import RetryError as RetryError
+from ._errors import SharedSettingsError as SharedSettingsError
+from ._errors import SharedStateError as SharedStateError
+from ._errors import StackingWarning as StackingWarning
 from ._errors import StreamTimeoutError as StreamTimeoutError
 from ._errors import UnencodableResultError as UnencodableResultError
 from ._errors import UnkeyableArgumentError as UnkeyableArgumentError
@@ -127,6 +137,8 @@ from ._events import RateLimited as RateLimited
 from ._events import RetryBudgetExhausted as RetryBudgetExhausted
 from ._events import RetryGaveUp as RetryGaveUp
 from ._events import RetryScheduled as RetryScheduled
+from ._events import SharedStateLost as SharedStateLost
+from ._events import SharedStateRestored as SharedStateRestored
 from ._events import Subscription as Subscription
 from ._events import TimedOut as TimedOut
 from ._events import ValidationFailed as ValidationFailed
@@ -190,6 +202,7 @@ from ._validation import validate_output as validate_output
 if TYPE_CHECKING:  # the lazily imported names, for type checkers
     from ._caching._redis import RedisStore as RedisStore
     from ._caching._redis import RedisStoreStats as RedisStoreStats
+    from ._redis import FleetStore as FleetStore
 
 __all__ = [
     "ArraySpec",
@@ -204,6 +217,7 @@ __all__ = [
     "BatchStats",
     "BatchedFunction",
     "Batcher",
+    "BlockingCallWarning",
     "BreakerFunction",
     "BreakerState",
     "BreakerStats",
@@ -214,6 +228,7 @@ __all__ = [
     "BulkheadStats",
     "BulkheadWaited",
     "ButtressError",
+    "ButtressWarning",
     "CacheAccess",
     "CacheEntry",
     "CacheEviction",
@@ -237,6 +252,7 @@ __all__ = [
     "Event",
     "EventBus",
     "FallbackUsed",
+    "FleetStore",
     "GpuProbe",
     "HedgeStarted",
     "HedgeStats",
@@ -262,6 +278,7 @@ __all__ = [
     "Policy",
     "PolicyFunction",
     "PolicyMethod",
+    "RateLimitCostError",
     "RateLimitExceeded",
     "RateLimited",
     "RateLimitedFunction",
@@ -279,6 +296,11 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "Retrying",
+    "SharedSettingsError",
+    "SharedStateError",
+    "SharedStateLost",
+    "SharedStateRestored",
+    "StackingWarning",
     "StreamResume",
     "StreamTimeoutError",
     "Subscription",
@@ -314,6 +336,7 @@ __all__ = [
 
 #: Public names whose module imports an optional dependency: name -> module.
 _LAZY: dict[str, str] = {
+    "FleetStore": "buttress._redis",
     "RedisStore": "buttress._caching._redis",
     "RedisStoreStats": "buttress._caching._redis",
 }

@@ -29,16 +29,27 @@ none of this: their own signature is the one declaration.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-__all__ = ["BareOrCalled", "Decorate", "bare_or_called", "declare"]
+from ._settings import unexpected_keyword
+
+__all__ = [
+    "BareOrCalled",
+    "Decorate",
+    "bare_or_called",
+    "declare",
+    "keywords_of",
+    "suggests_keywords",
+]
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
 S = TypeVar("S")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: What a decorator returns once its settings are known: target in, wrapper out.
 Decorate = Callable[[Any], Any]
@@ -99,6 +110,8 @@ def declare(
         shown = [inspect.Parameter("fn", inspect.Parameter.POSITIONAL_ONLY, default=None)]
         parameters = shown + parameters
 
+    accepted = keywords_of(signature)
+
     def decorator(*args: Any, **kwargs: Any) -> Any:
         target = None
         if args and is_target(args[0]):
@@ -107,6 +120,10 @@ def declare(
             args = tuple(rest)
             if args:
                 raise TypeError(f"{name}() takes the function to decorate and keywords only")
+        if accepted is not None:
+            for keyword in kwargs:
+                if keyword not in accepted:  # a typo: suggest the setting meant
+                    raise unexpected_keyword(f"{name}()", keyword, accepted)
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:  # the message Python gives, naming the decorator
@@ -122,6 +139,43 @@ def declare(
         parameters=parameters, return_annotation=inspect.Signature.empty
     )
     return decorator
+
+
+def keywords_of(signature: inspect.Signature) -> frozenset[str] | None:
+    """The keywords a callable of ``signature`` takes; ``None`` when it takes any (``**``)."""
+    parameters = signature.parameters.values()
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(parameter.name for parameter in parameters if parameter.kind in kinds)
+
+
+def suggests_keywords(fn: F) -> F:
+    """``fn``, whose unexpected keyword arguments are answered with the near names.
+
+    For the decorators (and :func:`~buttress.policy`) whose own signature is the one
+    declaration of their settings: ``bulkhead(4, max_wating=2)`` raises ``TypeError:
+    bulkhead(): got an unexpected keyword argument 'max_wating'; did you mean
+    'max_waiting'?``. Nothing is checked before the call: the names are looked at only
+    when ``fn`` raised ``TypeError``, which Python does for an unexpected keyword before
+    running its body.
+    """
+    accepted = keywords_of(inspect.signature(fn))
+    if accepted is None:
+        return fn
+    where = f"{fn.__name__}()"
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TypeError:
+            for keyword in kwargs:
+                if keyword not in accepted:
+                    raise unexpected_keyword(where, keyword, accepted) from None
+            raise
+
+    return cast("F", checked)
 
 
 def bare_or_called(

@@ -1,13 +1,18 @@
-"""Every exception type buttress raises.
+"""Every exception and warning type buttress raises.
 
-Each subclasses :class:`ButtressError` and the builtin that fits, so callers can catch
-either the package's errors as a family or the ordinary builtin they already handle.
+Each error subclasses :class:`ButtressError` and the builtin that fits, so callers can
+catch either the package's errors as a family or the ordinary builtin they already handle.
+Each warning subclasses :class:`ButtressWarning` (and the builtin warning that fits), so
+``-W error::buttress.ButtressWarning`` turns every guardrail into a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +24,10 @@ __all__ = [
     "AttemptTimeoutError",
     "BatchQueueFullError",
     "BatchResultError",
+    "BlockingCallWarning",
     "BulkheadFullError",
     "ButtressError",
+    "ButtressWarning",
     "CacheStoreError",
     "CallTimeoutError",
     "CircuitOpenError",
@@ -29,17 +36,22 @@ __all__ = [
     "InputValidationError",
     "MemoryPressureError",
     "OutputValidationError",
+    "RateLimitCostError",
     "RateLimitExceeded",
     "RedisStoreError",
     "RefusedValueError",
     "RejectedError",
     "RetryError",
+    "SharedSettingsError",
+    "SharedStateError",
+    "StackingWarning",
     "StreamTimeoutError",
     "UnencodableResultError",
     "UnkeyableArgumentError",
     "ValidationProblem",
     "format_path",
     "is_fatal",
+    "warn",
 ]
 
 
@@ -455,6 +467,24 @@ class BulkheadFullError(RejectedError, RuntimeError):
 
 
 
+class RateLimitCostError(ButtressError, ValueError):
+    """A call's ``cost`` exceeds its rate limit's ``burst`` (or is not a number >= 0): it
+    could never start, so it fails at once instead of waiting forever. Nothing reached
+    the function; split the work, or raise ``burst``.
+
+    Attributes:
+        cost: the call's cost.
+        burst: the most that can start at once.
+        function: the qualified name of the refused function.
+    """
+
+    def __init__(self, message: str, *, cost: object, burst: int, function: str = "") -> None:
+        super().__init__(message)
+        self.cost = cost
+        self.burst = burst
+        self.function = function
+
+
 class RateLimitExceeded(RejectedError, RuntimeError):
     """``@rate_limit`` refused a call rather than make it wait (``wait=False`` or a wait
     longer than ``max_wait``).
@@ -485,6 +515,61 @@ class RateLimitExceeded(RejectedError, RuntimeError):
         self.retry_at = retry_at
         self.function = function
 
+
+
+# --- shared state ----------------------------------------------------------------------
+
+
+class SharedStateError(ButtressError, ConnectionError):
+    """A :class:`~buttress.FleetStore` with ``fail_open=False`` could not reach Redis, so
+    the call that needed the shared state (a shared rate limit's admission...) fails
+    instead of falling back to this process' own share; ``__cause__`` holds redis-py's
+    error.
+
+    Attributes:
+        operation: what the store was doing (``"admit"``, ``"claim"``...).
+        address: where Redis was expected (``host:port/db``, never a password).
+    """
+
+    def __init__(self, message: str, *, operation: str, address: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.address = address
+
+
+class SharedSettingsError(ConfigurationError):
+    """Another process already uses this shared name with other settings.
+
+    Names are the contract of state shared through a :class:`~buttress.FleetStore`: the
+    first process to use a name records its settings in Redis, and a process that uses
+    the name with different ones is refused (two limits under one name would each
+    believe the other's counts). Give the new settings a new name, or drop the record
+    with ``FleetStore.forget(kind, name)`` once no process uses the old ones.
+
+    Attributes:
+        kind: what is shared (``"rate_limit"``, ``"circuit_breaker"``...).
+        name: the shared name.
+        setting: the first setting that differs.
+        recorded: its value recorded in Redis (``None``: the record lacks it).
+        given: its value in this process (``None``: this process lacks it).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        name: str,
+        setting: str,
+        recorded: str | None,
+        given: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.setting = setting
+        self.recorded = recorded
+        self.given = given
 
 
 # --- batching --------------------------------------------------------------------------
@@ -571,6 +656,76 @@ def _rebuild_with_facts(
     BaseException.__init__(error, *args)
     error.__dict__.update(facts)
     return error
+
+
+# --- warnings --------------------------------------------------------------------------
+
+
+class ButtressWarning(UserWarning):
+    """Base class of every warning buttress gives.
+
+    A warning names a mistake that lets the code run but makes it do less than it seems
+    to (a decorator that never sees a call, a cache kept twice, an event loop blocked).
+    Each is given once per function (or per route), at the line of your code that did it.
+    """
+
+
+class BlockingCallWarning(ButtressWarning, RuntimeWarning):
+    """A plain (``def``) decorated function is about to wait on a thread running an event loop.
+
+    A retry backoff, a memory-guard wait, a bulkhead or rate-limit wait in the ``def``
+    form sleeps the thread; on the event loop's thread nothing else on the loop runs
+    meanwhile. Make the function ``async def`` (the coroutine form waits without blocking
+    the loop), or call it off the loop (``await anyio.to_thread.run_sync(fn)``).
+    """
+
+
+class StackingWarning(ButtressWarning):
+    """Decorators stacked so that one does nothing, or the same thing twice.
+
+    ``@monitor`` above ``@app.get(...)`` (the framework registered the function below
+    it, so the monitor never sees a request), or ``@cache_result`` over a function that
+    is cached already (two caches, each with its own TTL and invalidation).
+    """
+
+
+#: Where buttress' own modules live: a warning is shown at the first frame outside.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning], *, at: object = None) -> None:
+    """Give a warning at the line of the user's code that caused it.
+
+    Without ``at``, that is the innermost frame outside buttress on the stack (the call
+    or the decoration). With ``at``, the definition of that function (for a mistake found
+    later, as a web app starts), reached through ``__wrapped__`` and
+    ``functools.partial``.
+    """
+    if at is not None:
+        code = _code_of(at)
+        if code is not None:
+            module = getattr(at, "__module__", None) or "buttress"
+            warnings.warn_explicit(
+                message, category, code.co_filename, code.co_firstlineno, module=module
+            )
+            return
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _code_of(fn: object) -> Any:
+    seen = 0
+    while seen < 100:  # a __wrapped__ cycle must not hang a warning
+        seen += 1
+        inner = fn.func if isinstance(fn, functools.partial) else getattr(fn, "__wrapped__", None)
+        if inner is None:
+            break
+        fn = inner
+    return getattr(getattr(fn, "__func__", fn), "__code__", None)
 
 
 # --- helpers ---------------------------------------------------------------------------

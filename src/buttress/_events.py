@@ -41,6 +41,8 @@ __all__ = [
     "RetryBudgetExhausted",
     "RetryGaveUp",
     "RetryScheduled",
+    "SharedStateLost",
+    "SharedStateRestored",
     "Subscription",
     "TimedOut",
     "ValidationFailed",
@@ -288,6 +290,34 @@ class BatchRejected(Event):
     items already waited to be sent."""
 
     queued: int
+
+
+# --- shared state --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SharedStateLost(Event):
+    """State shared through a :class:`~buttress.FleetStore` became unreachable: this
+    process now decides alone (a rate limit on its local share) until Redis answers
+    again. ``kind`` is what is shared (``"rate_limit"``...), ``name`` its shared name,
+    ``address`` where Redis was, ``error`` what failed. Emitted once per outage and name.
+    """
+
+    kind: str
+    name: str
+    address: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class SharedStateRestored(Event):
+    """Redis answered again for a shared ``kind`` and ``name``: the shared state decides
+    once more, ``lost_for`` seconds after :class:`SharedStateLost`."""
+
+    kind: str
+    name: str
+    address: str
+    lost_for: float
 
 
 class Subscription(Generic[E]):

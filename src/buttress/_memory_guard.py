@@ -659,7 +659,7 @@ class MemoryAdmission:
         guard = self.guard
         if refusal is not None:
             for delay in guard.resolve(name, self.reserve, self.gpu_reserve, refusal):
-                _clock.sleep(delay)
+                _clock.sync_sleep(delay, guard, name, "memory_guard")
         elif events.active:
             guard.admitted(name, self.reserve)
         return self
@@ -730,7 +730,7 @@ def _sync_shell(guard: MemoryGuard) -> WrapperFactory:
             refusal = try_admit(own, gpu_own)
             if refusal is not None:
                 for delay in guard.resolve(stack.value, own, gpu_own, refusal):
-                    _clock.sleep(delay)
+                    _clock.sync_sleep(delay, guard, stack.value, "memory_guard")
             elif events.active:
                 guard.admitted(stack.value, own)
             if not (own or gpu_own):
@@ -794,7 +794,7 @@ def _sync_stream_shell(guard: MemoryGuard) -> WrapperFactory:
             refusal = guard.try_admit(own, gpu_own)
             if refusal is not None:
                 for delay in guard.resolve(stack.value, own, gpu_own, refusal):
-                    _clock.sleep(delay)
+                    _clock.sync_sleep(delay, guard, stack.value, "memory_guard")
             elif events.active:
                 guard.admitted(stack.value, own)
             return _held(guard, own, gpu_own)

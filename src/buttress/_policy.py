@@ -19,6 +19,7 @@ the decorator it belongs to, when the policy is built.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 from ._batching import Batcher
 from ._batching import batch as _batch
 from ._caching import CacheHandle, cache_result
+from ._declare import keywords_of, suggests_keywords
 from ._errors import ConfigurationError
 from ._memory_guard import MemoryGuard, memory_guard
 from ._monitoring import MonitorHandle, monitor
@@ -41,6 +43,7 @@ from ._policies import (
     timeout,
 )
 from ._retry import retry
+from ._settings import unexpected_keyword
 from ._validation import validate_input, validate_output
 
 if TYPE_CHECKING:
@@ -60,13 +63,26 @@ Setting = bool | Mapping[str, Any] | int | float | str | timedelta | None
 Decorator = Callable[[Callable[..., Any]], Any]
 
 
-def _keywords(factory: Callable[..., Decorator], shorthand: str | None) -> Callable[..., Any]:
-    """Build a layer from ``True``, a dict of keyword arguments, or the shorthand value."""
+def _keywords(
+    factory: Callable[..., Decorator],
+    shorthand: str | None,
+    passes_to: Callable[..., Any] | None = None,
+) -> Callable[..., Any]:
+    """Build a layer from ``True``, a dict of keyword arguments, or the shorthand value.
+
+    ``passes_to`` is the decorator a ``factory`` taking ``**settings`` passes them on to:
+    the keywords a dict may hold are then its own and that decorator's.
+    """
+    takes = _accepted(factory, passes_to)
 
     def build(layer: str, setting: Setting) -> Decorator:
         if setting is True:
             return factory()
         if isinstance(setting, Mapping):
+            if takes is not None:
+                for keyword in setting:
+                    if keyword not in takes:  # a typo: suggest the setting meant
+                        raise unexpected_keyword(f"policy({layer}={{...}})", keyword, takes)
             return factory(**setting)
         if shorthand is not None and not isinstance(setting, bool):
             return factory(**{shorthand: setting})
@@ -76,6 +92,29 @@ def _keywords(factory: Callable[..., Decorator], shorthand: str | None) -> Calla
         raise ConfigurationError(f"policy(): {layer} must be {accepted}; got {setting!r}")
 
     return build
+
+
+def _accepted(
+    factory: Callable[..., Any], passes_to: Callable[..., Any] | None
+) -> frozenset[str] | None:
+    """The keywords a layer's dict may hold; ``None`` when any may be right."""
+    signature = inspect.signature(factory)
+    accepted = keywords_of(signature)
+    if accepted is not None or passes_to is None:
+        return accepted
+    inner = keywords_of(inspect.signature(passes_to))
+    if inner is None:
+        return None
+    named = keywords_of(
+        signature.replace(
+            parameters=[
+                parameter
+                for parameter in signature.parameters.values()
+                if parameter.kind is not parameter.VAR_KEYWORD
+            ]
+        )
+    )
+    return inner | (named or frozenset())
 
 
 # validate_output and fallback take their main setting positionally.
@@ -99,7 +138,7 @@ def _fallback(value: Any = _NO_VALUE, **settings: Any) -> Decorator:
 _LAYERS: tuple[tuple[str, Callable[[str, Setting], Decorator]], ...] = (
     ("monitor", _keywords(monitor, "name")),
     ("validate", _keywords(validate_input, None)),
-    ("fallback", _keywords(_fallback, "value")),
+    ("fallback", _keywords(_fallback, "value", fallback)),
     ("timeout", _keywords(timeout, "seconds")),
     ("cache", _keywords(cache_result, "ttl")),
     ("batch", _keywords(_batch, "max_size")),
@@ -109,7 +148,7 @@ _LAYERS: tuple[tuple[str, Callable[[str, Setting], Decorator]], ...] = (
     ("rate_limit", _keywords(rate_limit, "rate")),
     ("memory_guard", _keywords(memory_guard, None)),
     ("attempt_timeout", _keywords(timeout, "seconds")),
-    ("validate_output", _keywords(_validate_output, "spec")),
+    ("validate_output", _keywords(_validate_output, "spec", validate_output)),
 )
 
 #: The keyword of each layer, outermost first.
@@ -285,6 +324,7 @@ class Policy:
         return "policy(" + " > ".join(repr(layer) for layer in self._layers) + ")"
 
 
+@suggests_keywords
 def policy(
     *,
     monitor: Setting = None,

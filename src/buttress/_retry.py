@@ -384,7 +384,7 @@ def _sync_shell(retrier: _Retrier) -> WrapperFactory:
                     if run is None:
                         run = _Run(retrier, name, start)
                     delay = run.after_result(result)
-                _clock.sleep(delay)
+                _clock.sync_sleep(delay, retrier, name.value, "retry")
 
         return retry_wrapper
 
@@ -747,7 +747,7 @@ class _SyncAttempts(_Attempts):
         if delay is None:
             raise StopIteration
         if delay:
-            _clock.sleep(delay)
+            _clock.sync_sleep(delay, self.retrier, self.name, "retry")
         return self.attempt()
 
 

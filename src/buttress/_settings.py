@@ -8,11 +8,13 @@ module defining the decorated function is imported.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 from ._errors import ConfigurationError
 
@@ -20,14 +22,22 @@ from ._errors import ConfigurationError
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
 __all__ = [
+    "ABSENT",
+    "Difference",
     "ExceptionTypes",
     "byte_size",
     "choice",
+    "compared_fields",
+    "differences",
     "exception_types",
+    "name_conflict",
+    "nearest",
     "non_negative_int",
     "positive_int",
     "ratio",
     "seconds",
+    "shown",
+    "unexpected_keyword",
 ]
 
 
@@ -164,4 +174,112 @@ def byte_size(value: object, name: str) -> int:
             return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     raise ConfigurationError(
         f"{name} must be a number of bytes or a size such as '512MiB' or '2GB', got {value!r}"
+    )
+
+
+# --- names that are not settings ----------------------------------------------------------
+
+
+def unexpected_keyword(where: str, keyword: str, accepted: Iterable[str]) -> TypeError:
+    """The error for ``keyword``, which ``where`` does not take: the near names suggested.
+
+    ``where`` names the call (``"retry()"``, ``"policy(retry={...})"``). The suggestion
+    comes from :func:`difflib.get_close_matches`; without a near name, the accepted ones
+    are listed. A ``TypeError``, as Python's own for an unexpected keyword.
+    """
+    names = sorted(accepted)
+    near = nearest(keyword, names)
+    if near is not None:
+        hint = f"did you mean {near!r}?"
+    else:
+        hint = "it takes " + ", ".join(names) if names else "it takes no keywords"
+    return TypeError(f"{where}: got an unexpected keyword argument {keyword!r}; {hint}")
+
+
+def nearest(word: str, names: Iterable[str]) -> str | None:
+    """The one of ``names`` that ``word`` is most likely a typo of, if any is close."""
+    near = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+# --- one name, two sets of settings ---------------------------------------------------------
+
+#: Stands for a setting one side of a comparison does not have.
+ABSENT: Final = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Difference:
+    """One setting that differs between what a name already has and what is now given.
+
+    ``recorded`` or ``given`` is :data:`ABSENT` when that side lacks the setting.
+    """
+
+    setting: str
+    recorded: object
+    given: object
+
+
+def shown(value: object) -> str:
+    """A setting's value as a message shows it: classes by name, numbers as written."""
+    if value is ABSENT:
+        return "no such setting"
+    if isinstance(value, type):
+        return value.__qualname__
+    if isinstance(value, tuple):
+        inner = ", ".join(shown(item) for item in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, float):
+        return f"{value:g}" if value.is_integer() or abs(value) >= 1e-4 else repr(value)
+    return repr(value)
+
+
+def compared_fields(settings: object) -> dict[str, object]:
+    """The fields of a settings dataclass that take part in its equality, by name."""
+    return {
+        field.name: getattr(settings, field.name)
+        for field in dataclasses.fields(settings)  # type: ignore[arg-type]
+        if field.compare
+    }
+
+
+def differences(recorded: Mapping[str, object], given: Mapping[str, object]) -> list[Difference]:
+    """Every setting whose value differs, in ``recorded``'s order, then ``given``'s new ones."""
+    names = list(recorded) + [name for name in given if name not in recorded]
+    found = []
+    for name in names:
+        before, now = recorded.get(name, ABSENT), given.get(name, ABSENT)
+        if before is not now and before != now:
+            found.append(Difference(name, before, now))
+    return found
+
+
+def _setting(name: str, value: object) -> str:
+    return f"no {name}" if value is ABSENT else f"{name}={shown(value)}"
+
+
+def name_conflict(
+    kind: str,
+    name: str,
+    found: Sequence[Difference],
+    *,
+    where: str = "in this process",
+    remedy: str = "",
+) -> str:
+    """The message for a ``name`` already used by a ``kind`` with other settings.
+
+    It names the first setting that differs with both values, and the others that
+    differ too; ``where`` says where the first settings live, ``remedy`` what to do
+    (by default: another name, or the same settings).
+    """
+    first = found[0]
+    others = [difference.setting for difference in found[1:]]
+    also = f" (also different: {', '.join(others)})" if others else ""
+    return (
+        f"name={name!r}: a {kind} of this name exists {where} with "
+        f"{_setting(first.setting, first.recorded)}, and this one has "
+        f"{_setting(first.setting, first.given)}{also}. One name means one {kind} with one "
+        "state, so every use of it "
+        "must give the same settings; "
+        + (remedy or "give these settings another name, or give the same ones")
     )

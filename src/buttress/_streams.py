@@ -45,7 +45,7 @@ import anyio
 
 from . import _clock
 from ._errors import is_fatal
-from ._wrapping import WrapperFactory
+from ._wrapping import WrapperFactory, function_name
 
 __all__ = [
     "Holding",
@@ -331,8 +331,8 @@ def sync_stream_shell(open_session: Callable[..., Session]) -> WrapperFactory:
                         continue
                     source.close()
                     source = None
-                    if restart.delay:
-                        _clock.sleep(restart.delay)
+                    if restart.delay:  # a retry's backoff between runs
+                        _clock.sync_sleep(restart.delay, fn, function_name(fn), "retry")
                     if restart.source is not None:
                         source = sync_items(restart.source)
                     else:

@@ -18,22 +18,26 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from ._errors import StackingWarning, warn
 from ._signature import signature_of
 
 __all__ = [
     "StackName",
     "WrapperFactory",
     "check_names",
+    "decorated_above",
     "function_module",
     "function_name",
     "is_async_callable",
     "stack_name",
     "stream_kind",
+    "warn_decorated_above",
     "wrap",
 ]
 
@@ -333,4 +337,76 @@ def wrap(
     if attributes:
         for name, value in attributes.items():
             setattr(wrapper, name, value)
+    _decorators[wrapper] = decorator
     return wrapper
+
+
+# --- decorators above a route decorator ----------------------------------------------------
+
+#: Every wrapper :func:`wrap` made, with its decorator's name; held weakly.
+_decorators: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def decorated_above(endpoint: object) -> tuple[str, ...]:
+    """The buttress decorators applied *above* the route decorator that registered ``endpoint``.
+
+    A route decorator (``@app.get(...)``, aiohttp's ``@routes.get(...)``) registers the
+    function it receives and returns it unchanged, so a decorator written above it wraps
+    a function the framework never calls. Seen from the registered ``endpoint``: its
+    module binds its name to something else, whose ``__wrapped__`` chain reaches
+    ``endpoint`` through buttress wrappers. Those decorators' names come back, outermost
+    first; ``()`` when there are none, or when ``endpoint`` cannot be found by name (a
+    function defined inside another function, a lambda, a callable object).
+    """
+    module = sys.modules.get(getattr(endpoint, "__module__", None) or "")
+    qualname = getattr(endpoint, "__qualname__", None)
+    if module is None or not isinstance(qualname, str) or "<" in qualname:
+        return ()
+    bound: Any = module
+    for part in qualname.split("."):
+        bound = inspect.getattr_static(bound, part, None)
+        if bound is None:
+            return ()
+    bound = getattr(bound, "__func__", bound)  # a classmethod or staticmethod
+    names: list[str] = []
+    for _ in range(100):  # a __wrapped__ cycle must not hang an app's start
+        if bound is endpoint:
+            return tuple(names)
+        name = _decorators.get(bound) if _weakrefable(bound) else None
+        if name is not None:
+            names.append(name)
+        bound = getattr(bound, "__wrapped__", None)
+        if bound is None:
+            return ()
+    return ()
+
+
+def _weakrefable(value: object) -> bool:
+    try:
+        weakref.ref(value)
+    except TypeError:
+        return False
+    return True
+
+
+def warn_decorated_above(route: str, endpoint: object, framework: str, example: str) -> bool:
+    """Warn (:class:`~buttress.StackingWarning`) when buttress decorators sit above a route.
+
+    ``route`` names the route for the message (``"GET /embed"``), ``framework`` the
+    framework and ``example`` its route decorator (``"@app.get(...)"``). The warning
+    points at the endpoint's definition. Returns whether it warned.
+    """
+    names = decorated_above(endpoint)
+    if not names:
+        return False
+    listed = ", ".join(f"@{name}" for name in names)
+    function = function_name(endpoint)
+    warn(
+        f"{listed} above the route decorator of {route}: {framework} registered "
+        f"{function}() as it was below {listed}, so {listed} never runs for a request to "
+        f"{route} (no record, no metric, no retry). Put buttress decorators below the "
+        f"route decorator, which goes on top ({example})",
+        StackingWarning,
+        at=endpoint,
+    )
+    return True

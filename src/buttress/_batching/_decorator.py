@@ -36,6 +36,7 @@ import anyio
 import numpy as np
 
 from buttress import _clock, _settings
+from buttress._declare import suggests_keywords
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._signature import signature_of
 from buttress._wrapping import (
@@ -245,6 +246,7 @@ def _sync_one(batcher: Batcher, fn: Callable[..., Any]) -> Callable[[Any], Any]:
                 raise
         elif action == WAKE:
             batch.timer.set()
+        _clock.blocking_wait(batcher, name, "batch", None)
         try:
             done.wait()
         except BaseException:  # KeyboardInterrupt while waiting
@@ -416,6 +418,7 @@ class _Decorator(Protocol):
 # --- the decorator -------------------------------------------------------------------------
 
 
+@suggests_keywords
 def batch(
     max_size: int = 64,
     max_wait: float | timedelta = 0.005,

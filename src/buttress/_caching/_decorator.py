@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from buttress._declare import Decorate, declare
-from buttress._errors import ConfigurationError
+from buttress._errors import ConfigurationError, StackingWarning, warn
 from buttress._wrapping import function_name, wrap
 
 from ._handle import CachedFunction, CacheHandle
@@ -131,6 +131,8 @@ def cache_result(policy: Policy) -> Decorate:
                     "cache_result(name=...)"
                 )
             named.append(target)
+        if isinstance(getattr(getattr(target, "__func__", target), "cache", None), CacheHandle):
+            _warn_cached_twice(target)
         handle: CacheHandle[Any, Any] = CacheHandle()
         return wrap(
             target,
@@ -142,3 +144,14 @@ def cache_result(policy: Policy) -> Decorate:
         )
 
     return decorate
+
+
+def _warn_cached_twice(target: Any) -> None:
+    name = function_name(getattr(target, "__func__", target))
+    warn(
+        f"@cache_result over {name}(), which is cached already (a @cache_result or "
+        "policy(cache=...) below): each result is kept twice, under two TTLs, and "
+        f"{name}.cache.invalidate() reaches only the outer cache. Keep one: with "
+        "policy(), give its cache= the settings, and drop the other decorator",
+        StackingWarning,
+    )

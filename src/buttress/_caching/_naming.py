@@ -39,8 +39,12 @@ _DEPTH: Final = 4
 _VARIANT_LENGTH: Final = 12
 
 
-def shared_name(fn: Callable[..., Any], name: str | None) -> tuple[str, str]:
-    """``(function, module)`` for the :class:`CacheScope` of ``fn`` in a shared store.
+def shared_name(
+    fn: Callable[..., Any], name: str | None, decorator: str = "cache_result"
+) -> tuple[str, str]:
+    """``(function, module)`` for the :class:`CacheScope` of ``fn`` in a shared store
+    (also the default name of a shared ``@rate_limit``: ``decorator`` names the one the
+    message tells to give a ``name=``).
 
     Raises:
         ConfigurationError: ``fn`` captured a value with no stable encoding, and no
@@ -57,11 +61,11 @@ def shared_name(fn: Callable[..., Any], name: str | None) -> tuple[str, str]:
             encoded = _stable(value)
         except UnkeyableArgumentError:
             raise ConfigurationError(
-                f"{qualname} is cached in a store shared between processes, which knows "
+                f"{qualname} keeps state in a store shared between processes, which knows "
                 f"functions by name, and it captured {label} (a {type(value).__qualname__}) "
                 "that no other process can compare: another function of the same name "
-                "(made by the same factory with another value) could read its entries. "
-                "Give it a name of its own: @cache_result(name='...', store=...)"
+                "(made by the same factory with another value) could share its state. "
+                f"Give it a name of its own: @{decorator}(name='...', store=...)"
             ) from None
         digest.update(label.encode() + b"\0" + encoded + b"\0")
     if not captured:

@@ -97,6 +97,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     if isinstance(step, Compute):
                         reply = fn(*args, **kwargs)
                     elif isinstance(step, Wait):
+                        _clock.blocking_wait(core, stack.value, "cache_result", None)
                         step.on.wait()
                     elif isinstance(step, Read):
                         if step.lead:

@@ -5,13 +5,20 @@ It starts, on 127.0.0.1 and in one process: two copies of a misbehaving embeddin
 (:mod:`.gateways`), and a load generator (:mod:`.load`) that sends both the same seeded
 traffic at the same moments. Then it prints a side-by-side report (:mod:`.report`) and
 writes a latency picture and the run's Prometheus metrics.
+
+With ``--replicas N`` (N >= 2) a third column joins them: a fleet of N resilient gateway
+processes behind the same load generator, sharing their cache and the upstream's rate
+limit through Redis (:mod:`.fleet`, :mod:`.replica`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import importlib.util
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -22,12 +29,20 @@ from typing import TextIO
 
 import anyio
 
-from .gateways import PlainGateway, ResilienceSettings, ResilientGateway
+from .gateways import (
+    FLEET,
+    FleetLimit,
+    PlainGateway,
+    ResilienceSettings,
+    ResilientGateway,
+    resilience_policy,
+)
 from .load import Progress, drive, plan_traffic
 from .observe import export_otlp, observe_run, otlp_missing
 from .report import (
     PLOT_HINT,
     PROMETHEUS_HINT,
+    FleetFacts,
     GatewayReport,
     RunInfo,
     prometheus_text,
@@ -40,6 +55,7 @@ __all__ = [
     "DemoOptions",
     "DemoResult",
     "add_arguments",
+    "fleet_problem",
     "main",
     "options_from_args",
     "run_demo",
@@ -47,6 +63,10 @@ __all__ = [
 ]
 
 DEFAULT_OUT = Path("buttress-demo")
+REDIS_HINT = (
+    "give --redis URL, or install redis-server (Debian and Ubuntu: apt-get install "
+    "redis-server; macOS: brew install redis)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +90,17 @@ class DemoOptions:
     progress: bool = True
     #: an OTLP/HTTP endpoint to send the run's traces and metrics to (``--otlp``)
     otlp: str | None = None
+    #: gateway processes of the fleet column (``--replicas``); 1: no fleet
+    replicas: int = 1
+    #: the Redis the fleet shares (``--redis``); ``None``: a private redis-server
+    redis: str | None = None
+    #: upstream requests per second the whole fleet may send (``--fleet-rate``)
+    fleet_rate: float = 20.0
+
+    def fleet_limit(self) -> FleetLimit:
+        """The fleet's shared rate limit: a request waits half its deadline at most."""
+        deadline = ResilienceSettings.for_client_timeout(self.timeout).deadline
+        return FleetLimit(rate=self.fleet_rate, burst=5, max_wait=deadline / 2)
 
     def faults(self) -> Faults:
         """The upstream's behaviour; the outage defaults to 40-50% of the run."""
@@ -140,6 +171,11 @@ async def run_demo(
         concurrency=options.concurrency,
         seed=seed,
     )
+    settings = ResilienceSettings.for_client_timeout(
+        options.timeout, duration=options.duration, dim=faults.dim
+    )
+    fleet_upstream: Upstream | None = None
+    fleet_report: GatewayReport | None = None
     async with (
         observe_run(monitor_log) as observation,
         export_otlp(options.otlp),
@@ -148,30 +184,48 @@ async def run_demo(
         # Each gateway has its own upstream, seeded alike, so each one's calls are its own.
         plain_upstream = Upstream(faults, seed=seed)
         resilient_upstream = Upstream(faults, seed=seed)
-        for upstream in (plain_upstream, resilient_upstream):
+        upstreams = [plain_upstream, resilient_upstream]
+        if options.replicas > 1:
+            fleet_upstream = Upstream(faults, seed=seed)
+            upstreams.append(fleet_upstream)
+        for upstream in upstreams:
             await upstream.start()
             stack.push_async_callback(upstream.stop)
         plain = PlainGateway(plain_upstream.url)
-        resilient = ResilientGateway(
-            resilient_upstream.url,
-            settings=ResilienceSettings.for_client_timeout(
-                options.timeout, duration=options.duration, dim=faults.dim
-            ),
-        )
+        resilient = ResilientGateway(resilient_upstream.url, settings=settings)
         gateways = (plain, resilient)
         for gateway in gateways:
             await gateway.start()
             stack.push_async_callback(gateway.stop)
+        targets: dict[str, str | list[str]] = {gateway.name: gateway.url for gateway in gateways}
+        fleet = None
+        if fleet_upstream is not None:
+            # redis-py is needed for a fleet only (fleet_problem() checked it is there).
+            from . import fleet as _fleet
+
+            fleet = await stack.enter_async_context(
+                _fleet.start_fleet(
+                    options.replicas,
+                    upstream=fleet_upstream.url,
+                    redis_url=options.redis,
+                    limit=options.fleet_limit(),
+                    client_timeout=options.timeout,
+                    duration=options.duration,
+                    dim=faults.dim,
+                    logs=None if monitor_log is None else monitor_log.parent,
+                )
+            )
+            targets[FLEET] = fleet.urls
 
         bar = None
         if progress is not None:
-            bar = Progress(len(plan) * len(gateways), [g.name for g in gateways], stream=progress)
+            bar = Progress(len(plan) * len(targets), list(targets), stream=progress)
         origin = time.monotonic()
-        plain_upstream.begin(origin)
-        resilient_upstream.begin(origin)
+        for upstream in upstreams:
+            upstream.begin(origin)
         outcomes = await drive(
             plan,
-            {gateway.name: gateway.url for gateway in gateways},
+            targets,
             concurrency=options.concurrency,
             patience=options.timeout,
             dim=faults.dim,
@@ -180,11 +234,28 @@ async def run_demo(
         )
         # Clients are done; let the gateways finish what they still hold (handlers outlive
         # a client that gave up) so that every upstream call is counted.
-        plain_upstream.release()
-        resilient_upstream.release()
+        for upstream in upstreams:
+            upstream.release()
         with anyio.move_on_after(options.timeout + 5.0):
             for gateway in gateways:
                 await gateway.wait_idle()
+        if fleet is not None and fleet_upstream is not None:
+            replicas = await fleet.stop(options.timeout + 30.0)
+            facts = FleetFacts(
+                replicas, fleet.limit, "a private redis-server" if fleet.private else fleet.redis
+            )
+            fleet_report = GatewayReport(
+                name=FLEET,
+                outcomes=outcomes[FLEET],
+                received=sum(replica.requests for replica in replicas),
+                upstream_calls=fleet_upstream.total,
+                gateway_upstream_calls=sum(facts.upstream_calls),
+                faults=fleet_upstream.served.copy(),
+                layers=resilience_policy(settings, limit=fleet.limit).layers,
+                tally=facts.tally(f"{FLEET}.embed"),
+                peak_requests=fleet_upstream.peak_rate()[0],
+                fleet=facts,
+            )
         observation.capture()
 
         reports = [
@@ -197,17 +268,37 @@ async def run_demo(
                 faults=upstream.served.copy(),
                 layers=gateway.layer_names,
                 tally=getattr(gateway, "tally", None),
+                peak_requests=upstream.peak_rate()[0],
             )
             for gateway, upstream in ((plain, plain_upstream), (resilient, resilient_upstream))
         ]
+        if fleet_report is not None:
+            reports.append(fleet_report)
     return DemoResult(
         info,
         reports,
-        [plain_upstream, resilient_upstream],
+        upstreams,
         metrics_text=observation.metrics_text,
         monitor_log=monitor_log,
         otlp=options.otlp,
     )
+
+
+async def fleet_problem(options: DemoOptions) -> str | None:
+    """Why the fleet of ``options.replicas`` cannot run here, or ``None`` (also when no
+    fleet is asked for): redis-py missing, the ``--redis`` server not answering, or no
+    ``redis-server`` to start a private one."""
+    if options.replicas < 2:
+        return None
+    if importlib.util.find_spec("redis") is None:
+        return "the fleet needs redis-py (pip install 'buttress[redis]')"
+    from . import fleet as _fleet
+
+    if options.redis is not None:
+        return await _fleet.redis_problem(options.redis)
+    if shutil.which("redis-server") is None:
+        return "no --redis URL was given and there is no redis-server on PATH to start one"
+    return None
 
 
 def write_outputs(result: DemoResult, out: Path) -> list[str]:
@@ -274,6 +365,12 @@ histogram (PNG, needs matplotlib: pip install 'buttress[plot]'), the run's Prome
 metrics (needs prometheus-client) and the resilient gateway's @monitor records (JSON
 lines) into --out.
 
+With --replicas N (2 or more), a third column: a fleet of N resilient gateway
+processes behind the same load generator (round robin), sharing their cache, the
+upstream's rate limit and the breaker through Redis (--redis URL, or a private
+redis-server started for the run and stopped at its end). Without Redis the demo says
+why and runs without the fleet.
+
 The default run takes about 25 seconds."""
 
 EPILOG = """\
@@ -282,7 +379,9 @@ examples:
   python -m buttress demo --seed 42             the same traffic and faults every time
   python -m buttress demo --duration 10 --requests 400 --error-rate 0.3
   python -m buttress demo --outage-length 0 --hang-rate 0    no outage, no hangs
-  python -m buttress demo --otlp http://127.0.0.1:4318      traces to a collector"""
+  python -m buttress demo --otlp http://127.0.0.1:4318      traces to a collector
+  python -m buttress demo --replicas 3          a fleet of 3 processes sharing Redis
+  python -m buttress demo --replicas 3 --redis redis://127.0.0.1:6379/0"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -390,6 +489,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long the outage lasts; 0 for none (default: 10%% of --duration)",
     )
+    fleet = parser.add_argument_group(
+        "fleet", "gateway processes that share their state through Redis"
+    )
+    fleet.add_argument(
+        "--replicas",
+        type=_positive_int,
+        default=defaults.replicas,
+        metavar="N",
+        help="add a fleet of N resilient gateway processes (2 or more) behind the load "
+        "generator, sharing their cache, the upstream's rate limit and the breaker through "
+        "Redis "
+        "(default: %(default)s, no fleet)",
+    )
+    fleet.add_argument(
+        "--redis",
+        metavar="URL",
+        help="the Redis the fleet shares, such as redis://127.0.0.1:6379/0 (default: a "
+        "private redis-server on a free port, when one is installed); the run's keys "
+        "live under a namespace of its own",
+    )
+    fleet.add_argument(
+        "--fleet-rate",
+        type=_positive_float,
+        default=defaults.fleet_rate,
+        metavar="RATE",
+        help="upstream requests per second the whole fleet may send, shared through "
+        "Redis (default: %(default)s)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out",
@@ -439,6 +566,9 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         out=args.out,
         progress=args.progress,
         otlp=args.otlp,
+        replicas=args.replicas,
+        redis=args.redis,
+        fleet_rate=args.fleet_rate,
     )
     options.faults()  # checks the rates
     if options.otlp is not None:
@@ -447,6 +577,8 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         missing = otlp_missing()
         if missing is not None:
             raise ValueError(missing)
+    if options.redis is not None and options.replicas < 2:
+        raise ValueError("--redis is for the fleet: give --replicas 2 or more too")
     return options
 
 
@@ -475,6 +607,14 @@ def run_from_args(
         options = options_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    problem = asyncio.run(fleet_problem(options))
+    if problem is not None:
+        err.write(
+            f"--replicas {options.replicas}: {problem}; running the single-process demo "
+            f"instead ({REDIS_HINT})\n"
+        )
+        err.flush()
+        options = dataclasses.replace(options, replicas=1, redis=None)
     try:
         result = asyncio.run(
             run_demo(

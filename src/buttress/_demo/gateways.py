@@ -22,7 +22,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import aiohttp
 import anyio
@@ -38,6 +38,7 @@ from buttress import (
     BulkheadRejected,
     ButtressError,
     CacheAccess,
+    CacheStore,
     CircuitRejected,
     CircuitStateChanged,
     Event,
@@ -46,6 +47,8 @@ from buttress import (
     MemoryPressureError,
     OutputValidationError,
     Policy,
+    RateLimited,
+    RateLimitExceeded,
     RetryGaveUp,
     RetryScheduled,
     Subscription,
@@ -56,10 +59,15 @@ from buttress import (
     policy,
 )
 
+if TYPE_CHECKING:  # the demo runs without redis-py; only a fleet's replicas need it
+    from buttress import FleetStore
+
 __all__ = [
+    "FLEET",
     "RETRY_ON",
     "TIMEOUTS",
     "EventTally",
+    "FleetLimit",
     "Gateway",
     "PlainGateway",
     "ResilienceSettings",
@@ -85,6 +93,10 @@ RETRY_ON: tuple[type[BaseException], ...] = (
     *TIMEOUTS,
     OutputValidationError,
 )
+
+#: The name of the demo's fleet of replicas: its column in the report, and every
+#: replica's gateway (so that their batch functions share one name, ``fleet.embed``).
+FLEET = "fleet"
 
 #: Texts longer than this are refused by input validation (422) before any work is done.
 MAX_TEXT = 2048
@@ -155,20 +167,68 @@ class ResilienceSettings:
         )
 
 
-def resilience_policy(settings: ResilienceSettings) -> Policy:
+@dataclass(frozen=True, slots=True)
+class FleetLimit:
+    """The upstream rate limit of a fleet of gateways, shared through Redis.
+
+    Attributes:
+        rate: upstream requests per second, for the whole fleet.
+        burst: requests that may start back to back after a quiet spell.
+        max_wait: the longest a request waits for its turn; one that would wait longer is
+            refused (and the gateway answers 503).
+        name: the shared name every replica uses.
+    """
+
+    rate: float
+    burst: int = 5
+    max_wait: float = 0.5
+    name: str = "buttress-demo.upstream"
+
+
+def resilience_policy(
+    settings: ResilienceSettings,
+    *,
+    cache_store: CacheStore | None = None,
+    fleet: FleetStore | None = None,
+    limit: FleetLimit | None = None,
+) -> Policy:
     """The resilient gateway's decorators, as one :func:`buttress.policy`.
 
     Outermost first, per text: monitor, validate (input), cache (single-flight); then
-    batch; then per upstream request: retry, circuit_breaker, bulkhead, memory_guard,
-    attempt_timeout, validate_output. Output validation is innermost, so a request that
-    brought back an invalid vector is a failed attempt: retried, counted by the breaker,
-    never cached.
+    batch; then per upstream request: retry, circuit_breaker, bulkhead, (rate_limit,)
+    memory_guard, attempt_timeout, validate_output. Output validation is innermost, so a
+    request that brought back an invalid vector is a failed attempt: retried, counted by
+    the breaker, never cached.
+
+    A replica of a fleet passes what it shares with the others: ``cache_store`` (a
+    :class:`~buttress.RedisStore`) for the cache, ``fleet`` (a
+    :class:`~buttress.FleetStore`) for the circuit breaker and, with ``limit``, the
+    upstream rate limit.
     """
     vector = Annotated[np.ndarray, ArraySpec(shape=(settings.dim,), dtype="float32", finite=True)]
+    cache: dict[str, Any] = {"ttl": settings.cache_ttl}
+    if cache_store is None:
+        cache["maxsize"] = 100_000
+    else:
+        # Every replica's cache must carry the same name to share the store's entries.
+        cache.update(store=cache_store, name=f"{FLEET}.embed.one")
+    breaker: dict[str, Any] = {}
+    if fleet is not None:
+        # Shared by the fleet: one replica's failures open it for all. Named as the batch
+        # function, so that transitions a replica learns from Redis reach its EventTally.
+        breaker = {"store": fleet, "name": f"{FLEET}.embed"}
+    shared: dict[str, Any] = {}
+    if limit is not None:
+        shared["rate_limit"] = {
+            "rate": limit.rate,
+            "burst": limit.burst,
+            "max_wait": limit.max_wait,
+            **({} if fleet is None else {"store": fleet, "name": limit.name}),
+        }
     return policy(
         monitor={"slow_threshold": settings.deadline / 2},
         validate={"item": Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]},
-        cache={"ttl": settings.cache_ttl, "maxsize": 100_000},
+        cache=cache,
         batch={"max_size": settings.batch_size, "max_wait": settings.batch_wait},
         retry={
             "max_retries": settings.max_retries,
@@ -183,14 +243,17 @@ def resilience_policy(settings: ResilienceSettings) -> Policy:
             "minimum_calls": settings.breaker_minimum_calls,
             "window": settings.breaker_window,
             "open_for": settings.breaker_open_for,
-            # Refusals by our own bulkhead or memory guard say nothing about the upstream.
-            "exclude": (BulkheadFullError, MemoryPressureError),
+            # Refusals by our own bulkhead, rate limit or memory guard say nothing about
+            # the upstream.
+            "exclude": (BulkheadFullError, RateLimitExceeded, MemoryPressureError),
+            **breaker,
         },
         bulkhead={
             "max_concurrent": settings.max_concurrent,
             "max_waiting": settings.max_waiting,
             "wait_timeout": settings.attempt_timeout,
         },
+        **shared,
         # A batch's JSON and its parsing take a few MiB at most.
         memory_guard={"max_percent": 95.0, "reserve": "4MiB"},
         attempt_timeout=settings.attempt_timeout,
@@ -225,6 +288,8 @@ class EventTally:
     attempt_timeouts: int = 0
     batches: int = 0
     batched_texts: int = 0
+    rate_waits: int = 0
+    rate_refusals: int = 0
     _subscription: Subscription[Event] | None = field(default=None, repr=False)
 
     def counts(self) -> dict[str, int]:
@@ -276,6 +341,11 @@ class EventTally:
             self.memory_rejections += 1
         elif isinstance(event, TimedOut):
             self.attempt_timeouts += 1
+        elif isinstance(event, RateLimited):
+            if event.rejected:
+                self.rate_refusals += 1
+            else:
+                self.rate_waits += 1
         elif isinstance(event, BatchDispatched):
             self.batches += 1
             self.batched_texts += event.size

@@ -10,6 +10,7 @@ send time, so time spent waiting for a free connection counts, as it does for a 
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -223,7 +224,7 @@ async def _send(
 
 async def drive(
     plan: Sequence[Planned],
-    targets: Mapping[str, str],
+    targets: Mapping[str, str | Sequence[str]],
     *,
     concurrency: int,
     patience: float,
@@ -231,9 +232,11 @@ async def drive(
     origin: float | None = None,
     progress: Progress | None = None,
 ) -> dict[str, list[Outcome]]:
-    """Send ``plan`` to every target URL at once; return each target's outcomes.
+    """Send ``plan`` to every target at once; return each target's outcomes.
 
-    Each target gets its own connection pool of ``concurrency`` connections. The client
+    A target is a URL, or several (the replicas of one service): then the requests go to
+    them in turn, round robin, as a load balancer would send them. Each target gets its
+    own connection pool of ``concurrency`` connections. The client
     gives up on a request ``patience`` seconds after its planned time, so the whole run
     ends by the last planned time plus ``patience``.
 
@@ -242,6 +245,10 @@ async def drive(
             default).
     """
     start = time.monotonic() if origin is None else origin
+    turns = {
+        name: itertools.cycle([url] if isinstance(url, str) else list(url))
+        for name, url in targets.items()
+    }
     results: dict[str, list[Outcome]] = {name: [] for name in targets}
     sessions = {
         name: aiohttp.ClientSession(
@@ -253,7 +260,7 @@ async def drive(
 
     async def one(name: str, planned: Planned) -> None:
         outcome = await _send(
-            sessions[name], targets[name], planned, origin=start, patience=patience, dim=dim
+            sessions[name], next(turns[name]), planned, origin=start, patience=patience, dim=dim
         )
         results[name].append(outcome)
         if progress is not None:

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .gateways import EventTally
+from .gateways import EventTally, FleetLimit
 from .load import Outcome
 from .upstream import Faults
 
 __all__ = [
+    "FleetFacts",
     "GatewayReport",
+    "ReplicaStats",
     "RunInfo",
     "Summary",
     "prometheus_text",
@@ -76,11 +78,54 @@ def summarize(outcomes: Sequence[Outcome]) -> Summary:
 
 
 @dataclass
+class ReplicaStats:
+    """What a replica counted: requests received, upstream requests made, statuses, and
+    what its decorators did (:class:`~.gateways.EventTally`'s counts)."""
+
+    index: int
+    requests: int = 0
+    upstream_calls: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    tally: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class FleetFacts:
+    """What the report says of a fleet besides the usual rows.
+
+    Attributes:
+        replicas: each replica's counts, by index.
+        limit: the shared upstream rate limit.
+        redis: where the shared state lived (``"a private redis-server"`` or the URL).
+    """
+
+    replicas: list[ReplicaStats]
+    limit: FleetLimit
+    redis: str
+
+    @property
+    def upstream_calls(self) -> list[int]:
+        return [replica.upstream_calls for replica in self.replicas]
+
+    @property
+    def breaker_openings(self) -> list[int]:
+        return [replica.tally.get("breaker_openings", 0) for replica in self.replicas]
+
+    def tally(self, function: str) -> EventTally:
+        """The replicas' decorator counts, added up."""
+        total = EventTally(function)
+        for replica in self.replicas:
+            for name, count in replica.tally.items():
+                setattr(total, name, getattr(total, name) + count)
+        return total
+
+
+@dataclass
 class GatewayReport:
     """Everything measured about one gateway in a run.
 
     Attributes:
-        name: ``"plain"`` or ``"resilient"``.
+        name: ``"plain"``, ``"resilient"`` or ``"fleet"``.
         outcomes: what the load generator saw, one per request sent.
         received: requests the gateway itself counted.
         upstream_calls: requests its upstream stand-in counted (a batch is one).
@@ -88,7 +133,10 @@ class GatewayReport:
         faults: the upstream's calls by fault (``"ok"`` included), one per text asked
             for (a batch of ten texts is ten).
         layers: the buttress decorators around its upstream call, outermost first.
-        tally: what those decorators reported through ``buttress.events``.
+        tally: what those decorators reported through ``buttress.events`` (a fleet's:
+            added up over its replicas).
+        peak_requests: the most requests its upstream received within one second.
+        fleet: for a fleet of replicas, what is said of each replica.
     """
 
     name: str
@@ -99,6 +147,8 @@ class GatewayReport:
     faults: Counter[str] = field(default_factory=Counter)
     layers: tuple[str, ...] = ()
     tally: EventTally | None = None
+    peak_requests: int = 0
+    fleet: FleetFacts | None = None
 
     @property
     def upstream_texts(self) -> int:
@@ -224,6 +274,9 @@ def render(
             ],
         ),
     ]
+    fleets = [report.fleet for report in reports if report.fleet is not None]
+    if fleets:
+        rows += _fleet_rows(reports)
     label_width = max(len(label) for label, _ in rows) + 2
     widths = [
         max(len(report.name), *(len(values[i]) for _, values in rows)) + 2
@@ -241,6 +294,8 @@ def render(
         for label, values in rows
     ]
     lines.append("")
+    for fleet in fleets:
+        lines += _fleet_lines(fleet)
     for index, report in enumerate(reports):
         if report.tally is not None:
             stack = " > ".join(report.layers) or "none"
@@ -250,6 +305,53 @@ def render(
     lines += list(notes)
     lines.append(f"Run again with --seed {info.seed} for the same traffic and the same faults.")
     return "\n".join(lines) + "\n"
+
+
+def _per_replica(values: Sequence[int]) -> str:
+    return " / ".join(str(value) for value in values)
+
+
+def _fleet_rows(reports: Sequence[GatewayReport]) -> list[tuple[str, list[str]]]:
+    """The rows only a fleet fills: per replica, and against the shared limit."""
+
+    def peak(report: GatewayReport) -> str:
+        if report.fleet is None:
+            return f"{report.peak_requests}/s"
+        limit = report.fleet.limit
+        return f"{report.peak_requests}/s (limit {limit.rate:g}/s + burst {limit.burst})"
+
+    def fleet(report: GatewayReport, value: Callable[[FleetFacts], str]) -> str:
+        return "-" if report.fleet is None else value(report.fleet)
+
+    return [
+        ("fleet: replica processes", [fleet(r, lambda f: str(len(f.replicas))) for r in reports]),
+        (
+            "  upstream calls per replica",
+            [fleet(r, lambda f: _per_replica(f.upstream_calls)) for r in reports],
+        ),
+        ("  peak upstream requests in 1 s", [peak(r) for r in reports]),
+        (
+            "  rate limit waits / refusals",
+            [
+                _decorated(r, ["rate_limit"], lambda t: f"{t.rate_waits} / {t.rate_refusals}")
+                for r in reports
+            ],
+        ),
+        (
+            "  breaker openings per replica",
+            [fleet(r, lambda f: _per_replica(f.breaker_openings)) for r in reports],
+        ),
+    ]
+
+
+def _fleet_lines(fleet: FleetFacts) -> list[str]:
+    limit = fleet.limit
+    return [
+        f"fleet: {len(fleet.replicas)} gateway processes behind one load generator (round "
+        f"robin), sharing through {fleet.redis}: the cache (RedisStore) and the upstream "
+        f"rate limit ({limit.rate:g} requests/s, burst {limit.burst}) and the circuit "
+        "breaker (FleetStore)",
+    ]
 
 
 def write_histogram(

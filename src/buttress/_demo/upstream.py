@@ -191,6 +191,8 @@ class Upstream:
         served: how many of ``calls`` got each fault (``"ok"`` included).
         requests: HTTP requests received (a batch is one).
         batch_sizes: the number of texts of each batch request, in arrival order.
+        arrivals: when each request arrived (``time.monotonic()``) and how many texts it
+            asked for, in arrival order: what :meth:`peak_rate` reads.
     """
 
     def __init__(self, faults: Faults | None = None, *, seed: int = 0) -> None:
@@ -200,6 +202,7 @@ class Upstream:
         self.served: Counter[str] = Counter()
         self.requests = 0
         self.batch_sizes: list[int] = []
+        self.arrivals: list[tuple[float, int]] = []
         self._seen: dict[str, int] = {}
         self._origin: float | None = None
         self._runner: web.AppRunner | None = None
@@ -221,6 +224,22 @@ class Upstream:
     def begin(self, origin: float | None = None) -> None:
         """Start the outage clock now, or at ``origin`` (a ``time.monotonic()`` reading)."""
         self._origin = time.monotonic() if origin is None else origin
+
+    def peak_rate(self, window: float = 1.0) -> tuple[int, int]:
+        """The most requests, and the most texts, that arrived within any ``window``
+        seconds (its end excluded): what a provider counting "N per second" would see."""
+        times = [at for at, _ in self.arrivals]
+        texts = [0]
+        for _, count in self.arrivals:
+            texts.append(texts[-1] + count)
+        most_requests = most_texts = 0
+        first = 0
+        for last, at in enumerate(times):
+            while at - times[first] >= window:
+                first += 1
+            most_requests = max(most_requests, last - first + 1)
+            most_texts = max(most_texts, texts[last + 1] - texts[first])
+        return most_requests, most_texts
 
     def in_outage(self, now: float | None = None) -> bool:
         start = self.faults.outage_start
@@ -279,6 +298,7 @@ class Upstream:
         if not text:
             return web.json_response({"error": "missing ?text="}, status=400)
         self.requests += 1
+        self.arrivals.append((time.monotonic(), 1))
         n = self._count(text)
         if self.in_outage():
             call = Call(text, n, "outage", 0.0)
@@ -335,6 +355,7 @@ class Upstream:
                 {"error": f"at most {MAX_BATCH} texts per request"}, status=413
             )
         self.requests += 1
+        self.arrivals.append((time.monotonic(), len(texts)))
         self.batch_sizes.append(len(texts))
         ns = [self._count(text) for text in texts]
         if self.in_outage():

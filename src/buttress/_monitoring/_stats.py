@@ -42,6 +42,8 @@ from buttress._events import (
     RetryBudgetExhausted,
     RetryGaveUp,
     RetryScheduled,
+    SharedStateLost,
+    SharedStateRestored,
     Subscription,
     TimedOut,
     ValidationFailed,
@@ -485,6 +487,12 @@ RATE_LIMITED = CounterFamily(
     "Calls a rate limiter delayed (waited) or refused (rejected).",
     ("function", "action"),
 )
+SHARED_STATE = CounterFamily(
+    "buttress_shared_state_changes",
+    "State shared through a FleetStore lost (Redis unreachable: local fallback) or "
+    "restored, by kind and shared name.",
+    ("kind", "name", "state"),
+)
 TIMEOUTS = CounterFamily("buttress_timeouts", "Calls cancelled by @timeout.", ("function",))
 FALLBACKS = CounterFamily(
     "buttress_fallbacks", "Calls answered by @fallback after a failure.", ("function",)
@@ -549,6 +557,7 @@ FAMILIES: tuple[CounterFamily, ...] = (
     CIRCUIT_REJECTIONS,
     BULKHEAD_REJECTIONS,
     RATE_LIMITED,
+    SHARED_STATE,
     TIMEOUTS,
     FALLBACKS,
     HEDGES,
@@ -620,6 +629,14 @@ def _rate_limited(event: RateLimited) -> Iterator[Increment]:
     yield RATE_LIMITED, (event.function, "rejected" if event.rejected else "waited"), 1
 
 
+def _shared_lost(event: SharedStateLost) -> Iterator[Increment]:
+    yield SHARED_STATE, (event.kind, event.name, "lost"), 1
+
+
+def _shared_restored(event: SharedStateRestored) -> Iterator[Increment]:
+    yield SHARED_STATE, (event.kind, event.name, "restored"), 1
+
+
 def _timed_out(event: TimedOut) -> Iterator[Increment]:
     yield TIMEOUTS, (event.function,), 1
 
@@ -662,6 +679,8 @@ _HANDLERS: dict[type[Event], Callable[[Any], Iterator[Increment]]] = {
     CircuitRejected: _circuit_rejected,
     BulkheadRejected: _bulkhead_rejected,
     RateLimited: _rate_limited,
+    SharedStateLost: _shared_lost,
+    SharedStateRestored: _shared_restored,
     TimedOut: _timed_out,
     FallbackUsed: _fallback_used,
     HedgeStarted: _hedge_started,

@@ -17,6 +17,7 @@ same three engine methods: acquire, then record or on_error (or release).
 
 from __future__ import annotations
 
+import copy
 import threading
 import weakref
 from collections.abc import Callable
@@ -27,13 +28,23 @@ from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVa
 
 from buttress import _clock, _registry, _settings
 from buttress._blocks import Entries, caller_name
+from buttress._caching._naming import shared_name
 from buttress._declare import Decorate, declare
-from buttress._errors import CircuitOpenError, ConfigurationError, RejectedError, is_fatal
+from buttress._errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    RejectedError,
+    SharedSettingsError,
+    SharedStateError,
+    is_fatal,
+)
 from buttress._events import CircuitRejected, CircuitStateChanged, events
+from buttress._redis import INTERVAL, FleetStore, syncer
 from buttress._settings import ExceptionTypes
 from buttress._streams import Outcome, Session, async_stream_shell, sync_stream_shell
 from buttress._wrapping import WrapperFactory, function_name, stack_name, wrap
 
+from ._fleet_breaker import BreakerLink, FleetReply
 from ._window import Window
 
 __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "circuit_breaker"]
@@ -50,6 +61,11 @@ BreakerState = Literal["closed", "open", "half_open"]
 _CLOSED: Final = "closed"
 _OPEN: Final = "open"
 _HALF_OPEN: Final = "half_open"
+_STATES: Final[dict[str, BreakerState]] = {
+    "closed": _CLOSED,
+    "open": _OPEN,
+    "half_open": _HALF_OPEN,
+}
 
 # Indices of the window's counters.
 _CALLS, _FAILURES, _SLOW = 0, 1, 2
@@ -93,8 +109,9 @@ class BreakerStats:
 class _Settings:
     """The settings of one ``@circuit_breaker(...)``, compiled; its constructor declares them.
 
-    Breakers sharing a name must agree on all of them but the name (equality and the
-    ``repr`` leave it out). See :func:`circuit_breaker` for what each means.
+    Breakers sharing a name (in one store, or none) must agree on all of them but the
+    name and the store (equality and the ``repr`` leave those out). See
+    :func:`circuit_breaker` for what each means.
     """
 
     name: str | None = field(compare=False, repr=False)
@@ -107,6 +124,7 @@ class _Settings:
     slow_call_ratio: float
     exceptions: tuple[type[BaseException], ...]
     exclude: tuple[type[BaseException], ...]
+    store: FleetStore | None = field(compare=False, repr=False)
 
     def __init__(
         self,
@@ -121,6 +139,7 @@ class _Settings:
         slow_call_ratio: float = 1.0,
         exceptions: ExceptionTypes = (Exception,),
         exclude: ExceptionTypes = (),
+        store: FleetStore | None = None,
     ) -> None:
         set_ = object.__setattr__  # frozen: set once, here
         set_(self, "failure_ratio", _settings.ratio(failure_ratio, "failure_ratio"))
@@ -137,6 +156,9 @@ class _Settings:
         set_(self, "exceptions", _settings.exception_types(exceptions, "exceptions"))
         excluded = () if exclude == () else _settings.exception_types(exclude, "exclude")
         set_(self, "exclude", excluded)
+        if store is not None and not isinstance(store, FleetStore):
+            raise ConfigurationError(f"store must be a FleetStore, got {store!r}")
+        set_(self, "store", store)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
         set_(self, "name", name)
@@ -160,6 +182,9 @@ class CircuitBreaker:
         "__weakref__",
         "_blocks",
         "_failure_ratio",
+        "_fast",
+        "_fleet",
+        "_fleet_error",
         "_forced",
         "_generation",
         "_half_open_calls",
@@ -215,6 +240,28 @@ class CircuitBreaker:
         self._rejected = 0
         self._times_opened = 0
         self._blocks: Entries[tuple[int, float, str]] = Entries()
+        # True while a call may pass without the lock: closed, and not refusing calls
+        # for the store (fail_open=False and Redis unreachable, or a settings conflict).
+        self._fast = True
+        #: What callers get instead of a call while the store refuses them.
+        self._fleet_error: BaseException | None = None
+        self._fleet: BreakerLink | None = None
+        store = settings.store
+        if store is not None:
+            state = store.shared("circuit_breaker", name, _contract(settings), function=name)
+            self._fleet = BreakerLink(
+                self,
+                state,
+                failure_ratio=settings.failure_ratio,
+                minimum_calls=settings.minimum_calls,
+                window=settings.window,
+                open_for=settings.open_for,
+                half_open_calls=settings.half_open_calls,
+                slow_call_duration=settings.slow_call_duration,
+                slow_call_ratio=settings.slow_call_ratio,
+                retry_wait=INTERVAL,
+            )
+            syncer(store).add(self._fleet)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._state}>"
@@ -288,7 +335,23 @@ class CircuitBreaker:
         """A frozen snapshot of the state and the counts behind it."""
         self._maybe_half_open(self.name)
         with self._lock:
-            if self._state is _CLOSED:
+            fleet = self._fleet
+            if fleet is not None and fleet.shared:
+                # The fleet's counts at the last sync, and this replica's since.
+                calls, failures, slow = fleet.counts
+                if self._state is _CLOSED:
+                    calls, failures, slow = (
+                        calls + fleet.calls,
+                        failures + fleet.failures,
+                        slow + fleet.slow,
+                    )
+                elif self._state is _HALF_OPEN:
+                    calls, failures, slow = (
+                        calls + fleet.trials,
+                        failures + fleet.trial_failures,
+                        slow + fleet.trial_slow,
+                    )
+            elif self._state is _CLOSED:
                 self._window.touch(_clock.monotonic())
                 calls, failures, slow = self._window.totals
             elif self._state is _HALF_OPEN:
@@ -314,19 +377,34 @@ class CircuitBreaker:
             )
 
     def reset(self) -> None:
-        """Close the breaker and forget every counted outcome (also ends a forced open)."""
+        """Close the breaker and forget every counted outcome (also ends a forced open).
+
+        A shared breaker closes here at once, and for the whole fleet at the next sync.
+        """
         with self._lock:
             self._forced = False
             change = self._transition(_CLOSED, _clock.monotonic(), "reset")
+            self._command("reset")
         self._announce(change, self.name)
 
     def force_open(self) -> None:
-        """Open the breaker and keep it open, refusing every call, until :meth:`reset`."""
+        """Open the breaker and keep it open, refusing every call, until :meth:`reset`.
+
+        A shared breaker opens here at once, and for the whole fleet at the next sync.
+        """
         with self._lock:
             self._forced = True
             change = self._transition(_OPEN, _clock.monotonic(), "forced open")
             self._retry_at = None
+            self._command("force_open")
         self._announce(change, self.name)
+
+    def _command(self, command: str) -> None:
+        # The lock is held: send ``command`` to the fleet with the next sync.
+        fleet = self._fleet
+        if fleet is not None:
+            fleet.forget()
+            fleet.command = command
 
     # --- the engine: called by the shells ---------------------------------------------
 
@@ -336,7 +414,7 @@ class CircuitBreaker:
         # this reads them in the other order: a ticket admitted here belongs to a closed
         # generation, or to one already superseded, whose outcome is then ignored.
         generation = self._generation
-        if self._state is _CLOSED:
+        if self._fast:
             return generation
         return self._acquire_slow(function)
 
@@ -346,10 +424,16 @@ class CircuitBreaker:
         retry_at: float | None = None
         reason = ""
         with self._lock:
+            blocked = self._fleet_error
+            if blocked is not None:
+                raise copy.copy(blocked)  # a fresh one each time: tracebacks never pile up
             state = self._state
             if state is _CLOSED:
                 return self._generation
-            if state is _OPEN and self._due(now):
+            fleet = self._fleet
+            shared = fleet is not None and fleet.shared
+            due = state is _OPEN and self._due(now)
+            if due and not shared:
                 change = self._transition(_HALF_OPEN, now, "")
                 state = _HALF_OPEN
             if state is _HALF_OPEN and self._permits > 0:
@@ -360,6 +444,11 @@ class CircuitBreaker:
                 ticket = -1
                 retry_at = self._retry_at if state is _OPEN else None
                 reason = self._reason
+                if fleet is not None and shared and (due or state is _HALF_OPEN):
+                    # Trial permits are the fleet's: ask for one at the next sync.
+                    fleet.want += 1
+                    if due:
+                        retry_at = now + fleet.retry_wait
         self._announce(change, function)
         if ticket >= 0:
             return ticket
@@ -403,9 +492,16 @@ class CircuitBreaker:
                     totals[_SLOW] += 1
                 calls = totals[_CALLS]
                 minimum = self._minimum_calls
+                fleet = self._fleet
+                if fleet is not None and fleet.shared:
+                    # The fleet's verdict, at the next sync. The local window counts on,
+                    # for the fallback should Redis go.
+                    fleet.calls += 1
+                    fleet.failures += failed
+                    fleet.slow += slow
                 # A quick success only lowers the ratios, so it needs no verdict unless it
                 # completes minimum_calls or outcomes left the window since the last one.
-                if calls >= minimum and (
+                elif calls >= minimum and (
                     failed or slow or calls == minimum or window.head != self._judged
                 ):
                     self._judged = window.head
@@ -417,6 +513,12 @@ class CircuitBreaker:
                 self._trial_done += 1
                 self._trial_failures += failed
                 self._trial_slow += slow
+                fleet = self._fleet
+                if fleet is not None and fleet.shared:
+                    fleet.trials += 1
+                    fleet.trial_failures += failed
+                    fleet.trial_slow += slow
+                    return  # the fleet's trials decide, at the next sync
                 planned = self._half_open_calls
                 # Open as soon as the trials cannot come out well, close when all are in.
                 reason = self._verdict(planned, self._trial_failures, self._trial_slow)
@@ -467,8 +569,12 @@ class CircuitBreaker:
         return not self._forced and self._retry_at is not None and now >= self._retry_at
 
     def _maybe_half_open(self, function: str) -> None:
-        # Open turns half-open lazily, when someone looks: no timer thread.
+        # Open turns half-open lazily, when someone looks: no timer thread. A shared
+        # breaker turns half-open when the fleet's does.
         if self._state is not _OPEN:
+            return
+        fleet = self._fleet
+        if fleet is not None and fleet.shared:
             return
         now = _clock.monotonic()
         with self._lock:
@@ -497,8 +603,65 @@ class CircuitBreaker:
         if old is new:
             return None
         self._state = new
+        self._fast = new is _CLOSED and self._fleet_error is None
         self._generation += 1  # after the state: see acquire()
         return old, new
+
+    # --- the fleet: called by the store's sync thread ---------------------------------
+
+    def _follow(self, reply: FleetReply) -> None:
+        """Copy the fleet's state (a sync's reply) into this replica's breaker."""
+        fleet = self._fleet
+        assert fleet is not None
+        now = _clock.monotonic()
+        change = None
+        with self._lock:
+            self._unblock()
+            fleet.counts = (reply.calls, reply.failures, reply.slow_calls)
+            if fleet.command:
+                return  # reset() or force_open() since the sync left: its reply decides
+            state = _STATES[reply.state]
+            if state is not self._state:
+                self._forced = reply.forced
+                change = self._transition(state, now, reply.reason)
+                self._permits = 0  # the fleet's trial permits are granted one by one
+                fleet.forget()
+            elif reply.generation != fleet.generation and fleet.generation >= 0:
+                # The fleet went round (closed, open, half-open, closed) between two
+                # syncs: a new generation of the same state, with fresh counts.
+                self._transition(state, now, reply.reason)
+                self._permits = 0
+                self._generation += 1
+                fleet.forget()
+            fleet.generation = reply.generation
+            if state is _OPEN:
+                self._forced = reply.forced
+                self._reason = reply.reason
+                self._retry_at = None if reply.retry_in is None else now + reply.retry_in
+            elif state is _HALF_OPEN:
+                self._permits += reply.granted
+        self._announce(change, self.name)
+
+    def _fleet_changed(self, shared: bool, error: BaseException | None, first: bool) -> None:
+        """Redis answers again (``shared``), or not: refuse calls with ``error`` when the
+        store says so, else decide alone from this replica's own counts."""
+        with self._lock:
+            if shared:
+                self._unblock()
+            elif isinstance(error, (SharedStateError, SharedSettingsError)):
+                self._fleet_error = error
+                self._fast = False
+            else:
+                self._unblock()
+                if first and self._state is _HALF_OPEN:
+                    # The fleet's permits are out of reach: run this replica's trials.
+                    self._permits = max(0, self._half_open_calls - self._trial_done)
+
+    def _unblock(self) -> None:
+        # The lock is held.
+        if self._fleet_error is not None:
+            self._fleet_error = None
+            self._fast = self._state is _CLOSED
 
     def _announce(self, change: tuple[BreakerState, BreakerState] | None, function: str) -> None:
         if change is not None and events.active:
@@ -547,24 +710,45 @@ class CircuitBreaker:
 
 # --- sharing by name -------------------------------------------------------------------
 
-_by_name: weakref.WeakValueDictionary[str, CircuitBreaker] = weakref.WeakValueDictionary()
+# By name and store: a name shared through a FleetStore belongs to that store's fleet.
+_by_name: weakref.WeakValueDictionary[tuple[str, FleetStore | None], CircuitBreaker]
+_by_name = weakref.WeakValueDictionary()
 _by_name_lock = threading.Lock()
 
 
 def _shared(name: str, settings: _Settings) -> CircuitBreaker:
     """The breaker called ``name``, created on first use; settings must match."""
+    key = (name, settings.store)
     with _by_name_lock:
-        breaker = _by_name.get(name)
+        breaker = _by_name.get(key)
         if breaker is None:
             breaker = CircuitBreaker(name, settings)
-            _by_name[name] = breaker
+            _by_name[key] = breaker
         elif breaker.settings != settings:
-            raise ConfigurationError(
-                f"name={name!r}: a circuit breaker with this name already exists with "
-                f"other settings ({breaker.settings}); breakers sharing a name share one "
-                "state, so they must agree on its settings"
+            found = _settings.differences(
+                _settings.compared_fields(breaker.settings), _settings.compared_fields(settings)
             )
+            raise ConfigurationError(_settings.name_conflict("circuit breaker", name, found))
         return breaker
+
+
+def _contract(settings: _Settings) -> dict[str, object]:
+    """What every replica sharing a breaker's name must agree on (compared in Redis)."""
+
+    def names(types: tuple[type[BaseException], ...]) -> str:
+        return ",".join(sorted(f"{kind.__module__}.{kind.__qualname__}" for kind in types))
+
+    return {
+        "failure_ratio": settings.failure_ratio,
+        "minimum_calls": settings.minimum_calls,
+        "window": settings.window,
+        "open_for": settings.open_for,
+        "half_open_calls": settings.half_open_calls,
+        "slow_call_duration": settings.slow_call_duration,
+        "slow_call_ratio": settings.slow_call_ratio,
+        "exceptions": names(settings.exceptions),
+        "exclude": names(settings.exclude),
+    }
 
 
 # --- the shells --------------------------------------------------------------------------
@@ -788,6 +972,10 @@ def circuit_breaker(settings: _Settings) -> Decorate:
 
     def decorate(target: Callable[..., Any]) -> Any:
         inner = getattr(target, "__func__", target)
-        return CircuitBreaker(function_name(inner), settings)(target)
+        if settings.store is None:
+            return CircuitBreaker(function_name(inner), settings)(target)
+        # Shared: replicas know it by the name every process gives it.
+        qualname, module = shared_name(inner, None, "circuit_breaker")
+        return CircuitBreaker(f"{module}.{qualname}" if module else qualname, settings)(target)
 
     return decorate

@@ -9,13 +9,17 @@ the scheme of Finagle's and Linkerd's retry budgets.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
 from buttress import _clock, _settings
+from buttress._errors import ConfigurationError, SharedSettingsError, SharedStateError
+from buttress._redis import FleetStore, syncer
 
+from ._fleet_budget import BudgetLink, BudgetReply
 from ._window import Window
 
 __all__ = ["RetryBudget", "RetryBudgetStats"]
@@ -59,13 +63,32 @@ class RetryBudget:
             client making few calls can still retry.
         window: seconds over which calls and retries are counted, kept in ten buckets
             (so they leave the count in steps of ``window / 10``).
+        store: a :class:`~buttress.FleetStore`: the budget then holds for the fleet,
+            every process that uses ``name`` in it (see :doc:`/decorators/shared-state`).
+        name: the shared name; required with ``store``.
 
     Raises:
         ConfigurationError: for a negative ratio or floor, or a window that is not
-            positive.
+            positive; a ``store`` without a ``name``, or the reverse.
+        SharedSettingsError: this process, or another one in Redis, uses ``name`` with
+            other settings (raised by ``try_spend`` once Redis says so).
+        SharedStateError: from ``try_spend``, when Redis is unreachable and the store
+            has ``fail_open=False``.
     """
 
-    __slots__ = ("_exhausted", "_lock", "_window", "min_per_second", "ratio", "window")
+    __slots__ = (
+        "__weakref__",
+        "_exhausted",
+        "_fleet",
+        "_fleet_error",
+        "_lock",
+        "_window",
+        "min_per_second",
+        "name",
+        "ratio",
+        "store",
+        "window",
+    )
 
     def __init__(
         self,
@@ -73,6 +96,8 @@ class RetryBudget:
         min_per_second: float = 3,
         *,
         window: float | timedelta = 10.0,
+        store: FleetStore | None = None,
+        name: str | None = None,
     ) -> None:
         self.ratio = _settings.number(ratio, "ratio", minimum=0.0)
         self.min_per_second = _settings.number(min_per_second, "min_per_second", minimum=0.0)
@@ -80,11 +105,35 @@ class RetryBudget:
         self._lock = threading.Lock()
         self._window = Window(self.window, 2)
         self._exhausted = 0
+        self.store = store
+        self.name = name
+        self._fleet: BudgetLink | None = None
+        self._fleet_error: BaseException | None = None
+        if store is None:
+            if name is not None:
+                raise ConfigurationError("name has no effect without store=")
+            return
+        if not isinstance(store, FleetStore):
+            raise ConfigurationError(f"store must be a FleetStore, got {store!r}")
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"a RetryBudget with store= needs name=, the name every process that "
+                f"shares it gives it, as a non-empty str; got {name!r}"
+            )
+        contract = {
+            "ratio": self.ratio,
+            "min_per_second": self.min_per_second,
+            "window": self.window,
+        }
+        state = store.shared("retry_budget", name, contract)
+        self._fleet = BudgetLink(self, state, window=self.window)
+        syncer(store).add(self._fleet)
 
     def __repr__(self) -> str:
+        shared = "" if self.store is None else f", name={self.name!r}, store={self.store!r}"
         return (
             f"RetryBudget(ratio={self.ratio:g}, min_per_second={self.min_per_second:g}, "
-            f"window={self.window:g})"
+            f"window={self.window:g}{shared})"
         )
 
     def _allowance(self) -> float:
@@ -99,12 +148,27 @@ class RetryBudget:
             self._window.totals[_CALLS] += 1
 
     def try_spend(self) -> bool:
-        """Spend one retry if the budget allows it; ``False`` (and counted) if it is spent."""
+        """Spend one retry if the budget allows it; ``False`` (and counted) if it is spent.
+
+        Shared, it spends from this replica's share of what the fleet may still spend.
+        """
         now = _clock.monotonic()
         with self._lock:
             bucket = self._window.bucket(now)
-            # The epsilon keeps float error (0.1 * 30 calls) from refusing an earned retry.
-            if self._window.totals[_RETRIES] + 1 > self._allowance() + 1e-9:
+            fleet = self._fleet
+            if fleet is not None:
+                if self._fleet_error is not None:
+                    raise copy.copy(self._fleet_error)  # fresh: no traceback piles up
+                fleet.dirty = True
+            if fleet is not None and fleet.shared and fleet.share is not None:
+                calls, retries = self._window.totals
+                allowed = fleet.share + self.ratio * max(0, calls - fleet.base_calls)
+                over = retries - fleet.base_retries + 1 > allowed + 1e-9
+            else:
+                # The epsilon keeps float error (0.1 * 30 calls) from refusing an earned
+                # retry.
+                over = self._window.totals[_RETRIES] + 1 > self._allowance() + 1e-9
+            if over:
                 self._exhausted += 1
                 return False
             bucket[_RETRIES] += 1
@@ -112,11 +176,48 @@ class RetryBudget:
             return True
 
     def stats(self) -> RetryBudgetStats:
-        """A frozen snapshot of the counts in the current window."""
+        """A frozen snapshot of the counts in the current window (shared: the fleet's, as
+        of the last sync, with this replica's since)."""
         with self._lock:
             self._window.touch(_clock.monotonic())
             calls, retries = self._window.totals
-            available = max(0, math.floor(self._allowance() - retries))
+            fleet = self._fleet
+            if fleet is not None and fleet.shared and fleet.share is not None:
+                calls += fleet.others_calls
+                retries += fleet.others_retries
+            allowance = self.ratio * calls + self.min_per_second * self.window
+            available = max(0, math.floor(allowance - retries))
             return RetryBudgetStats(
                 calls=calls, retries=retries, available=available, exhausted=self._exhausted
             )
+
+    # --- the fleet: called by the store's sync thread ---------------------------------
+
+    def _totals(self) -> tuple[int, int]:
+        """This replica's ``(calls, retries)`` over the window, for its report."""
+        with self._lock:
+            self._window.touch(_clock.monotonic())
+            calls, retries = self._window.totals
+            return calls, retries
+
+    def _follow(self, reply: BudgetReply) -> None:
+        """Take this replica's share of what the fleet may still spend (a sync's reply)."""
+        fleet = self._fleet
+        assert fleet is not None
+        allowance = self.ratio * reply.calls + self.min_per_second * self.window
+        with self._lock:
+            self._fleet_error = None
+            fleet.others_calls = reply.calls - reply.sent_calls
+            fleet.others_retries = reply.retries - reply.sent_retries
+            fleet.base_calls, fleet.base_retries = reply.sent_calls, reply.sent_retries
+            left = max(0.0, allowance - reply.retries)
+            # At least one retry while the fleet has one: shares of a fraction each
+            # would strand it.
+            fleet.share = max(left / reply.active, min(left, 1.0))
+
+    def _fleet_changed(self, shared: bool, error: BaseException | None, first: bool) -> None:
+        """Redis answers again, or not: raise ``error`` from :meth:`try_spend` when the
+        store says so, else spend from this replica's own budget meanwhile."""
+        with self._lock:
+            blocking = not shared and isinstance(error, (SharedStateError, SharedSettingsError))
+            self._fleet_error = error if blocking else None

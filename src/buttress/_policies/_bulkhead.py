@@ -30,6 +30,7 @@ import anyio
 
 from buttress import _clock, _settings
 from buttress._blocks import caller_name
+from buttress._declare import suggests_keywords
 from buttress._errors import BulkheadFullError
 from buttress._events import BulkheadRejected, BulkheadWaited, events
 from buttress._streams import Holding, async_stream_shell, sync_stream_shell
@@ -308,6 +309,7 @@ class Bulkhead:
 def _wait_sync(bulkhead: Bulkhead, waiter: _Waiter, name: str) -> None:
     """Wait on a thread for the slot ``waiter`` queued for; refused on timeout."""
     assert isinstance(waiter, _ThreadWaiter)
+    _clock.blocking_wait(bulkhead, name, "bulkhead", bulkhead.wait_timeout)
     started = _clock.monotonic()
     try:
         granted = waiter.event.wait(bulkhead.wait_timeout)
@@ -436,6 +438,7 @@ class BulkheadFunction(Protocol[P, T_co]):
     ) -> BulkheadFunction[P2, T2]: ...
 
 
+@suggests_keywords
 def bulkhead(
     max_concurrent: int,
     *,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _settings
+from buttress._declare import suggests_keywords
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._events import FallbackUsed, events
 from buttress._settings import ExceptionTypes
@@ -215,6 +216,7 @@ def fallback(
 ) -> _SyncOrAsync[None]: ...
 
 
+@suggests_keywords
 def fallback(
     value: Any = _UNSET,
     /,

@@ -25,6 +25,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 import anyio
 
 from buttress import _clock, _settings, _tracing
+from buttress._declare import suggests_keywords
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._events import HedgeStarted, HedgeWon, events
 from buttress._wrapping import WrapperFactory, stack_name, wrap
@@ -333,6 +334,7 @@ _WHY_STREAM = (
 )
 
 
+@suggests_keywords
 def hedge(delay: float | timedelta | str, *, max_hedges: int = 1) -> _Decorator:
     """Start another attempt when the first has not answered within ``delay``.
 

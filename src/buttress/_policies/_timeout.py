@@ -23,6 +23,7 @@ import anyio
 
 from buttress import _settings
 from buttress._blocks import Entries, caller_name
+from buttress._declare import suggests_keywords
 from buttress._errors import CallTimeoutError, ConfigurationError, StreamTimeoutError
 from buttress._events import TimedOut, events
 from buttress._streams import Session, async_stream_shell
@@ -255,6 +256,7 @@ _WHY_BLOCK = (
 )
 
 
+@suggests_keywords
 def timeout(
     seconds: float | timedelta | None = None,
     *,

@@ -31,6 +31,7 @@ from buttress._errors import (
     ValidationProblem,
 )
 from buttress._events import ValidationFailed, events
+from buttress._settings import nearest
 from buttress._signature import CallSignature, signature_of
 from buttress._wrapping import StackName
 
@@ -289,9 +290,11 @@ def compile_input(
         unknown = [name for name in specs if name not in {p.name for p in parameters}]
         if unknown:
             listed = ", ".join(p.name for p in parameters) or "none"
+            near = nearest(unknown[0], (p.name for p in parameters))
             raise ConfigurationError(
                 f"@validate_input: {function}() has no parameter "
                 f"{', '.join(repr(name) for name in unknown)} (its parameters: {listed})"
+                + (f"; did you mean {near!r}?" if near is not None else "")
             )
         chosen = dict(specs)
 

@@ -14,6 +14,12 @@ With :func:`buttress.otel.enable` in effect, the middleware continues each reque
 from its ``traceparent`` header in a server span (see :mod:`buttress.otel`).
 Creating either helper calls :func:`buttress.metrics.enable` with the default registry
 (unless you pass one, or enabled another before), so counting starts with the app.
+
+With a ``web.RouteTableDef``, buttress decorators go *below* ``@routes.get(...)``, which
+registers the function it is given. The middleware checks the app's routes at its first
+request and gives a :class:`~buttress.StackingWarning` for each route whose handler has
+buttress decorators above its route decorator, which never run; :func:`check_routes`
+does the same check on demand (in a test, or in ``app.on_startup``).
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from aiohttp.typedefs import Middleware
 
 from buttress import metrics, otel
 from buttress._monitoring._logs import request_scope
+from buttress._wrapping import warn_decorated_above
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from buttress._sinks._otel._http import ServerSpans
 
-__all__ = ["metrics_handler", "metrics_middleware"]
+__all__ = ["check_routes", "metrics_handler", "metrics_middleware"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -62,6 +69,35 @@ def metrics_handler(
     return buttress_metrics
 
 
+def check_routes(app: web.Application) -> int:
+    """Warn for every route whose handler has buttress decorators above its route decorator.
+
+    ``@monitor`` written above ``@routes.get(...)`` (a ``web.RouteTableDef``) wraps a
+    function aiohttp never calls: the route decorator registered the function below it.
+    Each such route gets a :class:`~buttress.StackingWarning` at its handler's
+    definition, naming the route and the decorators that never run. Handlers defined
+    inside other functions cannot be found by name and are not checked.
+    :func:`metrics_middleware` calls this at the app's first request. Returns how many
+    routes were warned about.
+    """
+    methods: dict[tuple[int, str], list[str]] = {}  # GET and its HEAD: one route, one warning
+    handlers: dict[int, object] = {}
+    for route in app.router.routes():
+        resource = route.resource
+        path = resource.canonical if resource is not None else ""
+        methods.setdefault((id(route.handler), path), []).append(route.method)
+        handlers[id(route.handler)] = route.handler
+    return sum(
+        warn_decorated_above(
+            f"{','.join(sorted(verbs))} {path}".strip(),
+            handlers[key],
+            "aiohttp",
+            "@routes.get(...)",
+        )
+        for (key, path), verbs in methods.items()
+    )
+
+
 def metrics_middleware(
     *,
     path: str | None = "/metrics",
@@ -79,15 +115,21 @@ def metrics_middleware(
             new one is made when absent), so ``@monitor`` records made while handling it
             carry it; the id is echoed in the response's header. ``None`` disables this.
 
+    At its first request it checks the app's routes with :func:`check_routes`.
+
     While :func:`buttress.otel.enable` is in effect, every request that is not a scrape
     runs in a ``SERVER`` span continuing the trace named by its W3C ``traceparent``
     (through the configured propagator), or in the span OpenTelemetry's own aiohttp
     instrumentation made, when it runs in front: never in two.
     """
     serve = metrics_handler(registry) if path is not None else None
+    checked: list[web.Application] = []
 
     @web.middleware
     async def buttress_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not checked:  # once, at the first request: the routes are all added by then
+            checked.append(request.app)
+            check_routes(request.app)
         if serve is not None and request.path == path and request.method in ("GET", "HEAD"):
             return await serve(request)
         spans = otel.server_spans()  # None unless buttress.otel is enabled

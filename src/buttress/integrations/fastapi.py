@@ -16,12 +16,18 @@ event loop, on asyncio and trio alike. With :func:`buttress.otel.enable` in effe
 header in a server span (see :mod:`buttress.otel`). Creating the route or app calls
 :func:`buttress.metrics.enable` with the default registry (unless you pass one, or
 enabled another before), so counting starts with the app.
+
+Buttress decorators go *below* ``@app.get(...)``: the route decorator registers the
+function it is given. ``RequestContextMiddleware`` checks the app's routes when it
+starts (or at its first request) and gives a :class:`~buttress.StackingWarning` for each
+route whose function has buttress decorators above its route decorator, which never
+run; :func:`check_routes` does the same check on demand (in a test, say).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -34,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in the t
 
 from buttress import metrics, otel
 from buttress._monitoring._logs import request_scope
+from buttress._wrapping import warn_decorated_above
 
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
@@ -41,7 +48,7 @@ if TYPE_CHECKING:
 
     from buttress._sinks._otel._http import ServerSpan, ServerSpans
 
-__all__ = ["RequestContextMiddleware", "add_metrics_route", "metrics_app"]
+__all__ = ["RequestContextMiddleware", "add_metrics_route", "check_routes", "metrics_app"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -87,6 +94,38 @@ def add_metrics_route(
         include_in_schema=False,
         response_class=Response,
     )
+
+
+def check_routes(app: object) -> int:
+    """Warn for every route whose function has buttress decorators above its route decorator.
+
+    ``@monitor`` written above ``@app.get(...)`` wraps a function FastAPI never calls:
+    the route decorator registered the function below it. Each such route gets a
+    :class:`~buttress.StackingWarning` at its function's definition, naming the route and
+    the decorators that never run. Looks through included routers and mounted Starlette
+    apps. Functions defined inside other functions (an app factory's) cannot be found by
+    name and are not checked. :class:`RequestContextMiddleware` calls this as the app
+    starts. Returns how many routes were warned about.
+
+    Args:
+        app: a ``FastAPI`` or Starlette application, or an ``APIRouter``.
+    """
+    return sum(
+        warn_decorated_above(label, endpoint, "FastAPI", "@app.get(...)")
+        for label, endpoint in _endpoints(getattr(app, "routes", ()), 0)
+    )
+
+
+def _endpoints(routes: Any, depth: int) -> Iterator[tuple[str, object]]:
+    for route in routes:
+        endpoint = getattr(route, "endpoint", None)
+        path = getattr(route, "path", "")
+        if endpoint is not None:
+            methods = ",".join(sorted(getattr(route, "methods", None) or ()))
+            yield f"{methods} {path}".strip(), endpoint
+        inner = getattr(route, "routes", None)
+        if inner and depth < 8:  # a mounted app or router: its routes too
+            yield from _endpoints(inner, depth + 1)
 
 
 def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
@@ -156,6 +195,11 @@ class RequestContextMiddleware:
     ASGI or FastAPI instrumentation runs in front and made a span already, in that one:
     never in two.
 
+    When the app starts (its lifespan, or the first request when the server runs none),
+    the middleware checks the app's routes with :func:`check_routes`: a route whose
+    function has buttress decorators above the route decorator gets a
+    :class:`~buttress.StackingWarning`.
+
     Args:
         app: the ASGI application to wrap (``app.add_middleware`` passes it).
         header: the request-id header, case-insensitive.
@@ -164,8 +208,12 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, header: str = "X-Request-ID") -> None:
         self.app = app
         self.header = header.lower().encode("latin-1")
+        self.checked = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.checked:  # once, as the app starts: routes are all registered by then
+            self.checked = True
+            check_routes(scope.get("app"))
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
