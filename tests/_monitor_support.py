@@ -92,4 +92,17 @@ def parse(text: str | bytes) -> Samples:
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+    """The sample of ``name`` with ``labels``; a static label some other monitor declares
+    (which this function carries as ``"none"``) need not be given."""
+    found = samples.get((name, frozenset(labels.items())))
+    if found is not None:
+        return found
+    for (sample, have), amount in samples.items():
+        if sample != name:
+            continue
+        extra = dict(have)
+        if all(extra.pop(key, None) == wanted for key, wanted in labels.items()) and all(
+            rest == "none" for rest in extra.values()
+        ):
+            return amount
+    return None

@@ -69,7 +69,8 @@ def test_each_retry_is_a_span_event_with_attempt_delay_and_error_type(spans: Tel
     assert [event["buttress.retry.delay"] for event in retries] == [0.25, 0.5]
     assert [event["error.type"] for event in retries] == ["ConnectionError", "TimeoutError"]
     assert [event["exception.message"] for event in retries] == ["reset", "slow"]
-    assert all(event["buttress.function"].endswith("fetch") for event in retries)
+    # the stack's name: the monitor's
+    assert all(event["buttress.function"] == "call" for event in retries)
     assert attributes(span)["buttress.retry.retries"] == 2
     assert not events_of(span, "buttress.retry.gave_up")
 

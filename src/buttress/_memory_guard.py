@@ -44,7 +44,7 @@ from ._memory_probe import (
     gpu_pool,
 )
 from ._streams import Holding, Session, async_stream_shell, sync_stream_shell
-from ._wrapping import WrapperFactory, function_name, wrap
+from ._wrapping import WrapperFactory, stack_name, wrap
 
 __all__ = [
     "Action",
@@ -721,7 +721,7 @@ _NOTHING = (0, 0)
 
 def _sync_shell(guard: MemoryGuard) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         sized = guard.sized
         try_admit, release = guard.try_admit, guard.release
 
@@ -729,10 +729,10 @@ def _sync_shell(guard: MemoryGuard) -> WrapperFactory:
             own, gpu_own = guard.amounts(args, kwargs) if sized else _NOTHING
             refusal = try_admit(own, gpu_own)
             if refusal is not None:
-                for delay in guard.resolve(name, own, gpu_own, refusal):
-                    _clock.sync_sleep(delay, guard, name, "memory_guard")
+                for delay in guard.resolve(stack.value, own, gpu_own, refusal):
+                    _clock.sync_sleep(delay, guard, stack.value, "memory_guard")
             elif events.active:
-                guard.admitted(name, own)
+                guard.admitted(stack.value, own)
             if not (own or gpu_own):
                 return fn(*args, **kwargs)
             try:
@@ -747,7 +747,7 @@ def _sync_shell(guard: MemoryGuard) -> WrapperFactory:
 
 def _async_shell(guard: MemoryGuard) -> WrapperFactory:
     def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         sized = guard.sized
         try_admit, release = guard.try_admit, guard.release
 
@@ -757,10 +757,10 @@ def _async_shell(guard: MemoryGuard) -> WrapperFactory:
             if refusal is not None:
                 # Cancelled while sleeping here, the call holds nothing yet: the generator
                 # reserves only in the step that ends it.
-                for delay in guard.resolve(name, own, gpu_own, refusal):
+                for delay in guard.resolve(stack.value, own, gpu_own, refusal):
                     await _clock.async_sleep(delay)
             elif events.active:
-                guard.admitted(name, own)
+                guard.admitted(stack.value, own)
             if not (own or gpu_own):
                 return await fn(*args, **kwargs)
             try:
@@ -787,16 +787,16 @@ def _held(guard: MemoryGuard, own: int, gpu_own: int) -> Session:
 
 def _sync_stream_shell(guard: MemoryGuard) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
             own, gpu_own = guard.amounts(args, kwargs) if guard.sized else _NOTHING
             refusal = guard.try_admit(own, gpu_own)
             if refusal is not None:
-                for delay in guard.resolve(name, own, gpu_own, refusal):
-                    _clock.sync_sleep(delay, guard, name, "memory_guard")
+                for delay in guard.resolve(stack.value, own, gpu_own, refusal):
+                    _clock.sync_sleep(delay, guard, stack.value, "memory_guard")
             elif events.active:
-                guard.admitted(name, own)
+                guard.admitted(stack.value, own)
             return _held(guard, own, gpu_own)
 
         return sync_stream_shell(open_run)(fn)
@@ -806,16 +806,16 @@ def _sync_stream_shell(guard: MemoryGuard) -> WrapperFactory:
 
 def _async_stream_shell(guard: MemoryGuard) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
             own, gpu_own = guard.amounts(args, kwargs) if guard.sized else _NOTHING
             refusal = guard.try_admit(own, gpu_own)
             if refusal is not None:
-                for delay in guard.resolve(name, own, gpu_own, refusal):
+                for delay in guard.resolve(stack.value, own, gpu_own, refusal):
                     await _clock.async_sleep(delay)
             elif events.active:
-                guard.admitted(name, own)
+                guard.admitted(stack.value, own)
             return _held(guard, own, gpu_own)
 
         return async_stream_shell(open_run)(fn)

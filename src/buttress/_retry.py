@@ -37,7 +37,7 @@ from ._policies._budget import RetryBudget
 from ._settings import ExceptionTypes
 from ._signature import MISSING, CallSignature, signature_of
 from ._streams import Restart, Session, async_stream_shell, sync_stream_shell
-from ._wrapping import WrapperFactory, function_name, wrap
+from ._wrapping import StackName, WrapperFactory, function_name, stack_name, wrap
 
 __all__ = ["Attempt", "Jitter", "Retrying", "StreamResume", "retry", "retry_after", "retrying"]
 
@@ -238,9 +238,9 @@ class _Run:
 
     __slots__ = ("attempts", "delays", "function", "retrier", "start")
 
-    def __init__(self, retrier: _Retrier, function: str, start: float) -> None:
+    def __init__(self, retrier: _Retrier, function: StackName, start: float) -> None:
         self.retrier = retrier
-        self.function = function
+        self.function = function  # read when reported: the stack's name by then
         self.start = start
         self.attempts = 0
         self.delays: list[float] = []
@@ -301,7 +301,7 @@ class _Run:
     def _summary(self, reason: _GaveUp) -> str:
         elapsed = _clock.monotonic() - self.start
         text = (
-            f"buttress.retry: {self.function}() failed {self.attempts} time(s) "
+            f"buttress.retry: {self.function.value}() failed {self.attempts} time(s) "
             f"in {elapsed:.3g}s; slept {_seconds_list(self.delays)} between attempts"
         )
         if reason == "deadline":
@@ -319,7 +319,7 @@ class _Run:
         if on_retry is None and not events.notable():
             return
         record = RetryScheduled(
-            function=self.function,
+            function=self.function.value,
             attempt=self.attempts,
             error=error,
             result=result,
@@ -339,10 +339,10 @@ class _Run:
     ) -> None:
         if events.notable():
             if reason == "budget":
-                events.emit(RetryBudgetExhausted(function=self.function))
+                events.emit(RetryBudgetExhausted(function=self.function.value))
             events.emit(
                 RetryGaveUp(
-                    function=self.function,
+                    function=self.function.value,
                     attempts=self.attempts,
                     reason=reason,
                     error=error,
@@ -361,7 +361,7 @@ _WHY_ASYNC = (
 
 def _sync_shell(retrier: _Retrier) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        name = stack_name(fn)
         check = retrier.retry_on_result
         budget = retrier.budget
 
@@ -385,7 +385,7 @@ def _sync_shell(retrier: _Retrier) -> WrapperFactory:
                     if run is None:
                         run = _Run(retrier, name, start)
                     delay = run.after_result(result)
-                _clock.sync_sleep(delay, retrier, name, "retry")
+                _clock.sync_sleep(delay, retrier, name.value, "retry")
 
         return retry_wrapper
 
@@ -394,7 +394,7 @@ def _sync_shell(retrier: _Retrier) -> WrapperFactory:
 
 def _async_shell(retrier: _Retrier) -> WrapperFactory:
     def build(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        name = function_name(fn)
+        name = stack_name(fn)
         check = retrier.retry_on_result
         budget = retrier.budget
         limit = retrier.attempt_timeout
@@ -406,7 +406,8 @@ def _async_shell(retrier: _Retrier) -> WrapperFactory:
                 return await fn(*args, **kwargs)
             number = 1 if run is None else run.attempts + 1
             raise AttemptTimeoutError(
-                f"attempt {number} of {name}() took longer than {budget:.3g}s and was cancelled"
+                f"attempt {number} of {name.value}() took longer than {budget:.3g}s and was "
+                "cancelled"
             )
 
         async def retry_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -459,7 +460,7 @@ class _StreamRun(Session):
     def __init__(
         self,
         retrier: _Retrier,
-        name: str,
+        name: StackName,
         signature: CallSignature | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -490,7 +491,7 @@ class _StreamRun(Session):
             if retrier.resume is None:
                 _add_note(
                     error,
-                    f"buttress.retry: {self.name}() failed after delivering {self.items} "
+                    f"buttress.retry: {self.name.value}() failed after delivering {self.items} "
                     "item(s), so it was not retried (a stream is not replayed; resume= "
                     "can continue it)",
                 )
@@ -519,13 +520,13 @@ class _StreamRun(Session):
             name: default if value is MISSING else value
             for name, value, default in zip(names, values, signature.defaults, strict=True)
         }
-        changes = resume(StreamResume(self.name, attempt, self.items, error, dict(arguments)))
+        changes = resume(StreamResume(self.name.value, attempt, self.items, error, dict(arguments)))
         if changes is None:
             return None, None
         unknown = set(changes) - set(arguments)
         if unknown:
             raise TypeError(
-                f"@retry(resume=...) for {self.name}() returned {sorted(unknown)}, which "
+                f"@retry(resume=...) for {self.name.value}() returned {sorted(unknown)}, which "
                 "names no parameter of the function"
             )
         arguments.update(changes)
@@ -552,7 +553,7 @@ class _TimedStreamRun(_StreamRun):
     def expired(self) -> BaseException:
         number = 1 if self.run is None else self.run.attempts + 1
         return AttemptTimeoutError(
-            f"attempt {number} of {self.name}() delivered no item within "
+            f"attempt {number} of {self.name.value}() delivered no item within "
             f"{max(self.limited, 0.0):.3g}s and was cancelled"
         )
 
@@ -579,7 +580,7 @@ def _stream_sessions(
                 f"@retry(retry_on_result=...) cannot decorate {function_name(fn)}(), a "
                 "stream: it has no result to check (check the items in the stream)"
             )
-        name = function_name(fn)
+        name = stack_name(fn)
         signature = signature_of(fn) if retrier.resume is not None else None
         return lambda args, kwargs: kind(retrier, name, signature, args, kwargs)
 
@@ -732,7 +733,7 @@ class _Attempts:
 
     def _run(self) -> _Run:
         if self.run is None:
-            self.run = _Run(self.retrier, self.name, self.start)
+            self.run = _Run(self.retrier, StackName(self.name), self.start)
         return self.run
 
 

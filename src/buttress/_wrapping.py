@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -26,11 +28,14 @@ from ._errors import StackingWarning, warn
 from ._signature import signature_of
 
 __all__ = [
+    "StackName",
     "WrapperFactory",
+    "check_names",
     "decorated_above",
     "function_module",
     "function_name",
     "is_async_callable",
+    "stack_name",
     "stream_kind",
     "warn_decorated_above",
     "wrap",
@@ -95,6 +100,163 @@ def function_module(target: Any) -> str:
     """The module defining ``target`` (through ``functools.partial``), or ``""``."""
     module = getattr(_unwrap_partial(target), "__module__", None)
     return module if isinstance(module, str) else ""
+
+
+class StackName:
+    """The ``function`` name every buttress layer of one decorated function reports.
+
+    One per stack of decorators, shared by all its layers: ``wrap()`` hangs it on each
+    wrapper (``functools.update_wrapper`` then carries it to every wrapper above), and each
+    layer reads :attr:`value` when it reports an event, not when it is built. So the name
+    ``@monitor`` gives, applied last (outermost), is what the retries, cache lookups and
+    timeouts below it report too, and ``policy()`` needs nothing of its own.
+
+    Attributes:
+        value: the name: the function's qualified name until a monitor names the stack.
+        monitored: a ``@monitor`` layer took the name (then no other may change it).
+        named: that monitor was given the name outright (``@monitor("embed")``).
+        labels: the monitor's static labels, sorted (they make a series too).
+        origin: where the function is defined (module and qualified name, file and line),
+            which tells two different functions of one name from one redefined.
+    """
+
+    __slots__ = ("__weakref__", "labels", "monitored", "named", "origin", "value")
+
+    def __init__(self, value: str, origin: tuple[str, str, str, int] | None = None) -> None:
+        self.value = value
+        self.monitored = False
+        self.named = False
+        self.labels: tuple[tuple[str, str], ...] = ()
+        # a name given outright (a retrying block's) comes from nowhere in particular
+        self.origin = origin if origin is not None else ("", value, "", 0)
+
+    def __str__(self) -> str:  # messages spell the name as it is now
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"<StackName {self.value!r}>"
+
+
+_NAME_ATTRIBUTE = "__buttress_name__"
+#: Names made for a target not yet wrapped: the factory asks for it, ``wrap()`` then
+#: hangs the same one on the wrapper and forgets it here.
+_unclaimed: weakref.WeakKeyDictionary[Any, StackName] = weakref.WeakKeyDictionary()
+
+
+def _origin(target: Any) -> tuple[str, str, str, int]:
+    inner = inspect.unwrap(_unwrap_partial(target))
+    code = getattr(inner, "__code__", None)
+    return (
+        function_module(target),
+        function_name(target),
+        code.co_filename if code is not None else "",
+        code.co_firstlineno if code is not None else 0,
+    )
+
+
+def stack_name(target: Any) -> StackName:
+    """The :class:`StackName` of the stack ``target`` belongs to (made for a new stack)."""
+    found = getattr(_unwrap_partial(target), _NAME_ATTRIBUTE, None)
+    if isinstance(found, StackName):
+        return found
+    try:
+        name = _unclaimed.get(target)
+    except TypeError:  # neither hashable nor weakly referenceable: a stack of its own
+        return StackName(function_name(target), _origin(target))
+    if name is None:
+        name = StackName(function_name(target), _origin(target))
+        try:
+            _unclaimed[target] = name
+        except TypeError:
+            pass
+    return name
+
+
+def _claim(target: Any) -> StackName:
+    """The stack name for ``target``'s new wrapper; a raw function gets a new stack's."""
+    name = stack_name(target)
+    try:
+        _unclaimed.pop(target, None)
+    except TypeError:
+        pass
+    _settle(name)
+    return name
+
+
+# --- two functions under one name ----------------------------------------------------------
+#
+# Two different functions reporting the same name and labels would share every series (the
+# calls of pkg.text.embed and pkg.image.embed, both "embed", added up). A stack's name is
+# final only once its outermost layer is applied, and nothing says when that is; but stacks
+# are built one after another, so a stack is checked when a layer of another one is applied
+# (at import time still), and the last one when the metrics are enabled or read
+# (:func:`check_names`).
+
+_collisions = logging.getLogger("buttress.metrics")
+_names_lock = threading.Lock()
+#: Stacks checked, by the name and labels they had then (looked up by their current ones).
+_checked: dict[tuple[str, tuple[tuple[str, str], ...]], list[weakref.ref[StackName]]] = {}
+_pending: weakref.ref[StackName] | None = None
+_reported: set[tuple[tuple[str, str, str, int], tuple[str, str, str, int]]] = set()
+
+
+def _settle(name: StackName) -> None:
+    """``name``'s stack got a layer: the stack touched before it is complete, check it."""
+    global _pending
+    with _names_lock:
+        previous = _pending() if _pending is not None else None
+        _pending = weakref.ref(name)
+    if previous is not None and previous is not name:
+        _check(previous)
+
+
+def check_names() -> None:
+    """Check the last stack built (the others were when the next one started)."""
+    global _pending
+    with _names_lock:
+        last = _pending() if _pending is not None else None
+        _pending = None
+    if last is not None:
+        _check(last)
+
+
+def _check(name: StackName) -> None:
+    key = (name.value, name.labels)
+    with _names_lock:
+        others = [
+            other
+            for ref in _checked.get(key, ())
+            if (other := ref()) is not None
+            and other is not name
+            and (other.value, other.labels) == key
+            and other.origin != name.origin
+            and not (other.named and name.named)  # the same name given on purpose
+        ]
+        if not any(ref() is name for ref in _checked.get(key, ())):
+            _checked.setdefault(key, []).append(weakref.ref(name))
+        fresh = [
+            other
+            for other in others
+            if (other.origin, name.origin) not in _reported
+            and (name.origin, other.origin) not in _reported
+        ]
+        _reported.update((other.origin, name.origin) for other in fresh)
+    for other in fresh:
+        _collisions.warning(
+            "two different functions report their metrics as function=%r%s: %s and %s; "
+            "their series are added up. Give each its own name (@monitor(\"...\") or "
+            "policy(monitor=\"...\")), or the same one to both on purpose",
+            name.value,
+            "".join(f", {key}={value!r}" for key, value in name.labels),
+            _where(other.origin),
+            _where(name.origin),
+        )
+
+
+def _where(origin: tuple[str, str, str, int]) -> str:
+    module, qualname, path, line = origin
+    place = f"{module}.{qualname}" if module else qualname
+    return f"{place} ({path}:{line})" if path else place
 
 
 def wrap(
@@ -171,6 +333,7 @@ def wrap(
             )
     wrapper = factory(target)
     functools.update_wrapper(wrapper, target)
+    setattr(wrapper, _NAME_ATTRIBUTE, _claim(target))
     if attributes:
         for name, value in attributes.items():
             setattr(wrapper, name, value)

@@ -29,37 +29,46 @@ Example::
 from __future__ import annotations
 
 import functools
+import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
+from ._errors import ConfigurationError
+from ._monitoring._decorator import histogram_bounds
 from ._monitoring._emitter import exporter
-from ._monitoring._stats import counters
+from ._monitoring._stats import counters, duration_buckets
+from ._monitoring._stats import set_duration_buckets as _set_default_buckets
 from ._sinks._statsd import DogStatsdSink, tag
+from ._wrapping import check_names
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
+    from prometheus_client.registry import Collector, CollectorRegistry
 
-    from ._sinks._prometheus import ButtressCollector
+    from ._sinks._multiprocess import MultiprocessSink
 
 __all__ = [
     "current_registry",
     "disable",
     "disable_dogstatsd",
+    "duration_buckets",
     "enable",
     "enable_dogstatsd",
     "generate_latest",
     "push_to_gateway",
     "push_to_gateway_async",
     "render",
+    "set_duration_buckets",
 ]
 
 _lock = threading.Lock()
 _registry: CollectorRegistry | None = None
-_collector: ButtressCollector | None = None
+_collector: Collector | None = None
 _dogstatsd: DogStatsdSink | None = None
+#: The writer of this process's totals in multiprocess mode (``None`` otherwise).
+_multiprocess: MultiprocessSink | None = None
 
 
 def _prometheus_client() -> Any:
@@ -72,12 +81,22 @@ def _prometheus_client() -> Any:
     return prometheus_client
 
 
-def enable(registry: CollectorRegistry | None = None) -> CollectorRegistry:
+def enable(
+    registry: CollectorRegistry | None = None, *, multiprocess: bool | None = None
+) -> CollectorRegistry:
     """Expose buttress' metrics in ``registry`` and start counting decorator events.
 
     Args:
         registry: a ``prometheus_client.CollectorRegistry``; ``prometheus_client.REGISTRY``
-            (what ``start_http_server`` and most integrations serve) by default.
+            (what ``start_http_server`` and most integrations serve) by default, or, in
+            multiprocess mode, a new registry holding a ``MultiProcessCollector``.
+        multiprocess: for several worker processes behind one port (``uvicorn
+            --workers 4``, gunicorn): each process writes its totals into
+            prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``)
+            from the exporter thread, and the registry gets a ``MultiProcessCollector``
+            that adds up every process's files, so any worker's ``/metrics`` answers
+            with the totals of all. ``None`` (the default) turns it on when
+            ``PROMETHEUS_MULTIPROC_DIR`` is set. See the fleet guide.
 
     Returns:
         The registry now holding buttress' collector. Enabling again with another
@@ -86,35 +105,92 @@ def enable(registry: CollectorRegistry | None = None) -> CollectorRegistry:
     Raises:
         ImportError: prometheus-client is not installed.
         ValueError: the registry already has a metric of one of buttress' names.
+        ConfigurationError: ``multiprocess=True`` without ``PROMETHEUS_MULTIPROC_DIR``
+            naming a directory.
     """
-    global _registry, _collector
+    global _registry, _collector, _multiprocess
+    check_names()  # the last function decorated: the others were as the next one began
     client = _prometheus_client()
+    from ._sinks._multiprocess import (  # imports prometheus-client
+        ENVIRONMENT,
+        MultiprocessSink,
+        directory_from_environment,
+    )
     from ._sinks._prometheus import ButtressCollector  # imports prometheus-client
 
-    target: CollectorRegistry = registry if registry is not None else client.REGISTRY
+    directory = directory_from_environment()
+    if multiprocess is None:
+        multiprocess = directory is not None
+    elif multiprocess and (directory is None or not os.path.isdir(directory)):
+        raise ConfigurationError(
+            f"multiprocess=True needs {ENVIRONMENT} to name an existing directory (the "
+            f"one every worker writes to, emptied before they start), got {directory!r}"
+        )
     with _lock:
-        if _registry is target:
-            return target
-        collector = ButtressCollector()
+        if (
+            _registry is not None
+            and (registry is None or _registry is registry)
+            and (_multiprocess is not None) == multiprocess
+        ):
+            return _registry
+        collector: Collector
+        if multiprocess:
+            assert directory is not None
+            target: CollectorRegistry = (
+                registry if registry is not None else client.CollectorRegistry()
+            )
+            collector = client.multiprocess.MultiProcessCollector(None, path=directory)
+        else:
+            target = registry if registry is not None else client.REGISTRY
+            collector = ButtressCollector()
         target.register(collector)
         if _registry is not None and _collector is not None:
             _registry.unregister(_collector)
         else:
             counters.acquire()
         _registry, _collector = target, collector
+        old, _multiprocess = _multiprocess, (
+            MultiprocessSink(directory) if multiprocess and directory is not None else None
+        )
+        sink = _multiprocess
+    if old is not None:
+        exporter.remove_sink(old)
+    if sink is not None:
+        exporter.add_sink(sink)
     return target
 
 
 def disable() -> None:
     """Remove buttress' collector from its registry and stop counting events for it."""
-    global _registry, _collector
+    global _registry, _collector, _multiprocess
     with _lock:
-        registry, collector = _registry, _collector
-        _registry = _collector = None
+        registry, collector, sink = _registry, _collector, _multiprocess
+        _registry = _collector = _multiprocess = None
         if registry is None or collector is None:
             return
         registry.unregister(collector)
         counters.release()
+    if sink is not None:
+        exporter.remove_sink(sink)
+
+
+def set_duration_buckets(buckets: Sequence[float]) -> None:
+    """Set the default upper bounds of ``buttress_call_duration_seconds`` (and of
+    ``buttress_stream_first_item_seconds``) for every monitored function.
+
+    Functions given ``@monitor(duration_buckets=...)`` keep their own. Call it at start-up,
+    before the first calls: the histograms of the functions that use the default start
+    again in the new buckets (counts cannot be moved from one set of buckets to another).
+    :func:`duration_buckets` returns the bounds in force (1 ms to 30 s by default).
+
+    Args:
+        buckets: upper bounds in seconds, positive, finite and strictly increasing;
+            ``+Inf`` is always added.
+
+    Raises:
+        ConfigurationError: for bounds that cannot work.
+    """
+    _set_default_buckets(histogram_bounds(buckets, "duration_buckets"))
 
 
 def current_registry() -> CollectorRegistry | None:
@@ -123,10 +199,14 @@ def current_registry() -> CollectorRegistry | None:
 
 
 def _target(registry: CollectorRegistry | None) -> CollectorRegistry:
-    if registry is not None:
-        return registry
-    current = _registry
-    return current if current is not None else enable()
+    check_names()
+    if registry is None:
+        current = _registry
+        registry = current if current is not None else enable()
+    sink = _multiprocess
+    if sink is not None:  # this process's own totals as of now; the others' lag an interval
+        sink.write()
+    return registry
 
 
 def generate_latest(registry: CollectorRegistry | None = None) -> bytes:
@@ -152,9 +232,8 @@ async def render(
         registry: as for :func:`generate_latest`.
     """
     client = _prometheus_client()
-    target = _target(registry)
     encoder, content_type = client.exposition.choose_encoder(accept or "")
-    body = await anyio.to_thread.run_sync(encoder, target)
+    body = await anyio.to_thread.run_sync(lambda: encoder(_target(registry)))
     return body, content_type
 
 

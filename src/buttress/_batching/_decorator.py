@@ -39,7 +39,13 @@ from buttress import _clock, _settings
 from buttress._declare import suggests_keywords
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._signature import signature_of
-from buttress._wrapping import function_module, function_name, is_async_callable, wrap
+from buttress._wrapping import (
+    function_module,
+    function_name,
+    is_async_callable,
+    stack_name,
+    wrap,
+)
 
 from ._engine import DROPPED, OPEN, START, WAKE, Batch, Batcher, Slot
 
@@ -518,7 +524,8 @@ def batch(
         batcher = Batcher(
             max_size=size, max_wait=wait, key=key, max_concurrency=concurrency, max_queue=queue
         )
-        batcher.function = function_name(inner) if callable(inner) else ""
+        if callable(inner):
+            batcher.name = stack_name(inner)
         shell = _async_one if is_async_callable(inner) else _sync_one
         one = shell(batcher, inner)
         _describe_one(one, inner)

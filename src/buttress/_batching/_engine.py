@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 from buttress import _clock
 from buttress._errors import BatchQueueFullError, BatchResultError
 from buttress._events import BatchCompleted, BatchDispatched, BatchRejected, events
+from buttress._wrapping import StackName
 
 __all__ = ["Batch", "BatchStats", "Batcher", "Slot"]
 
@@ -171,13 +172,18 @@ class Batcher:
         "_queued",
         "_ready",
         "_rejected",
-        "function",
         "key",
         "max_concurrency",
         "max_queue",
         "max_size",
         "max_wait",
+        "name",
     )
+
+    @property
+    def function(self) -> str:
+        """The name the batch function's events report."""
+        return self.name.value
 
     def __init__(
         self,
@@ -193,8 +199,9 @@ class Batcher:
         self.key = key
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
-        #: The batch function's qualified name, set when it is decorated.
-        self.function = ""
+        #: The batch function's stack name (see ``_wrapping.StackName``), set when it is
+        #: decorated; read when reported, so a monitor above names it.
+        self.name = StackName("")
         self._lock = threading.Lock()
         self._open: dict[tuple[Any, Hashable], Batch] = {}
         self._ready: deque[Batch] = deque()  # closed batches waiting for a slot, in order

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, final
 from buttress import _clock
 from buttress._errors import value_text
 from buttress._events import CacheAccess, CacheEviction, CacheStoreFailed, events
-from buttress._wrapping import function_module, function_name
+from buttress._wrapping import function_module, function_name, stack_name
 
 from ._flight import AsyncFlights, ThreadFlight
 from ._keys import BindError, CacheKey, CacheScope, KeyBuilder
@@ -56,6 +56,7 @@ class CacheCore:
         "policy",
         "scope",
         "single",
+        "stack",
         "store",
         "table",
         "thread_flights",
@@ -63,7 +64,8 @@ class CacheCore:
 
     def __init__(self, policy: Policy, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self.name = function_name(fn)
+        self.name = function_name(fn)  # the cache's own: its keys' namespace
+        self.stack = stack_name(fn)  # the name its events report: the stack's
         self.policy = policy
         self.builder = KeyBuilder(fn, self.name, policy.key)
         self.counters = Counters()
@@ -164,7 +166,7 @@ class CacheCore:
         else:
             counters.stale += 1
         if events.active:
-            events.emit(CacheAccess(function=self.name, result=result, error=error))
+            events.emit(CacheAccess(function=self.stack.value, result=result, error=error))
 
     def _evicted(self, reason: str, count: int) -> None:
         if reason == "expired":
@@ -175,7 +177,7 @@ class CacheCore:
             why: Literal["size", "bytes", "expired"] = (
                 "expired" if reason == "expired" else "bytes" if reason == "bytes" else "size"
             )
-            events.emit(CacheEviction(function=self.name, reason=why, count=count))
+            events.emit(CacheEviction(function=self.stack.value, reason=why, count=count))
 
     def store_failed(self, operation: str, exc: Exception) -> None:
         """A store failed and the call goes on without it: count, report, log (rarely)."""
@@ -184,7 +186,7 @@ class CacheCore:
         if events.notable():
             events.emit(
                 CacheStoreFailed(
-                    function=self.name, store=store_name, operation=operation, error=exc
+                    function=self.stack.value, store=store_name, operation=operation, error=exc
                 )
             )
         now = _clock.monotonic()

@@ -179,7 +179,7 @@ class Engine:
             # answered waits for every call made here
             self.counters.joins += 1
             if events.active:
-                events.emit(CacheAccess(function=self.name, result="join"))
+                events.emit(CacheAccess(function=self.core.stack.value, result="join"))
             if flight.arrays and self.policy.copy_arrays:
                 return copy_arrays(flight.value), None
             return flight.value, None

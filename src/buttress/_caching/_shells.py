@@ -76,7 +76,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         store = cast("CacheStore", core.store)  # the engine asks for it only when there is one
         keep = policy.keep
         counters = core.counters
-        name = core.name
+        stack = core.stack
         copying = policy.copy_arrays
         table = core.table
 
@@ -98,7 +98,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                         reply = fn(*args, **kwargs)
                         seal(reply)  # a fresh array is made read-only in place
                     elif isinstance(step, Wait):
-                        _clock.blocking_wait(core, name, "cache_result", None)
+                        _clock.blocking_wait(core, stack.value, "cache_result", None)
                         step.on.wait()
                     elif isinstance(step, Read):
                         if step.lead:
@@ -157,7 +157,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     pass
                 counters.hits += 1
                 if events.active:
-                    events.emit(CacheAccess(function=name, result="hit"))
+                    events.emit(CacheAccess(function=stack.value, result="hit"))
                 if copying and entry.arrays:
                     return copy_arrays(entry.value)
                 return entry.value
@@ -182,7 +182,7 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         store = cast("CacheStore", core.store)  # the engine asks for it only when there is one
         keep = policy.keep
         counters = core.counters
-        name = core.name
+        stack = core.stack
         copying = policy.copy_arrays
         table = core.table
 
@@ -268,7 +268,7 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
                     pass
                 counters.hits += 1
                 if events.active:
-                    events.emit(CacheAccess(function=name, result="hit"))
+                    events.emit(CacheAccess(function=stack.value, result="hit"))
                 if copying and entry.arrays:
                     return copy_arrays(entry.value)
                 return entry.value

@@ -41,13 +41,13 @@ from buttress._streams import (
     sync_stream_shell,
 )
 from buttress._tracing import TraceIds
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, stack_name, wrap
 
+from . import _stats
 from ._emitter import exporter
 from ._logs import PENDING_INPUTS, PENDING_OUTPUT, CallItem, ExcInfo, MessageItem
 from ._stats import (
     CANCELLED,
-    DURATION_BUCKETS,
     ERROR,
     INPUT_ANOMALIES,
     OK,
@@ -76,7 +76,6 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED_LABELS = frozenset({"function", "outcome", "le", "quantile"})
 #: Argument types that can hold no NaN: the anomaly scan skips them at once.
 _PLAIN = frozenset({int, bool, str, bytes, type(None), dict, list, tuple, set})
-_FIRST_BOUND = DURATION_BUCKETS[0]
 #: Exceptions ``@monitor`` logs at WARNING without a traceback, whatever ``expected``
 #: says: a caller's invalid input, and calls buttress refused on purpose (open breaker,
 #: full bulkhead or batch queue, rate limit, memory pressure).
@@ -170,16 +169,18 @@ def _span_kind(value: object) -> str:
     )
 
 
-def _buckets(value: object) -> tuple[float, ...]:
+def histogram_bounds(value: object, name: str = "output_buckets") -> tuple[float, ...]:
+    """Histogram bounds as given: a non-empty, strictly increasing sequence of numbers."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-        raise ConfigurationError(
-            f"output_buckets must be a non-empty sequence of numbers, got {value!r}"
-        )
-    bounds = tuple(
-        _settings.number(bound, "output_buckets") for bound in value
-    )
+        raise ConfigurationError(f"{name} must be a non-empty sequence of numbers, got {value!r}")
+    bounds = tuple(_settings.number(bound, name) for bound in value)
     if any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
-        raise ConfigurationError(f"output_buckets must be strictly increasing, got {value!r}")
+        raise ConfigurationError(f"{name} must be strictly increasing, got {value!r}")
+    if name == "duration_buckets" and (bounds[0] <= 0 or math.isinf(bounds[-1])):
+        raise ConfigurationError(
+            f"{name} must be positive and finite (seconds; +Inf is always added), "
+            f"got {value!r}"
+        )
     return bounds
 
 
@@ -190,6 +191,7 @@ class _Settings:
     """
 
     __slots__ = (
+        "duration_buckets",
         "expected",
         "labels",
         "level",
@@ -215,6 +217,7 @@ class _Settings:
         slow_threshold: float | timedelta | None = None,
         track_output: Callable[[Any], float] | None = None,
         output_buckets: Sequence[float] = OUTPUT_BUCKETS,
+        duration_buckets: Sequence[float] | None = None,
         redact: Mapping[str, Any] | None = None,
         labels: Mapping[str, str] | None = None,
         span_kind: str | Enum = "internal",
@@ -231,7 +234,12 @@ class _Settings:
         if track_output is not None and not callable(track_output):
             raise ConfigurationError(f"track_output must be callable, got {track_output!r}")
         self.track_output = track_output
-        self.output_buckets = _buckets(output_buckets)
+        self.output_buckets = histogram_bounds(output_buckets)
+        self.duration_buckets = (
+            None
+            if duration_buckets is None
+            else histogram_bounds(duration_buckets, "duration_buckets")
+        )
         if redact is not None and (
             not isinstance(redact, Mapping) or not all(isinstance(k, str) for k in redact)
         ):
@@ -275,6 +283,7 @@ class Site:
     """One monitored function: its names, compiled settings, totals and decisions."""
 
     __slots__ = (
+        "__weakref__",
         "expected",
         "func_name",
         "labels",
@@ -304,7 +313,22 @@ class Site:
     def __init__(
         self, settings: _Settings, fn: Callable[..., Any], signature: CallSignature
     ) -> None:
-        self.name = settings.name or function_name(fn)
+        # One name for the whole stack (see _wrapping.StackName): the monitor names it,
+        # and every layer below reports that name when it reports an event.
+        stack = stack_name(fn)
+        if settings.name is not None and settings.name != stack.value:
+            if stack.monitored:
+                raise ConfigurationError(
+                    f"name: {function_name(fn)}() is already monitored as "
+                    f"{stack.value!r}; one function has one name in the metrics, so a "
+                    f"second @monitor cannot call it {settings.name!r}"
+                )
+            stack.value = settings.name
+        if settings.name is not None:
+            stack.named = True
+        stack.monitored = True
+        stack.labels = tuple(sorted(settings.labels.items()))
+        self.name = stack.value
         self.expected = settings.expected
         self.labels = settings.labels
         self.level = settings.level
@@ -349,7 +373,8 @@ class Site:
         self.func_name = getattr(inner, "__name__", self.name)
         self.span_kind = settings.span_kind
         self.span_attributes = self._span_attributes(inner, code is not None)
-        self.stats = function_stats(self.name, self.labels)
+        self.stats = function_stats(self.name, self.labels, settings.duration_buckets)
+        _stats.use_labels(self, self.labels)
         if self.track_output is not None:
             self.stats.track_output(self.output_bounds)
 
@@ -401,27 +426,31 @@ class Site:
             outcome = CANCELLED
         else:
             outcome = ERROR
+        stats = self.stats
+        bounds = stats.bounds
         # Most calls land in the first bucket; the test spares them the bisect call.
-        if duration <= _FIRST_BOUND:
+        if duration <= bounds[0]:
             slot = 0
             if duration < 0:  # a fake clock moved back
                 duration = 0.0
         else:
-            slot = bisect_left(DURATION_BUCKETS, duration)
-        stats = self.stats
+            slot = bisect_left(bounds, duration)
         lock = stats.lock
         # acquire/release rather than `with`: half the cost, and nothing in between
         # can raise.
         lock.acquire()
         stats.in_flight -= 1
         stats.outcomes[outcome] += 1
-        stats.buckets[slot] += 1
-        stats.total += duration
-        if trace is not None and trace.sampled:
-            stats.exemplars[slot] = (trace, duration, time.time())
+        if stats.bounds is bounds:  # else the default buckets changed during the call
+            stats.buckets[slot] += 1
+            stats.total += duration
+            if trace is not None and trace.sampled:
+                stats.exemplars[slot] = (trace, duration, time.time())
         if stream is not None:
             self._count_stream(stream[0], stream[1])
         lock.release()
+        if _stats.hint_pending:
+            _stats.hint_once()
         tracked = None
         if outcome == OK and self.track_output is not None and stream is None:
             tracked = self._track(result)
@@ -531,7 +560,7 @@ class Site:
         stats.items += items
         buckets = stats.first_buckets
         if first is not None and buckets is not None:
-            buckets[bisect_left(DURATION_BUCKETS, max(first, 0.0))] += 1
+            buckets[bisect_left(stats.bounds, max(first, 0.0))] += 1
             stats.first_total += first
 
     # -- pieces ------------------------------------------------------------------------
@@ -975,6 +1004,10 @@ def monitor(settings: _Settings) -> Decorate:
             values and errors of the mapper are counted in
             ``buttress_output_anomalies_total`` instead.
         output_buckets: the upper bounds of that histogram, strictly increasing.
+        duration_buckets: the upper bounds (seconds, strictly increasing) of this
+            function's ``buttress_call_duration_seconds`` (and time-to-first-item)
+            histogram; ``+Inf`` is added. By default the process-wide buckets
+            (:func:`buttress.metrics.set_duration_buckets`; 1 ms to 30 s unless changed).
         redact: per argument name (``"return"`` for the result), what to log instead of
             the summary: a callable receiving the value, or a constant.
         labels: fixed extra labels (and log fields) for this function's metrics, such as

@@ -14,12 +14,16 @@ monitoring the event hook stays free (``events.active`` stays false).
 from __future__ import annotations
 
 import bisect
+import importlib.util
+import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from buttress import _registry
+from buttress._errors import ConfigurationError
 from buttress._events import (
     BatchCompleted,
     BatchDispatched,
@@ -70,8 +74,13 @@ __all__ = [
     "GaugeFamily",
     "HistogramFamily",
     "counters",
+    "duration_buckets",
     "function_stats",
+    "hint_once",
+    "set_duration_buckets",
     "snapshot",
+    "static_labels",
+    "use_labels",
 ]
 
 #: Call outcomes, in the order of :attr:`FunctionStats.outcomes`.
@@ -158,7 +167,9 @@ class FunctionStats:
     """
 
     __slots__ = (
+        "bounds",
         "buckets",
+        "custom",
         "exemplars",
         "first_buckets",
         "first_total",
@@ -175,14 +186,20 @@ class FunctionStats:
         "total",
     )
 
-    def __init__(self, name: str, labels: Labels) -> None:
+    def __init__(
+        self, name: str, labels: Labels, bounds: tuple[float, ...] | None = None
+    ) -> None:
         self.name = name
         self.labels = labels
         self.lock = threading.Lock()
         self.in_flight = 0
         self.outcomes = [0, 0, 0]
+        #: The duration histogram's upper bounds: the function's own (``custom``) or the
+        #: process-wide default, which :func:`set_duration_buckets` may change.
+        self.custom = bounds is not None
+        self.bounds = bounds if bounds is not None else _duration_bounds
         # one slot per bound plus +Inf
-        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.buckets = [0] * (len(self.bounds) + 1)
         # set by traced calls only (tracing on): see Exemplar
         self.exemplars: list[Exemplar | None] = [None] * len(self.buckets)
         self.total = 0.0
@@ -191,7 +208,7 @@ class FunctionStats:
         self.output_sum = 0.0
         self.output_count = 0
         self.items = 0
-        # Time to first item of the streams, in DURATION_BUCKETS; None: no stream yet.
+        # Time to first item of the streams, in ``bounds``; None: no stream yet.
         self.first_buckets: list[int] | None = None
         self.first_total = 0.0
 
@@ -199,7 +216,7 @@ class FunctionStats:
         """Start the streams' time-to-first-item histogram (once)."""
         with self.lock:
             if self.first_buckets is None:
-                self.first_buckets = [0] * (len(DURATION_BUCKETS) + 1)
+                self.first_buckets = [0] * (len(self.bounds) + 1)
 
     def track_output(self, bounds: tuple[float, ...]) -> None:
         """Start a ``track_output`` histogram with ``bounds`` (the first setting wins)."""
@@ -226,6 +243,7 @@ class FunctionStats:
             return FunctionSnapshot(
                 name=self.name,
                 labels=self.labels,
+                bounds=self.bounds,
                 in_flight=self.in_flight,
                 outcomes=tuple(self.outcomes),
                 buckets=tuple(self.buckets),
@@ -239,6 +257,19 @@ class FunctionStats:
                 first_buckets=None if self.first_buckets is None else tuple(self.first_buckets),
                 first_total=self.first_total,
             )
+
+    def rebucket(self, bounds: tuple[float, ...]) -> None:
+        """Use the default ``bounds`` from now on: the duration histograms start again."""
+        with self.lock:
+            if self.custom or bounds == self.bounds:
+                return
+            self.bounds = bounds
+            self.buckets = [0] * (len(bounds) + 1)
+            self.exemplars = [None] * len(self.buckets)
+            self.total = 0.0
+            if self.first_buckets is not None:
+                self.first_buckets = [0] * len(self.buckets)
+                self.first_total = 0.0
 
     def reset(self) -> None:
         """Zero every total except calls in flight (for tests)."""
@@ -262,6 +293,7 @@ class FunctionSnapshot:
 
     name: str
     labels: Labels
+    bounds: tuple[float, ...]
     in_flight: int
     outcomes: tuple[int, ...]
     buckets: tuple[int, ...]
@@ -280,11 +312,20 @@ _functions: dict[tuple[str, Labels], FunctionStats] = {}
 _functions_lock = threading.Lock()
 
 
-def function_stats(name: str, labels: Mapping[str, str] | None = None) -> FunctionStats:
+def function_stats(
+    name: str,
+    labels: Mapping[str, str] | None = None,
+    bounds: tuple[float, ...] | None = None,
+) -> FunctionStats:
     """The shared totals for ``name`` and ``labels``, created on first use.
 
     Two decorated functions with the same name and labels share one set of totals, as
-    they would share one Prometheus series anyway.
+    they would share one Prometheus series anyway. ``bounds`` are the duration
+    histogram's own upper bounds (``None``: the process-wide default); the first
+    function of a name sets them, and another asking for others is refused.
+
+    Raises:
+        ConfigurationError: ``bounds`` differ from those of the series already there.
     """
     key = (name, tuple(sorted((labels or {}).items())))
     stats = _functions.get(key)
@@ -292,8 +333,66 @@ def function_stats(name: str, labels: Mapping[str, str] | None = None) -> Functi
         with _functions_lock:
             stats = _functions.get(key)
             if stats is None:
-                stats = _functions[key] = FunctionStats(*key)
+                stats = _functions[key] = FunctionStats(*key, bounds)
+    if bounds is not None and stats.bounds != bounds:
+        raise ConfigurationError(
+            f"duration_buckets: {name!r} already reports its durations in buckets "
+            f"{list(stats.bounds)}, and one series has one set of buckets; give this "
+            f"function the same buckets or another name"
+        )
     return stats
+
+
+#: How many live monitors declare each static label: the per-function families carry
+#: every label some live monitor declares (see the Prometheus collector).
+_label_users: dict[str, int] = {}
+
+
+def use_labels(owner: object, names: Iterable[str]) -> None:
+    """Count ``names`` as declared static labels while ``owner`` (a monitor) lives."""
+    names = tuple(names)
+    if not names:
+        return
+    with _functions_lock:
+        for name in names:
+            _label_users[name] = _label_users.get(name, 0) + 1
+    weakref.finalize(owner, _release_labels, names)
+
+
+def _release_labels(names: tuple[str, ...]) -> None:
+    with _functions_lock:
+        for name in names:
+            left = _label_users.get(name, 0) - 1
+            if left > 0:
+                _label_users[name] = left
+            else:
+                _label_users.pop(name, None)
+
+
+def static_labels() -> list[str]:
+    """The names of the static labels the live monitors declare, sorted."""
+    with _functions_lock:
+        return sorted(_label_users)
+
+
+#: The default upper bounds of every duration histogram without buckets of its own.
+_duration_bounds: tuple[float, ...] = DURATION_BUCKETS
+
+
+def duration_buckets() -> tuple[float, ...]:
+    """The process-wide default bounds of the duration histograms."""
+    return _duration_bounds
+
+
+def set_duration_buckets(bounds: tuple[float, ...]) -> None:
+    """Make ``bounds`` the default; functions using the default start their histograms
+    again in the new buckets (a histogram cannot be re-binned)."""
+    global _duration_bounds
+    with _functions_lock:
+        _duration_bounds = bounds
+        current = list(_functions.values())
+    for stats in current:
+        stats.rebucket(bounds)
 
 
 def snapshot() -> list[FunctionSnapshot]:
@@ -714,6 +813,31 @@ class EventCounters:
 
 #: The process-wide event-driven counters.
 counters = EventCounters()
+
+_hint_logger = logging.getLogger("buttress.metrics")
+#: Cleared once the first monitored call has been checked for a forgotten sink.
+hint_pending = True
+
+
+def hint_once() -> None:
+    """The first monitored call of the process: say so if its totals reach no sink.
+
+    With prometheus-client installed and no metrics sink enabled (Prometheus, DogStatsD
+    or OpenTelemetry), ``@monitor`` counts calls that nobody can see: most likely
+    ``metrics.enable()`` (or an integration's ``/metrics`` helper) was forgotten. One
+    record, at WARNING on ``buttress.metrics``, then never again.
+    """
+    global hint_pending
+    hint_pending = False
+    if counters.listening or importlib.util.find_spec("prometheus_client") is None:
+        return
+    _hint_logger.warning(
+        "@monitor is counting calls, but no metrics sink is enabled, so no metric is "
+        "exposed: call buttress.metrics.enable() at start-up (or add /metrics with "
+        "buttress.integrations' helpers, which enable it), or "
+        "buttress.metrics.enable_dogstatsd() / buttress.otel.enable(). "
+        "This hint is logged once."
+    )
 
 
 def reset() -> None:

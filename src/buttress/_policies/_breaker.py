@@ -42,7 +42,7 @@ from buttress._events import CircuitRejected, CircuitStateChanged, events
 from buttress._redis import INTERVAL, FleetStore, syncer
 from buttress._settings import ExceptionTypes
 from buttress._streams import Outcome, Session, async_stream_shell, sync_stream_shell
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, stack_name, wrap
 
 from ._fleet_breaker import BreakerLink, FleetReply
 from ._window import Window
@@ -756,19 +756,19 @@ def _contract(settings: _Settings) -> dict[str, object]:
 
 def _sync_shell(breaker: CircuitBreaker) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         acquire, record, on_error = breaker.acquire, breaker.record, breaker.on_error
         timed = breaker.times_calls
 
         def circuit_breaker_wrapper(*args: Any, **kwargs: Any) -> Any:
-            ticket = acquire(name)
+            ticket = acquire(stack.value)
             started = _clock.monotonic() if timed else 0.0
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                on_error(ticket, exc, started, name)
+                on_error(ticket, exc, started, stack.value)
                 raise
-            record(ticket, started, name)
+            record(ticket, started, stack.value)
             return result
 
         return circuit_breaker_wrapper
@@ -778,19 +778,19 @@ def _sync_shell(breaker: CircuitBreaker) -> WrapperFactory:
 
 def _async_shell(breaker: CircuitBreaker) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         acquire, record, on_error = breaker.acquire, breaker.record, breaker.on_error
         timed = breaker.times_calls
 
         async def circuit_breaker_wrapper(*args: Any, **kwargs: Any) -> Any:
-            ticket = acquire(name)
+            ticket = acquire(stack.value)
             started = _clock.monotonic() if timed else 0.0
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                on_error(ticket, exc, started, name)
+                on_error(ticket, exc, started, stack.value)
                 raise
-            record(ticket, started, name)
+            record(ticket, started, stack.value)
             return result
 
         return circuit_breaker_wrapper
@@ -850,10 +850,10 @@ def _stream_shell(breaker: CircuitBreaker, shell: Callable[..., Any]) -> Wrapper
     kind = _TimedStreamCall if breaker.times_calls else _StreamCall
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
-            return kind(breaker, name, breaker.acquire(name))
+            return kind(breaker, stack.value, breaker.acquire(stack.value))
 
         return shell(open_run)(fn)  # type: ignore[no-any-return]
 

@@ -34,7 +34,7 @@ from buttress._declare import suggests_keywords
 from buttress._errors import BulkheadFullError
 from buttress._events import BulkheadRejected, BulkheadWaited, events
 from buttress._streams import Holding, async_stream_shell, sync_stream_shell
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import WrapperFactory, stack_name, wrap
 
 __all__ = ["Bulkhead", "BulkheadFunction", "BulkheadStats", "bulkhead"]
 
@@ -346,13 +346,13 @@ async def _wait_async(bulkhead: Bulkhead, waiter: _Waiter, name: str) -> None:
 
 def _sync_shell(bulkhead: Bulkhead) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         enter, leave = bulkhead.enter, bulkhead.leave
 
         def bulkhead_wrapper(*args: Any, **kwargs: Any) -> Any:
-            waiter = enter(name, _ThreadWaiter)
+            waiter = enter(stack.value, _ThreadWaiter)
             if waiter is not None:
-                _wait_sync(bulkhead, waiter, name)
+                _wait_sync(bulkhead, waiter, stack.value)
             try:
                 return fn(*args, **kwargs)
             finally:
@@ -365,13 +365,13 @@ def _sync_shell(bulkhead: Bulkhead) -> WrapperFactory:
 
 def _async_shell(bulkhead: Bulkhead) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         enter, leave = bulkhead.enter, bulkhead.leave
 
         async def bulkhead_wrapper(*args: Any, **kwargs: Any) -> Any:
-            waiter = enter(name, _TaskWaiter)
+            waiter = enter(stack.value, _TaskWaiter)
             if waiter is not None:
-                await _wait_async(bulkhead, waiter, name)
+                await _wait_async(bulkhead, waiter, stack.value)
             try:
                 return await fn(*args, **kwargs)
             finally:
@@ -389,12 +389,12 @@ def _sync_stream_shell(bulkhead: Bulkhead) -> WrapperFactory:
     held = Holding(bulkhead.leave)
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Holding:
-            waiter = bulkhead.enter(name, _ThreadWaiter)
+            waiter = bulkhead.enter(stack.value, _ThreadWaiter)
             if waiter is not None:
-                _wait_sync(bulkhead, waiter, name)
+                _wait_sync(bulkhead, waiter, stack.value)
             return held
 
         return sync_stream_shell(open_run)(fn)
@@ -406,12 +406,12 @@ def _async_stream_shell(bulkhead: Bulkhead) -> WrapperFactory:
     held = Holding(bulkhead.leave)
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Holding:
-            waiter = bulkhead.enter(name, _TaskWaiter)
+            waiter = bulkhead.enter(stack.value, _TaskWaiter)
             if waiter is not None:
-                await _wait_async(bulkhead, waiter, name)
+                await _wait_async(bulkhead, waiter, stack.value)
             return held
 
         return async_stream_shell(open_run)(fn)

@@ -24,7 +24,7 @@ from buttress._streams import (
     async_stream_shell,
     sync_stream_shell,
 )
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import WrapperFactory, stack_name, wrap
 
 __all__ = ["fallback"]
 
@@ -66,7 +66,7 @@ class _Answer:
 
 def _sync_shell(answer: _Answer) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         def fallback_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -74,11 +74,11 @@ def _sync_shell(answer: _Answer) -> WrapperFactory:
             except BaseException as exc:
                 if not answer.applies(exc):
                     raise
-                result = answer.make(exc, name)
+                result = answer.make(exc, stack.value)
             if inspect.isawaitable(result):
                 _close(result)
                 raise TypeError(
-                    f"@fallback: the factory of {name}(), a plain function, returned an "
+                    f"@fallback: the factory of {stack.value}(), a plain function, returned an "
                     "awaitable; use a plain factory for a plain function"
                 )
             return result
@@ -97,7 +97,7 @@ def _close(awaitable: object) -> None:
 
 def _async_shell(answer: _Answer) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         async def fallback_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -105,7 +105,7 @@ def _async_shell(answer: _Answer) -> WrapperFactory:
             except BaseException as exc:
                 if not answer.applies(exc):
                     raise
-                result = answer.make(exc, name)
+                result = answer.make(exc, stack.value)
             # Outside the except block: the error is handled, so no traceback is kept
             # alive while an async factory runs.
             if inspect.isawaitable(result):
@@ -144,18 +144,18 @@ class _FallbackRun(Session):
 
 def _sync_stream_shell(answer: _Answer) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
-        return sync_stream_shell(lambda args, kwargs: _FallbackRun(answer, name, False))(fn)
+        stack = stack_name(fn)
+        return sync_stream_shell(lambda args, kwargs: _FallbackRun(answer, stack.value, False))(fn)
 
     return build
 
 
 def _async_stream_shell(answer: _Answer) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _FallbackRun:
-            return _FallbackRun(answer, name, True)
+            return _FallbackRun(answer, stack.value, True)
 
         return async_stream_shell(open_run)(fn)
 

@@ -28,7 +28,7 @@ from buttress import _clock, _settings, _tracing
 from buttress._declare import suggests_keywords
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._events import HedgeStarted, HedgeWon, events
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import WrapperFactory, stack_name, wrap
 
 __all__ = ["HedgeStats", "HedgedFunction", "Hedger", "hedge"]
 
@@ -208,11 +208,10 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
     total = 1 + hedger.max_hedges
 
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         # Raced attempts run side by side: with tracing on, each gets a span of its own,
         # so what an attempt does (its HTTP call) nests under it and the loser shows as
         # cancelled. The attempt's number is its one attribute.
-        span_name = f"{name} attempt"
         span_attributes = [{"buttress.hedge.attempt": n} for n in range(total + 1)]
 
         async def attempt(
@@ -220,7 +219,7 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
         ) -> None:
             tracer = _tracing.tracer
             span = None if tracer is None else tracer.start(
-                span_name, "internal", span_attributes[number]
+                f"{stack.value} attempt", "internal", span_attributes[number]
             )
             try:
                 result = await fn(*args, **kwargs)
@@ -259,7 +258,7 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
             async with anyio.create_task_group() as group:
                 for number in range(1, total + 1):
                     if number > 1:
-                        hedger.hedged(number, name)
+                        hedger.hedged(number, stack.value)
                     race.launched += 1
                     group.start_soon(attempt, number, race, group.cancel_scope, args, kwargs)
                     if number == total:
@@ -283,7 +282,9 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
             if race.done:
                 if race.launched > 1 and events.active:
                     events.emit(
-                        HedgeWon(function=name, attempt=race.winner, attempts=race.launched)
+                        HedgeWon(
+                            function=stack.value, attempt=race.winner, attempts=race.launched
+                        )
                     )
                 return race.result
             error, race.error = race.error, None  # no cycle through the race record

@@ -43,7 +43,7 @@ from buttress._events import RateLimited, events
 from buttress._redis import LOST, FleetStore, Script, SharedState
 from buttress._signature import MISSING, Misfit, signature_of
 from buttress._streams import Session, async_stream_shell, sync_stream_shell
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import WrapperFactory, function_name, stack_name, wrap
 
 __all__ = [
     "ADMIT",
@@ -623,7 +623,7 @@ async def _await_turn(limiter: RateLimiter, wait: float, reserved: Reservation) 
 
 def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         reserve = limiter.reserve
         read_cost = limiter.cost_reader(fn)
         cost: Any = limiter.cost
@@ -631,9 +631,9 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
         if read_cost is None:
 
             def rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
-                wait, reserved = reserve(name, cost)
+                wait, reserved = reserve(stack.value, cost)
                 if reserved is not None:
-                    _wait_turn(limiter, wait, reserved, name)
+                    _wait_turn(limiter, wait, reserved, stack.value)
                 return fn(*args, **kwargs)
 
             return rate_limit_wrapper
@@ -641,9 +641,9 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
         def weighed_rate_limit_wrapper(*args: Any, **kwargs: Any) -> Any:
             spend = read_cost(args, kwargs)
             if spend is not _MISFIT:  # a misfit: the function raises its TypeError
-                wait, reserved = reserve(name, spend)
+                wait, reserved = reserve(stack.value, spend)
                 if reserved is not None:
-                    _wait_turn(limiter, wait, reserved, name)
+                    _wait_turn(limiter, wait, reserved, stack.value)
             return fn(*args, **kwargs)
 
         return weighed_rate_limit_wrapper
@@ -653,7 +653,7 @@ def _sync_shell(limiter: RateLimiter) -> WrapperFactory:
 
 def _async_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         reserve = limiter.reserve
         areserve = limiter.areserve if limiter.store is not None else None
         read_cost = limiter.cost_reader(fn)
@@ -663,9 +663,9 @@ def _async_shell(limiter: RateLimiter) -> WrapperFactory:
             spend: Any = cost if read_cost is None else read_cost(args, kwargs)
             if spend is not _MISFIT:
                 if areserve is None:
-                    wait, reserved = reserve(name, spend)
+                    wait, reserved = reserve(stack.value, spend)
                 else:
-                    wait, reserved = await areserve(name, spend)
+                    wait, reserved = await areserve(stack.value, spend)
                 if reserved is not None:
                     await _await_turn(limiter, wait, reserved)
             return await fn(*args, **kwargs)
@@ -681,15 +681,15 @@ _STARTED = Session()
 
 def _sync_stream_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         read_cost = limiter.cost_reader(fn)
 
         def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
             spend: Any = limiter.cost if read_cost is None else read_cost(args, kwargs)
             if spend is not _MISFIT:
-                wait, reserved = limiter.reserve(name, spend)
+                wait, reserved = limiter.reserve(stack.value, spend)
                 if reserved is not None:
-                    _wait_turn(limiter, wait, reserved, name)
+                    _wait_turn(limiter, wait, reserved, stack.value)
             return _STARTED
 
         return sync_stream_shell(open_run)(fn)
@@ -699,13 +699,13 @@ def _sync_stream_shell(limiter: RateLimiter) -> WrapperFactory:
 
 def _async_stream_shell(limiter: RateLimiter) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
         read_cost = limiter.cost_reader(fn)
 
         async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Session:
             spend: Any = limiter.cost if read_cost is None else read_cost(args, kwargs)
             if spend is not _MISFIT:
-                wait, reserved = await limiter.areserve(name, spend)
+                wait, reserved = await limiter.areserve(stack.value, spend)
                 if reserved is not None:
                     await _await_turn(limiter, wait, reserved)
             return _STARTED

@@ -27,7 +27,7 @@ from buttress._declare import suggests_keywords
 from buttress._errors import CallTimeoutError, ConfigurationError, StreamTimeoutError
 from buttress._events import TimedOut, events
 from buttress._streams import Session, async_stream_shell
-from buttress._wrapping import WrapperFactory, function_name, wrap
+from buttress._wrapping import StackName, WrapperFactory, function_name, stack_name, wrap
 
 __all__ = ["Timeout", "timeout"]
 
@@ -50,13 +50,14 @@ _WHY_STREAM = (
 
 def _async_shell(seconds: float) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        stack = stack_name(fn)
 
         async def timeout_wrapper(*args: Any, **kwargs: Any) -> Any:
             # move_on_after catches only its own cancellation: a cancellation from outside
             # (the caller's own scope, a task group) passes through unchanged.
             with anyio.move_on_after(seconds):
                 return await fn(*args, **kwargs)
+            name = stack.value
             if events.active:
                 events.emit(TimedOut(function=name, seconds=seconds))
             raise CallTimeoutError(
@@ -86,7 +87,7 @@ class _StreamLimits(Session):
 
     limits_steps = True
 
-    def __init__(self, limits: Timeout, name: str) -> None:
+    def __init__(self, limits: Timeout, name: StackName) -> None:
         self.limits = limits
         self.name = name
         total = limits.seconds
@@ -112,7 +113,7 @@ class _StreamLimits(Session):
         return step
 
     def expired(self) -> BaseException:
-        name, seconds, items = self.name, self.seconds, self.steps - 1
+        name, seconds, items = self.name.value, self.seconds, self.steps - 1
         if events.active:
             events.emit(TimedOut(function=name, seconds=seconds))
         if self.phase == "first_item":
@@ -132,7 +133,7 @@ class _StreamLimits(Session):
 
 def _async_stream_shell(limits: Timeout) -> WrapperFactory:
     def build(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = function_name(fn)
+        name = stack_name(fn)
 
         async def open_run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _StreamLimits:
             return _StreamLimits(limits, name)

@@ -25,13 +25,13 @@ from buttress._monitoring._stats import CALLS_FAMILY as _CALLS
 from buttress._monitoring._stats import CIRCUIT_FAMILY as _CIRCUIT
 from buttress._monitoring._stats import (
     CIRCUIT_STATES,
-    DURATION_BUCKETS,
     FAMILIES,
     GAUGES,
     HISTOGRAMS,
     OUTCOMES,
     counters,
     snapshot,
+    static_labels,
 )
 from buttress._monitoring._stats import DROPPED_FAMILY as _DROPPED
 from buttress._monitoring._stats import DURATION_FAMILY as _DURATION
@@ -41,7 +41,13 @@ from buttress._monitoring._stats import ITEMS_FAMILY as _ITEMS
 from buttress._monitoring._stats import OUTPUT_FAMILY as _OUTPUT
 from buttress._monitoring._stats import Exemplar as TracedCall
 
-__all__ = ["ButtressCollector"]
+__all__ = ["MISSING_LABEL", "ButtressCollector"]
+
+#: The value of a static label for a function that does not set it: the per-function
+#: families have one label set, the union of every monitor's static labels, and an empty
+#: value would be the same as none to Prometheus (``sum by (route)`` would then show an
+#: unnamed group).
+MISSING_LABEL = "none"
 
 
 def _bound(value: float) -> str:
@@ -103,20 +109,27 @@ class ButtressCollector(Collector):
             yield GaugeMetricFamily(gauge.name, gauge.documentation, labels=gauge.labels)
 
     def collect(self) -> Iterator[Metric]:
-        # Samples are added one by one so that each function carries only its own static
-        # labels (a family may mix label sets; an empty value would mean the same).
+        # Samples are added one by one. One label set per family: every function carries
+        # every static label a live monitor declares, MISSING_LABEL where it has none (a
+        # function whose monitors are all gone, in tests, keeps its own labels too).
+        functions = snapshot()
+        static = static_labels()
         calls = Metric(*_CALLS, "counter")
         duration = Metric(*_DURATION, "histogram")
         in_flight = Metric(*_IN_FLIGHT, "gauge")
         output = Metric(*_OUTPUT, "histogram")
         items = Metric(*_ITEMS, "counter")
         first_item = Metric(*_FIRST_ITEM, "histogram")
-        for item in snapshot():
-            labels = {"function": item.name, **dict(item.labels)}
+        for item in functions:
+            own = dict(item.labels)
+            labels = {"function": item.name}
+            for key in static:
+                labels[key] = own.get(key, MISSING_LABEL)
+            labels.update(own)
             for outcome, count in zip(OUTCOMES, item.outcomes, strict=True):
                 calls.add_sample("buttress_calls_total", {**labels, "outcome": outcome}, count)
             _histogram(
-                duration, labels, DURATION_BUCKETS, item.buckets, item.total, item.exemplars
+                duration, labels, item.bounds, item.buckets, item.total, item.exemplars
             )
             in_flight.add_sample("buttress_in_flight", labels, item.in_flight)
             if item.output_bounds is not None:
@@ -126,7 +139,7 @@ class ButtressCollector(Collector):
             if item.first_buckets is not None:  # a stream: its items and first items
                 items.add_sample("buttress_stream_items_total", labels, item.items)
                 _histogram(
-                    first_item, labels, DURATION_BUCKETS, item.first_buckets, item.first_total
+                    first_item, labels, item.bounds, item.first_buckets, item.first_total
                 )
         yield calls
         yield duration

@@ -33,6 +33,7 @@ from buttress._errors import (
 from buttress._events import ValidationFailed, events
 from buttress._settings import nearest
 from buttress._signature import CallSignature, signature_of
+from buttress._wrapping import StackName
 
 from ._checks import (
     Dims,
@@ -248,14 +249,17 @@ def _problems(
     ]
 
 
-def _report(function: str, direction: typing.Literal["input", "output"], problems: Any) -> None:
+def _report(
+    function: str | StackName, direction: typing.Literal["input", "output"], problems: Any
+) -> None:
+    # A stack's name is read now: the monitor above names it once the stack is built.
     if events.active:
-        events.emit(ValidationFailed(function=function, direction=direction, errors=problems))
+        events.emit(ValidationFailed(function=str(function), direction=direction, errors=problems))
 
 
 def compile_input(
     target: Any,
-    function: str,
+    function: str | StackName,
     specs: Mapping[str, Any] | None,
     namespace: Mapping[str, Any] | None,
 ) -> Validator | None:
@@ -340,7 +344,7 @@ def compile_input(
 
 
 def _build_input(
-    function: str,
+    function: str | StackName,
     signature: CallSignature,
     slots: tuple[_Slot, ...],
     var_args: tuple[int, str, Compiled] | None,
@@ -367,7 +371,7 @@ def _build_input(
         if not fits(args, kwargs):
             return args  # the function says what is wrong with the call
         _report(function, "input", tuple(problems))
-        raise InputValidationError(function, problems)
+        raise InputValidationError(str(function), problems)
 
     def thorough(
         args: tuple[Any, ...],
@@ -500,7 +504,7 @@ def _lean_one(
 
 
 def compile_output(
-    spec: Any, function: str
+    spec: Any, function: str | StackName
 ) -> Callable[[Any], Any] | None:
     """The validator of a return value: ``result -> validated result``, or ``None``.
 
@@ -521,6 +525,6 @@ def compile_output(
         except (Failed, ValidationError) as exc:
             problems = tuple(_problems(exc, "return"))
         _report(function, "output", problems)
-        raise OutputValidationError(function, problems)
+        raise OutputValidationError(str(function), problems)
 
     return validate

@@ -28,7 +28,7 @@ from buttress._errors import (
 )
 from buttress._signature import signature_of
 from buttress._streams import Session, answer_items, async_stream_shell, sync_stream_shell
-from buttress._wrapping import function_name, is_async_callable, wrap
+from buttress._wrapping import function_name, is_async_callable, stack_name, wrap
 
 from ._binding import Validator, compile_input, compile_output, hints_of
 from ._specs import ArraySpec, Keys
@@ -184,7 +184,7 @@ def _input_shells(
     namespace: Namespace,
 ) -> tuple[Callable[[Any], Any], ...]:
     def validator_of(fn: Any) -> Validator | None:
-        name = function_name(fn)
+        name = stack_name(fn)
 
         def build(names: Mapping[str, Any] | None) -> Validator | None:
             return compile_input(fn, name, specs, names)
@@ -192,7 +192,7 @@ def _input_shells(
         try:
             return _resolved(build, namespace)
         except NameError:
-            get = _later(build, namespace(), "validate_input", name)
+            get = _later(build, namespace(), "validate_input", str(name))
 
         def validate_later(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             validator = get()
@@ -379,7 +379,7 @@ def _output_shells(
     spec: Any, handler: Handler, namespace: Namespace
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     def validator_of(fn: Any) -> Callable[[Any], Any] | None:
-        name = function_name(fn)
+        name = stack_name(fn)
 
         def build(names: Mapping[str, Any] | None) -> Callable[[Any], Any] | None:
             chosen = spec
@@ -396,7 +396,7 @@ def _output_shells(
         try:
             return _resolved(build, namespace)
         except NameError:
-            get = _later(build, namespace(), "validate_output", name)
+            get = _later(build, namespace(), "validate_output", str(name))
 
         def validate_later(result: Any) -> Any:
             validator = get()

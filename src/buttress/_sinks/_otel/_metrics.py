@@ -34,13 +34,13 @@ from buttress._monitoring._stats import CALLS_FAMILY as _CALLS
 from buttress._monitoring._stats import CIRCUIT_FAMILY as _CIRCUIT
 from buttress._monitoring._stats import (
     CIRCUIT_STATES,
-    DURATION_BUCKETS,
     FAMILIES,
     OUTCOMES,
     OUTPUT_BUCKETS,
     CounterFamily,
     Labels,
     counters,
+    duration_buckets,
     snapshot,
 )
 from buttress._monitoring._stats import DROPPED_FAMILY as _DROPPED
@@ -70,7 +70,8 @@ class OtelMetrics:
             _DURATION[0],
             unit="s",
             description=_DURATION[1],
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            # the process-wide default when the sink starts (one instrument for all)
+            explicit_bucket_boundaries_advisory=duration_buckets(),
         )
         self._output = meter.create_histogram(
             _OUTPUT[0],
