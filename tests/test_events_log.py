@@ -178,3 +178,38 @@ def test_store_failures_are_logged(logged: Records) -> None:
     (record,) = of(logged, "CacheStoreFailed")
     assert record.levelno == logging.WARNING
     assert record.error_message == "store unreachable"  # type: ignore[attr-defined]
+
+
+def test_shared_state_lost_and_restored_are_logged(logged: Records) -> None:
+    # A FleetStore whose Redis is not there: the limiter decides alone, and says so once.
+    import socket
+
+    from buttress import FleetStore, rate_limit
+    from buttress._events import SharedStateRestored
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here
+    store = FleetStore(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+    try:
+        limited = rate_limit(100, store=store, name="events.log.quota")(lambda: 1)
+        assert limited() == 1
+        assert limited() == 1
+        events.emit(
+            SharedStateRestored(
+                function="", kind="rate_limit", name="events.log.quota",
+                address=store.address, lost_for=2.5,
+            )
+        )
+        assert flush_monitoring()
+    finally:
+        store.close()
+    (lost,) = of(logged, "SharedStateLost")
+    assert lost.levelno == logging.WARNING
+    assert lost.name == "buttress.events"
+    assert lost.kind == "rate_limit"  # type: ignore[attr-defined]
+    assert "events.log.quota" in lost.getMessage()
+    assert "decides alone" in lost.getMessage()
+    (restored,) = of(logged, "SharedStateRestored")
+    assert restored.levelno == logging.INFO
+    assert "after 2.5s" in restored.getMessage()

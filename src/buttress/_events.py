@@ -482,6 +482,27 @@ def _store(event: CacheStoreFailed) -> tuple[int, str, tuple[Any, ...], dict[str
     )
 
 
+def _shared_lost(event: SharedStateLost) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+    return (
+        logging.WARNING,
+        "%s %r: the shared state at %s is unreachable (%s); this process decides alone "
+        "until it answers again",
+        (event.kind, event.name, event.address, _error_text(event.error)),
+        {"kind": event.kind, "shared_name": event.name, "address": event.address},
+    )
+
+
+def _shared_restored(
+    event: SharedStateRestored,
+) -> tuple[int, str, tuple[Any, ...], dict[str, Any]]:
+    return (
+        logging.INFO,
+        "%s %r: the shared state at %s answers again after %.1fs; the fleet decides again",
+        (event.kind, event.name, event.address, event.lost_for),
+        {"kind": event.kind, "shared_name": event.name, "address": event.address},
+    )
+
+
 _Formatter = Callable[[Any], tuple[int, str, tuple[Any, ...], dict[str, Any]]]
 #: What the event log writes, per event class: its level, message and fields.
 _LOGGED: dict[type[Event], _Formatter] = {
@@ -491,6 +512,8 @@ _LOGGED: dict[type[Event], _Formatter] = {
     CircuitStateChanged: _circuit,
     FallbackUsed: _fallback,
     CacheStoreFailed: _store,
+    SharedStateLost: _shared_lost,
+    SharedStateRestored: _shared_restored,
 }
 
 
@@ -499,8 +522,9 @@ class EventLog:
 
     Retries (INFO), give-ups and a spent retry budget (WARNING), breaker transitions
     (WARNING when one opens, INFO when it half-opens or closes), fallbacks and cache store
-    failures (WARNING). Each record carries ``event`` (the class name), ``function``,
-    ``error_type`` and ``error_message`` when an error is involved, and the event's own
+    failures (WARNING), shared state lost (WARNING) and restored (INFO). Each record
+    carries ``event`` (the class name), ``function``, ``error_type`` and ``error_message``
+    when an error is involved, and the event's own
     facts. At most ``burst`` records per ``window`` seconds are written for one kind of
     event of one function (or one breaker); the rest are counted and the next record
     written says how many were left out (``suppressed``).
@@ -528,7 +552,7 @@ class EventLog:
         level, text, args, fields = formatter(event)
         if not log.isEnabledFor(level):
             return
-        key = (type(event), event.function, fields.get("breaker"))
+        key = (type(event), event.function, fields.get("breaker"), fields.get("shared_name"))
         now = _clock.monotonic()
         with self._lock:
             window = self._windows.get(key)

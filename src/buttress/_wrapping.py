@@ -332,7 +332,8 @@ def wrap(
                 + (f": {why}" if why else "")
             )
     wrapper = factory(target)
-    functools.update_wrapper(wrapper, target)
+    if wrapper is not target:  # a factory may hand the target back as it is
+        functools.update_wrapper(wrapper, target)
     setattr(wrapper, _NAME_ATTRIBUTE, _claim(target))
     if attributes:
         for name, value in attributes.items():

@@ -217,7 +217,7 @@ class SharedState:
             self._lost_at = time.monotonic()
             # Redis may come back empty (restarted): record the settings again then
             self._claimed = False
-        if events.active:
+        if events.notable():
             events.emit(
                 SharedStateLost(
                     function=self.function,
@@ -231,7 +231,7 @@ class SharedState:
     def _restore(self) -> None:
         with self._lock:
             lost_at, self._lost_at = self._lost_at, None
-        if lost_at is not None and events.active:
+        if lost_at is not None and events.notable():
             events.emit(
                 SharedStateRestored(
                     function=self.function,
