@@ -23,6 +23,7 @@ import anyio
 
 from buttress import _settings
 from buttress._blocks import Entries, caller_name
+from buttress._deadline import Deadline
 from buttress._errors import CallTimeoutError, ConfigurationError, StreamTimeoutError
 from buttress._events import TimedOut, events
 from buttress._streams import Session, async_stream_shell
@@ -52,9 +53,9 @@ def _async_shell(seconds: float) -> WrapperFactory:
         name = function_name(fn)
 
         async def timeout_wrapper(*args: Any, **kwargs: Any) -> Any:
-            # move_on_after catches only its own cancellation: a cancellation from outside
+            # The deadline swallows only its own cancellation: a cancellation from outside
             # (the caller's own scope, a task group) passes through unchanged.
-            with anyio.move_on_after(seconds):
+            with Deadline(seconds):
                 return await fn(*args, **kwargs)
             if events.active:
                 events.emit(TimedOut(function=name, seconds=seconds))
@@ -168,7 +169,7 @@ class Timeout:
         self.idle = idle
         self._async = None if seconds is None else _async_shell(seconds)
         self._stream = _async_stream_shell(self)
-        self._blocks: Entries[tuple[anyio.CancelScope, str]] = Entries()
+        self._blocks: Entries[tuple[Deadline, str]] = Entries()
 
     def __repr__(self) -> str:
         limits = [
@@ -218,7 +219,7 @@ class Timeout:
                 f"async with {self!r}: a block needs seconds=; first_item and idle bound "
                 "the items of a stream"
             )
-        scope = anyio.move_on_after(seconds)
+        scope = Deadline(seconds)
         scope.__enter__()
         self._blocks.push((scope, caller_name()))
         return self
@@ -231,7 +232,7 @@ class Timeout:
     ) -> None:
         scope, name = self._blocks.pop()
         # The scope catches only its own cancellation; others pass through unchanged.
-        if scope.__exit__(exc_type, exc, tb) and scope.cancelled_caught:
+        if scope.__exit__(exc_type, exc, tb) and scope.expired:
             seconds = self.seconds or 0.0
             if events.active:
                 events.emit(TimedOut(function=name, seconds=seconds))
