@@ -8,8 +8,9 @@ refuses plain functions and generators at decoration (and ``with timeout(...)``)
 ``TypeError`` that says what to do instead.
 
 One :class:`Timeout` holds the limits; the call shell, the stream session and the block
-all bound their waits with anyio cancel scopes (so asyncio and trio behave alike) and
-report the same :class:`CallTimeoutError` and :class:`TimedOut` event.
+all bound their waits with the one deadline of :mod:`buttress._deadline` (anyio's
+cancel semantics on asyncio and trio alike) and report the same
+:class:`CallTimeoutError` and :class:`TimedOut` event.
 """
 
 from __future__ import annotations
@@ -263,11 +264,12 @@ def timeout(
 ) -> Timeout:
     """Cancel a call, a stream or a block that runs past its limit; raise a TimeoutError.
 
-    The coroutine is cancelled through anyio (a cancel scope, on asyncio and trio alike),
-    so its ``finally`` blocks and ``async with`` exits run before the caller gets a
+    The coroutine is cancelled with anyio's semantics (on trio an anyio cancel scope, on
+    asyncio a timer on the loop that waits for a shield entered inside the call), so its
+    ``finally`` blocks and ``async with`` exits run before the caller gets a
     :class:`CallTimeoutError`, which is a ``TimeoutError`` and a ``ButtressError``.
-    Cancellation coming from outside is never turned into a timeout: it propagates as it
-    is. A function that finishes just as the limit passes keeps its result.
+    Cancellation coming from outside is never turned into a timeout: it propagates as it is.
+    A function that finishes just as the limit passes keeps its result.
 
     Placed outside ``@retry`` it bounds the whole call, retries and waits included;
     placed inside (next to the function) it bounds each attempt, and ``@retry`` retries
