@@ -24,7 +24,7 @@ from ._local import LocalTable
 from ._naming import shared_name
 from ._policy import Policy
 from ._stats import CacheStats, Counters
-from ._store import CacheEntry
+from ._store import CacheEntry, Entry
 from ._values import copy_arrays, freeze
 
 __all__ = ["CacheCore", "Result"]
@@ -43,6 +43,7 @@ class CacheCore:
     """One decorated function: its keys, storage, counters and flights."""
 
     __slots__ = (
+        "_after",
         "_last_log",
         "builder",
         "counters",
@@ -73,7 +74,7 @@ class CacheCore:
             function, module = self.name, function_module(fn)
         self.scope = CacheScope(function, self.builder.names, self._evicted, module=module)
         scope = self.scope
-        self.table: LocalTable | None = (
+        self.table: LocalTable[Entry] | None = (
             LocalTable(policy.maxsize, policy.max_bytes, lambda _key: scope)
             if self.store is None
             else None
@@ -87,6 +88,9 @@ class CacheCore:
         # store what it read before the invalidation
         self.generation = 0
         self._last_log = -math.inf
+        # how long an entry of the table stays useful past its expiry (its stale windows)
+        keep, ttl = policy.keep, policy.ttl
+        self._after = None if keep is None or ttl is None else keep - ttl
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -179,28 +183,27 @@ class CacheCore:
             return copy_arrays(value)
         return value
 
-    def new_entry(self, value: Any, start: float, end: float) -> tuple[CacheEntry, bool]:
-        """The entry for a fresh result, and whether it should be stored."""
+    def new_entry(self, value: Any, start: float, end: float) -> tuple[Entry, bool]:
+        """The entry for a fresh result, and whether it should be stored: for the
+        in-process table a compact :class:`Entry`, for a store a :class:`CacheEntry`."""
         frozen, arrays, size = freeze(value)
-        entry = CacheEntry(
-            frozen,
-            stored_at=end,
-            ttl=self.policy.ttl,
-            duration=end - start,
-            size=size,
-            arrays=arrays,
-        )
+        ttl = self.policy.ttl
+        entry: Entry
+        if self.table is not None:
+            entry = Entry(frozen, math.inf if ttl is None else end + ttl, size, arrays)
+        else:
+            entry = CacheEntry(
+                frozen, stored_at=end, ttl=ttl, duration=end - start, size=size, arrays=arrays
+            )
         return entry, self.policy.storable(value)
 
-    def put_local(self, key: Hashable, entry: CacheEntry, generation: int) -> None:
+    def put_local(self, key: Hashable, entry: Entry, generation: int) -> None:
         """Keep ``entry`` in the in-process table, unless an invalidation came since
         ``generation`` was read (the computation may have read what it invalidated)."""
         assert self.table is not None
-        keep = self.policy.keep
-        until = math.inf if keep is None else entry.stored_at + keep
         with self.lock:
             if generation == self.generation:
-                self.table.put(key, entry, until)
+                self.table.keep(key, entry, self._after)
 
     # --- invalidation and statistics (the handle's operations) ---------------------------
 

@@ -17,7 +17,7 @@ out of one.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Hashable
-from typing import Any, TypeVar, final
+from typing import Any, TypeVar, cast, final
 
 from buttress import _clock
 from buttress._errors import CacheStoreError, UnkeyableArgumentError, is_fatal
@@ -28,7 +28,7 @@ from ._flight import ABANDONED, DONE, FAILED, FELL_BACK, BaseFlight, Outcome
 from ._keys import CacheKey
 from ._policy import ABSENT, EARLY, FRESH, STALE, Freshness
 from ._steps import COMPUTE, Lead, Read, Release, Step, Wait, Write
-from ._store import CacheEntry
+from ._store import CacheEntry, Entry
 from ._values import copy_arrays
 
 __all__ = ["Answer", "Engine", "Plan"]
@@ -58,9 +58,9 @@ class Engine:
     def plan(
         self,
         key: Hashable,
-        entry: CacheEntry | None,
+        entry: Entry | None,
         flights: dict[Hashable, F],
-        new_flight: Callable[[CacheEntry | None], F],
+        new_flight: Callable[[Entry | None], F],
     ) -> Plan:
         """Decide how one call is answered, as steps for a shell to carry out.
 
@@ -201,7 +201,7 @@ class Engine:
         self,
         key: Hashable,
         stored: CacheKey | None,
-        entry: CacheEntry | None,
+        entry: Entry | None,
         state: Freshness,
         flights: dict[Hashable, F],
         own: F | None,
@@ -223,7 +223,8 @@ class Engine:
             # single_flight=False: concurrent misses each compute, across processes too
             if held is None and stored is not None and policy.single_flight:
                 try:
-                    held, found = yield Lead(stored, current)
+                    # with a store, what the shell found came from it: a CacheEntry
+                    held, found = yield Lead(stored, cast("CacheEntry | None", current))
                 except BaseException as exc:
                     if not self.survives("flight", exc):
                         raise
@@ -248,7 +249,7 @@ class Engine:
                         core.put_local(key, fresh, generation)
                     elif generation == core.generation:
                         try:
-                            yield Write(stored, fresh)
+                            yield Write(stored, cast("CacheEntry", fresh))  # a store's
                         except BaseException as exc:
                             if not self.survives("set", exc):
                                 raise

@@ -27,7 +27,7 @@ import anyio
 from anyio.lowlevel import RunVar
 
 if TYPE_CHECKING:
-    from ._store import CacheEntry
+    from ._store import Entry
 
 __all__ = [
     "ABANDONED",
@@ -71,7 +71,7 @@ class BaseFlight:
 
     __slots__ = ("_event", "_traceback", "arrays", "error", "found", "state", "value")
 
-    def __init__(self, found: CacheEntry | None = None) -> None:
+    def __init__(self, found: Entry | None = None) -> None:
         #: What the computing caller found before it started (an entry of any age, or
         #: ``None``). Callers of this process that come while it computes judge this entry
         #: instead of asking a shared store again: served while fresh or within
@@ -146,7 +146,7 @@ class ThreadFlight(BaseFlight):
 
     __slots__ = ("owner",)
 
-    def __init__(self, found: CacheEntry | None = None) -> None:
+    def __init__(self, found: Entry | None = None) -> None:
         super().__init__(found)
         #: the computing thread: if it asks for its own key, waiting would never end
         self.owner = threading.get_ident()

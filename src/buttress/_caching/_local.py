@@ -4,34 +4,41 @@ Reads take no lock (one ``dict`` lookup, then a best-effort move to the recent e
 writes take a ``threading.Lock`` held for a few dictionary operations and never across an
 ``await``, so the table is shared safely by threads and by event loops in different threads.
 
-Expired entries do not pile up: each key with a finite retention sits in a heap ordered by
-the time its entry becomes useless (past its ttl and stale windows), and every write first
-drops what the heap says is dead.
+One entry costs the table its key and one compact record (:class:`~._store.Entry`): the
+LRU order is the ``OrderedDict``'s own, and expiry needs no object of its own either.
+Expired entries do not pile up: entries kept for the same time past their expiry are
+queued in the order they were written, which is the order they become useless in; a
+queue's records are the key and the very float object of the entry's ``expires`` (two
+slots of two deques), so a record of an entry replaced or evicted since is known by
+identity and skipped. Every write first drops what the queues' fronts say is dead.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
-from typing import final
+from typing import Generic, TypeVar, final
 
 from buttress import _clock, _settings
 
 from ._keys import CacheKey, CacheScope
-from ._store import CacheEntry, CacheStore
+from ._store import CacheEntry, CacheStore, Entry
 
 __all__ = ["LocalStore", "LocalTable"]
 
 #: (scope, reason, count) records gathered under the lock, reported after releasing it.
 _Report = list[tuple[CacheScope, str, int]]
 
+#: The queue of entries put with an explicit deadline (:meth:`LocalTable.put`).
+_EXPLICIT = -1.0
+
+E = TypeVar("E", bound=Entry)
+
 
 @final
-class LocalTable:
+class LocalTable(Generic[E]):
     """The engine of the in-process store, keyed by any hashable.
 
     Args:
@@ -42,9 +49,9 @@ class LocalTable:
 
     __slots__ = (
         "_deadlines",
-        "_heap",
+        "_queues",
+        "_records",
         "_scope_of",
-        "_sequence",
         "data",
         "lock",
         "max_bytes",
@@ -61,24 +68,26 @@ class LocalTable:
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self._scope_of = scope_of
-        self.data: OrderedDict[Hashable, CacheEntry] = OrderedDict()
+        self.data: OrderedDict[Hashable, E] = OrderedDict()
         self.lock = threading.Lock()
         self.nbytes = 0
-        # key -> the time its entry becomes useless; only finite retentions are queued
+        # seconds past expiry (or _EXPLICIT) -> (keys, marks) in the order written; a mark
+        # is the entry's own ``expires`` float (or its explicit deadline), compared by
+        # identity: a record whose mark is no longer the entry's is left over, and skipped
+        self._queues: dict[float, tuple[deque[Hashable], deque[float]]] = {}
+        self._records = 0
+        # key -> deadline, for the entries put with an explicit one only
         self._deadlines: dict[Hashable, float] = {}
-        # (deadline, sequence, key): the sequence keeps keys from ever being compared
-        self._heap: list[tuple[float, int, Hashable]] = []
-        self._sequence = itertools.count()
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def get(self, key: Hashable) -> CacheEntry | None:
+    def get(self, key: Hashable) -> E | None:
         """The entry, whatever its age, without touching recency."""
         return self.data.get(key)
 
-    def live(self, key: Hashable, now: float) -> CacheEntry | None:
-        """The entry, if it is still within the retention it was put with."""
+    def live(self, key: Hashable, now: float) -> E | None:
+        """The entry, if it is still within the explicit deadline it was put with."""
         entry = self.data.get(key)
         if entry is None or self._deadlines.get(key, math.inf) <= now:
             return None
@@ -91,21 +100,31 @@ class LocalTable:
         except KeyError:
             pass
 
-    def put(self, key: Hashable, entry: CacheEntry, keep_until: float) -> None:
-        """Store ``entry`` until ``keep_until`` (monotonic; ``inf`` for ever), then enforce
-        the bounds. An entry larger than ``max_bytes`` alone is not stored."""
+    def keep(self, key: Hashable, entry: E, after: float | None) -> None:
+        """Store ``entry``, useless ``after`` seconds past its expiry (``None``: kept until
+        evicted), then enforce the bounds. An entry larger than ``max_bytes`` alone is not
+        stored."""
         reports: _Report = []
         with self.lock:
             self._purge(_clock.monotonic(), reports)
             self._remove(key)
-            if self.max_bytes is not None and entry.size > self.max_bytes:
-                reports.append((self._scope_of(key), "bytes", 1))
-            else:
-                self.data[key] = entry
-                self.nbytes += entry.size
+            if self._admit(key, entry, reports):
+                if after is not None and entry.expires != math.inf:
+                    self._queue(after, key, entry.expires)
+                self._enforce(reports)
+        self._report(reports)
+
+    def put(self, key: Hashable, entry: E, keep_until: float) -> None:
+        """Store ``entry`` until ``keep_until`` (monotonic; ``inf`` for ever), whatever its
+        expiry, then enforce the bounds (see :meth:`live`)."""
+        reports: _Report = []
+        with self.lock:
+            self._purge(_clock.monotonic(), reports)
+            self._remove(key)
+            if self._admit(key, entry, reports):
                 if keep_until != math.inf:
                     self._deadlines[key] = keep_until
-                    heapq.heappush(self._heap, (keep_until, next(self._sequence), key))
+                    self._queue(_EXPLICIT, key, keep_until)
                 self._enforce(reports)
         self._report(reports)
 
@@ -119,7 +138,8 @@ class LocalTable:
             if predicate is None:
                 self.data.clear()
                 self._deadlines.clear()
-                self._heap.clear()
+                self._queues.clear()
+                self._records = 0
                 self.nbytes = 0
             else:
                 # list() copies in C, holding the GIL: hits in other threads move keys
@@ -141,40 +161,75 @@ class LocalTable:
 
     # --- under the lock -----------------------------------------------------------------
 
+    def _admit(self, key: Hashable, entry: E, reports: _Report) -> bool:
+        if self.max_bytes is not None and entry.size > self.max_bytes:
+            reports.append((self._scope_of(key), "bytes", 1))
+            return False
+        self.data[key] = entry
+        self.nbytes += entry.size
+        return True
+
+    def _queue(self, after: float, key: Hashable, mark: float) -> None:
+        queue = self._queues.get(after)
+        if queue is None:
+            queue = self._queues[after] = (deque(), deque())
+        queue[0].append(key)
+        queue[1].append(mark)
+        self._records += 1
+
     def _remove(self, key: Hashable) -> bool:
         entry = self.data.pop(key, None)
         if entry is None:
             return False
         self.nbytes -= entry.size
-        self._deadlines.pop(key, None)  # its heap record is skipped when it comes up
-        return True
+        if self._deadlines:
+            self._deadlines.pop(key, None)
+        return True  # its queue record is skipped when it comes up
+
+    def _mark(self, after: float, key: Hashable) -> float | None:
+        """The mark the current entry of ``key`` was queued with, if any."""
+        if after == _EXPLICIT:
+            return self._deadlines.get(key)
+        entry = self.data.get(key)
+        return None if entry is None else entry.expires
 
     def _purge(self, now: float, reports: _Report) -> None:
-        heap = self._heap
-        deadlines = self._deadlines
         expired: dict[CacheScope, int] = {}
-        while heap and heap[0][0] <= now:
-            deadline, _, key = heapq.heappop(heap)
-            if deadlines.get(key) == deadline:
-                self._remove(key)
-                scope = self._scope_of(key)
-                expired[scope] = expired.get(scope, 0) + 1
+        for after, (keys, marks) in self._queues.items():
+            while keys:
+                key = keys[0]
+                mark = marks[0]
+                if self._mark(after, key) is mark:
+                    if (mark if after == _EXPLICIT else mark + after) > now:
+                        break  # written later, useless later: the rest of the queue too
+                    self._remove(key)
+                    scope = self._scope_of(key)
+                    expired[scope] = expired.get(scope, 0) + 1
+                keys.popleft()
+                marks.popleft()
+                self._records -= 1
         for scope, count in expired.items():
             reports.append((scope, "expired", count))
-        if len(heap) > 2 * len(deadlines) + 64:
-            # records of replaced or evicted entries: rebuild from the live ones
-            self._heap = [(d, next(self._sequence), k) for k, d in deadlines.items()]
-            heapq.heapify(self._heap)
+        if self._records > 2 * len(self.data) + 64:
+            # records of replaced or evicted entries: keep only the current ones, in order
+            self._records = 0
+            for after, (keys, marks) in list(self._queues.items()):
+                kept = [(k, m) for k, m in zip(keys, marks, strict=True) if self._mark(after, k) is m]
+                if kept:
+                    self._queues[after] = (deque(k for k, _ in kept), deque(m for _, m in kept))
+                    self._records += len(kept)
+                else:
+                    del self._queues[after]
 
     def _enforce(self, reports: _Report) -> None:
         data = self.data
         while len(data) > self.maxsize:
-            key, _ = next(iter(data.items()))
+            key = next(iter(data))
             self._remove(key)
             reports.append((self._scope_of(key), "size", 1))
         if self.max_bytes is not None:
             while self.nbytes > self.max_bytes and data:
-                key, _ = next(iter(data.items()))
+                key = next(iter(data))
                 self._remove(key)
                 reports.append((self._scope_of(key), "bytes", 1))
 
@@ -211,7 +266,7 @@ class LocalStore(CacheStore):
 
     def __init__(self, *, maxsize: int = 10_000, max_bytes: int | str | None = None) -> None:
         bytes_limit = None if max_bytes is None else _settings.byte_size(max_bytes, "max_bytes")
-        self._table = LocalTable(
+        self._table: LocalTable[CacheEntry] = LocalTable(
             _settings.positive_int(maxsize, "maxsize"), bytes_limit, _scope_of_pair
         )
 
@@ -229,8 +284,13 @@ class LocalStore(CacheStore):
         return entry
 
     def set(self, key: CacheKey, entry: CacheEntry, keep: float | None) -> None:
-        until = math.inf if keep is None else _clock.monotonic() + keep
-        self._table.put((key.scope, key.parts), entry, until)
+        pair = (key.scope, key.parts)
+        if keep is None:
+            self._table.keep(pair, entry, None)
+        elif entry.ttl is not None:  # useless once past its stale windows
+            self._table.keep(pair, entry, keep - entry.ttl)
+        else:
+            self._table.put(pair, entry, _clock.monotonic() + keep)
 
     def delete(self, key: CacheKey) -> bool:
         return self._table.delete((key.scope, key.parts))

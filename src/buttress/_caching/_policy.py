@@ -16,7 +16,7 @@ from typing import Final, final
 from buttress import _settings
 from buttress._errors import ConfigurationError
 
-from ._store import CacheEntry, CacheStore
+from ._store import CacheEntry, CacheStore, Entry
 
 __all__ = [
     "ABSENT",
@@ -144,12 +144,16 @@ class Policy:
             else self.ttl + max(self.stale_while_revalidate, self.stale_if_error)
         )
 
-    def state(self, entry: CacheEntry | None, now: float) -> Freshness:
+    def state(self, entry: Entry | None, now: float) -> Freshness:
         if entry is None:
             return ABSENT
         if now < entry.expires:
             beta = self.early_refresh_beta
-            if beta and refresh_early(now, entry.expires, entry.duration, beta, random.random()):
+            if (
+                beta
+                and isinstance(entry, CacheEntry)  # entries of a store: the table's have beta 0
+                and refresh_early(now, entry.expires, entry.duration, beta, random.random())
+            ):
                 return EARLY
             return FRESH
         late = now - entry.expires
@@ -160,10 +164,10 @@ class Policy:
         return ABSENT
 
     @staticmethod
-    def fresh(entry: CacheEntry, now: float) -> bool:
+    def fresh(entry: Entry, now: float) -> bool:
         return now < entry.expires
 
-    def can_fall_back(self, entry: CacheEntry | None, now: float) -> bool:
+    def can_fall_back(self, entry: Entry | None, now: float) -> bool:
         """Whether a failed computation may be answered with ``entry`` instead."""
         return entry is not None and now - entry.expires < self.stale_if_error
 

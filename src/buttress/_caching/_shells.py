@@ -32,7 +32,7 @@ from ._handle import CacheHandle
 from ._keys import BindError
 from ._policy import Policy
 from ._steps import Compute, Lead, Read, Release, Wait, Write
-from ._store import CacheEntry, CacheStore
+from ._store import CacheEntry, CacheStore, Entry
 from ._values import copy_arrays
 
 __all__ = ["aenter", "aleave_flight", "async_shell", "sync_shell"]
@@ -81,7 +81,7 @@ def sync_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         table = core.table
 
         def resolve(
-            key: Hashable, entry: CacheEntry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+            key: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             """Carry out the engine's steps for one call, blocking this thread."""
             steps = plan(key, entry, flights, ThreadFlight)
@@ -181,7 +181,7 @@ def async_shell(policy: Policy, handle: CacheHandle[Any, Any]) -> Shell:
         table = core.table
 
         async def resolve(
-            key: Hashable, entry: CacheEntry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+            key: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             """Carry out the engine's steps for one call, waiting without blocking the loop.
 

@@ -25,11 +25,38 @@ from typing import Any, final
 
 from ._keys import CacheKey, CacheScope
 
-__all__ = ["CacheEntry", "CacheStore"]
+__all__ = ["CacheEntry", "CacheStore", "Entry"]
+
+
+class Entry:
+    """What the decorator needs of a cached result: one compact record per entry.
+
+    The in-process table keeps these (four slots: the value, its monotonic expiry as a
+    float, its size and whether it holds arrays); a store's entries are
+    :class:`CacheEntry`, which adds when and how the value was computed.
+
+    Attributes:
+        value: the result, as callers receive it (numpy arrays in it are read-only).
+        expires: a reading of buttress's monotonic clock: fresh while the clock is below
+            (``inf`` without a ttl).
+        size: bytes counted against ``max_bytes`` (numpy ``nbytes``, ``len`` of bytes/str).
+        arrays: whether ``value`` holds numpy arrays (``copy_arrays`` copies only then).
+    """
+
+    __slots__ = ("arrays", "expires", "size", "value")
+
+    def __init__(self, value: Any, expires: float, size: int = 0, arrays: bool = False) -> None:
+        self.value = value
+        self.expires = expires
+        self.size = size
+        self.arrays = arrays
+
+    def __repr__(self) -> str:
+        return f"Entry(value={self.value!r:.60}, expires={self.expires!r}, size={self.size!r})"
 
 
 @final
-class CacheEntry:
+class CacheEntry(Entry):
     """One cached result and what is known about it.
 
     Attributes:
@@ -47,7 +74,7 @@ class CacheEntry:
     Entries are immutable by convention: stores and callers never change one in place.
     """
 
-    __slots__ = ("arrays", "duration", "expires", "size", "stored_at", "ttl", "value")
+    __slots__ = ("duration", "stored_at", "ttl")
 
     def __init__(
         self,
@@ -60,12 +87,12 @@ class CacheEntry:
         arrays: bool = False,
     ) -> None:
         self.value = value
+        self.expires = math.inf if ttl is None else stored_at + ttl
+        self.size = size
+        self.arrays = arrays
         self.stored_at = stored_at
         self.ttl = ttl
         self.duration = duration
-        self.size = size
-        self.arrays = arrays
-        self.expires = math.inf if ttl is None else stored_at + ttl
 
     def __repr__(self) -> str:
         return (

@@ -244,7 +244,7 @@ class RedisStore(CacheStore):
                 "ever unpickled"
             )
         self._envelope = Envelope(serializer, key)
-        self._local: LocalTable | None = None
+        self._local: LocalTable[CacheEntry] | None = None
         if self.local_ttl is not None:
             self._local = LocalTable(
                 _settings.positive_int(local_maxsize, "local_maxsize"), None, _silent_scope
