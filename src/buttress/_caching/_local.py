@@ -214,7 +214,9 @@ class LocalTable(Generic[E]):
             # records of replaced or evicted entries: keep only the current ones, in order
             self._records = 0
             for after, (keys, marks) in list(self._queues.items()):
-                kept = [(k, m) for k, m in zip(keys, marks, strict=True) if self._mark(after, k) is m]
+                kept = [
+                    (k, m) for k, m in zip(keys, marks, strict=True) if self._mark(after, k) is m
+                ]
                 if kept:
                     self._queues[after] = (deque(k for k, _ in kept), deque(m for _, m in kept))
                     self._records += len(kept)
