@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "buttress._signature": CORE,
     "buttress._streams": CORE,
     "buttress._blocks": CORE,
+    "buttress._deadline": CORE,
     "buttress._tracing": CORE,
     # features: one decorator (or one family) each
     "buttress._retry": FEATURES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import anyio
@@ -51,6 +52,43 @@ def test_calls_and_retries_leave_with_the_window(buttress_clock: FakeClock) -> N
     budget.record_call()
     budget.record_call()
     assert budget.try_spend()
+
+
+def test_calls_leave_the_window_slice_by_slice(buttress_clock: FakeClock) -> None:
+    # Calls are tallied without a lock and folded into the window once per slice; they
+    # still leave it in steps of window / 10, those of each slice together.
+    budget = RetryBudget(ratio=1.0, min_per_second=0, window=10)
+    for second in range(5):
+        for _ in range(second + 1):
+            budget.record_call()
+        buttress_clock.advance(1)
+    assert budget.stats().calls == 15  # 1 + 2 + 3 + 4 + 5, all within 10 s
+    buttress_clock.advance(5)  # the first slice (1 call) is now older than the window
+    assert budget.stats().calls == 14
+    buttress_clock.advance(1)
+    assert budget.stats().calls == 12
+    budget.record_call()
+    assert budget.stats().calls == 13
+    buttress_clock.advance(30)
+    assert budget.stats().calls == 0
+
+
+def test_calls_from_many_threads_are_all_counted() -> None:
+    budget = RetryBudget(ratio=1.0, min_per_second=0, window=3600)
+    per_thread, threads = 20_000, 8
+
+    def caller() -> None:
+        for _ in range(per_thread):
+            budget.record_call()
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    # A call can only be lost when it ticks a tally just as a new slice replaces it; an
+    # hour-long window in slices of 6 minutes gives at most one new slice here.
+    assert budget.stats().calls >= per_thread * threads - threads
 
 
 def test_bounded_retries_under_a_total_outage(buttress_clock: FakeClock) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from typing import Any
 
@@ -120,6 +121,62 @@ async def test_cancelling_the_caller_cancels_every_attempt() -> None:
         await search("q")
     assert scope.cancelled_caught
     assert attempts.fates == ["cancelled", "cancelled"]
+
+
+@pytest.mark.anyio
+async def test_a_caller_cancelled_after_its_first_attempt_failed_cancels_the_hedge() -> None:
+    attempts = Attempts((0.0, ConnectionError("down")), (LONG, "second"))
+    search = hedge(LONG)(attempts)
+    with anyio.move_on_after(0.1) as scope:
+        await search("q")
+    assert scope.cancelled_caught
+    assert attempts.fates == ["failed", "cancelled"]
+
+
+@pytest.mark.anyio
+async def test_a_caller_cancelled_before_the_delay_starts_no_hedge() -> None:
+    attempts = Attempts((LONG, "first"), (0.0, "second"))
+    seen: list[Any] = []
+    search = hedge(0.05)(attempts)
+    with events.subscribe(seen.append, HedgeStarted):
+        with anyio.move_on_after(0.01):
+            await search("q")
+        await anyio.sleep(0.1)  # past the delay: no hedge may start now
+    assert attempts.fates == ["cancelled"]
+    assert seen == []
+
+
+@pytest.mark.anyio
+async def test_a_winning_hedge_waits_for_the_first_attempts_shield() -> None:
+    steps: list[str] = []
+
+    async def write(query: str) -> str:
+        steps.append("started")
+        if len(steps) == 1:  # the first attempt: a shielded part outlives the delay
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.1)
+                steps.append("shielded part done")
+            await anyio.sleep(LONG)
+        return f"hedge:{query}"
+
+    assert await hedge(0.01)(write)("q") == "hedge:q"
+    assert steps == ["started", "started", "shielded part done"]
+
+
+@pytest.mark.anyio
+async def test_the_hedges_see_the_callers_context() -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    seen: list[str] = []
+
+    async def lookup(query: str) -> str:
+        seen.append(request_id.get())
+        if len(seen) == 1:
+            await anyio.sleep(LONG)
+        return query
+
+    request_id.set("r-1")
+    assert await hedge(0.01)(lookup)("q") == "q"
+    assert seen == ["r-1", "r-1"]
 
 
 @pytest.mark.anyio

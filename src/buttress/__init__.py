@@ -25,7 +25,9 @@ core
     ``_streams`` (the one relay behind every decorated stream: each decorator says what
     it does around one run of a generator, as a session) and ``_blocks`` (what a
     decorator's engine needs to serve as a context manager: a name for the block, and
-    each entry's state kept by the frame that entered it).
+    each entry's state kept by the frame that entered it) and ``_deadline`` (the one
+    deadline the async layers bound their waits with: anyio's cancel semantics, kept
+    natively on asyncio).
 
 features
     One decorator or one family each: ``_retry``; ``_caching/``; ``_validation/``;

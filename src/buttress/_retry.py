@@ -26,10 +26,9 @@ from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Literal, ParamSpec
 
-import anyio
-
 from . import _clock, _settings
 from ._blocks import caller_name
+from ._deadline import Deadline
 from ._declare import Decorate, bare_or_called
 from ._errors import AttemptTimeoutError, ConfigurationError, RetryError, is_fatal, value_text
 from ._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled, events
@@ -402,7 +401,7 @@ def _async_shell(retrier: _Retrier) -> WrapperFactory:
         async def attempt(run: _Run | None, start: float, args: Any, kwargs: Any) -> Any:
             # Only used with attempt_timeout: bound one attempt, clamped to the deadline.
             budget = _attempt_limit(retrier, start)
-            with anyio.move_on_after(max(budget, 0.0)):
+            with Deadline(max(budget, 0.0)):
                 return await fn(*args, **kwargs)
             number = 1 if run is None else run.attempts + 1
             raise AttemptTimeoutError(
@@ -646,7 +645,7 @@ class Attempt:
         self._attempts = attempts
         self.number = number
         self.result: Any = None
-        self._scope: anyio.CancelScope | None = None
+        self._scope: Deadline | None = None
         self._limit = 0.0
         self._state = 0  # 0: new, 1: entered, 2: done
 
@@ -660,7 +659,7 @@ class Attempt:
         attempts = self._attempts
         if attempts.timed:
             self._limit = max(_attempt_limit(attempts.retrier, attempts.start), 0.0)
-            self._scope = anyio.move_on_after(self._limit)
+            self._scope = Deadline(self._limit)
             self._scope.__enter__()
         return self
 
@@ -674,7 +673,7 @@ class Attempt:
         scope = self._scope
         if scope is not None:
             self._scope = None
-            if scope.__exit__(exc_type, exc, tb) and scope.cancelled_caught:
+            if scope.__exit__(exc_type, exc, tb) and scope.expired:
                 exc = AttemptTimeoutError(
                     f"attempt {self.number} of the block in {self._attempts.name} took "
                     f"longer than {self._limit:.3g}s and was cancelled"

@@ -41,9 +41,8 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal
 
-import anyio
-
 from . import _clock
+from ._deadline import Deadline
 from ._errors import is_fatal
 from ._wrapping import WrapperFactory, function_name
 
@@ -229,9 +228,9 @@ def async_stream_shell(open_session: Callable[..., Any]) -> WrapperFactory:
                             # hand and entering the scope only if it suspends would nest
                             # the scope inside any the generator entered meanwhile, which
                             # trio (and anyio) refuse.
-                            with anyio.move_on_after(limit) as scope:
+                            with Deadline(limit) as scope:
                                 item = await step(value)
-                            if scope.cancelled_caught:
+                            if scope.expired:
                                 raise session.expired()
                         else:
                             item = await step(value)

@@ -10,6 +10,7 @@ the scheme of Finagle's and Linkerd's retry budgets.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import threading
 from dataclasses import dataclass
@@ -82,6 +83,10 @@ class RetryBudget:
         "_fleet",
         "_fleet_error",
         "_lock",
+        "_slice",
+        "_slice_end",
+        "_slice_start",
+        "_tally",
         "_window",
         "min_per_second",
         "name",
@@ -105,6 +110,13 @@ class RetryBudget:
         self._lock = threading.Lock()
         self._window = Window(self.window, 2)
         self._exhausted = 0
+        # Calls are counted without the lock: every call of the current slice of the
+        # window ticks one shared counter (``next()`` on an ``itertools.count`` is one C
+        # call, atomic under the GIL); the lock is taken once per slice, to fold the
+        # slice's tally into the window, and by readers, which fold it first.
+        self._tally = itertools.count()
+        self._slice = -1
+        self._slice_start = self._slice_end = -math.inf
         self.store = store
         self.name = name
         self._fleet: BudgetLink | None = None
@@ -143,9 +155,31 @@ class RetryBudget:
     def record_call(self) -> None:
         """Count one call (its first attempt); every call sharing the budget does this."""
         now = _clock.monotonic()
+        # The success path of every call: no lock, one clock read and one tick.
+        if self._slice_start <= now < self._slice_end:
+            next(self._tally)
+        else:
+            self._new_slice(now)
+
+    def _new_slice(self, now: float) -> None:
         with self._lock:
-            self._window.bucket(now)[_CALLS] += 1
-            self._window.totals[_CALLS] += 1
+            self._fold()
+            window = self._window
+            epoch = window.slice_of(now)
+            window.add(epoch, _CALLS, 1)
+            per_second = window.buckets / window.seconds
+            self._slice = epoch
+            self._slice_start = epoch / per_second
+            self._slice_end = (epoch + 1) / per_second
+
+    def _fold(self) -> None:
+        # The lock is held. Swap in a fresh tally, then read the old one: ``next()``
+        # returns how many calls ticked it. A call that read the old tally just before
+        # the swap and ticks it just after is lost: one call, not worth a lock per call.
+        tally, self._tally = self._tally, itertools.count()
+        calls = next(tally)
+        if calls:
+            self._window.add(self._slice, _CALLS, calls)
 
     def try_spend(self) -> bool:
         """Spend one retry if the budget allows it; ``False`` (and counted) if it is spent.
@@ -154,6 +188,7 @@ class RetryBudget:
         """
         now = _clock.monotonic()
         with self._lock:
+            self._fold()
             bucket = self._window.bucket(now)
             fleet = self._fleet
             if fleet is not None:
@@ -179,6 +214,7 @@ class RetryBudget:
         """A frozen snapshot of the counts in the current window (shared: the fleet's, as
         of the last sync, with this replica's since)."""
         with self._lock:
+            self._fold()
             self._window.touch(_clock.monotonic())
             calls, retries = self._window.totals
             fleet = self._fleet
@@ -196,6 +232,7 @@ class RetryBudget:
     def _totals(self) -> tuple[int, int]:
         """This replica's ``(calls, retries)`` over the window, for its report."""
         with self._lock:
+            self._fold()
             self._window.touch(_clock.monotonic())
             calls, retries = self._window.totals
             return calls, retries

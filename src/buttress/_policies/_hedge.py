@@ -7,12 +7,17 @@ price of a few percent more requests ("The Tail at Scale", Dean and Barroso, 201
 
 Coroutine functions only: hedging means abandoning the slower attempts, and only a
 coroutine can be cancelled; a plain function's losing attempts would run on in threads.
-The attempts run in an anyio task group: the winner cancels the others, and a caller
-cancelled from outside cancels them all.
+The winner cancels the others, and a caller cancelled from outside cancels them all. On
+asyncio the first attempt is awaited in the caller's task (inside a
+:class:`~buttress._deadline.Deadline` that a winning hedge expires) and the hedges run in
+an anyio task group of a task started by a timer when the delay passes: a call answered in
+time never pays for a task group. On trio, where a task cannot be started from a timer,
+every attempt runs in a task group of the call's own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import threading
@@ -23,14 +28,18 @@ from datetime import timedelta
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
+from anyio.abc import TaskGroup
 
 from buttress import _clock, _settings, _tracing
+from buttress._deadline import Deadline
 from buttress._declare import suggests_keywords
 from buttress._errors import ConfigurationError, is_fatal
 from buttress._events import HedgeStarted, HedgeWon, events
 from buttress._wrapping import WrapperFactory, stack_name, wrap
 
 __all__ = ["HedgeStats", "HedgedFunction", "Hedger", "hedge"]
+
+_get_running_loop = asyncio.events._get_running_loop
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -185,9 +194,12 @@ class _Race:
         "done",
         "error",
         "failures",
+        "finished",
+        "first",
         "first_failed",
         "launched",
         "result",
+        "runner",
         "started",
         "winner",
     )
@@ -195,13 +207,20 @@ class _Race:
     def __init__(self) -> None:
         self.started = _clock.monotonic()
         self.first_failed = False
-        self.changed = anyio.Event()
+        #: Set while the hedging loop waits; an attempt that fails sets it to wake it.
+        self.changed: anyio.Event | None = None
         self.launched = 0
         self.failures = 0
         self.done = False
         self.winner = 0
         self.result: Any = None
         self.error: BaseException | None = None
+        #: On asyncio: the first attempt, run in the caller's task (cancelled when a
+        #: hedge wins); the task that runs the hedges once the delay has passed, and
+        #: the event it sets when it ends.
+        self.first: Deadline | None = None
+        self.runner: asyncio.Task[None] | None = None
+        self.finished: asyncio.Event | None = None
 
 
 def _async_shell(hedger: Hedger) -> WrapperFactory:
@@ -231,7 +250,8 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
                 race.first_failed |= number == 1
                 race.failures += 1
                 race.error = exc
-                race.changed.set()
+                if race.changed is not None:
+                    race.changed.set()
                 return
             if span is not None:
                 span.end(None)
@@ -242,43 +262,138 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
             race.result = result
             first = None if race.first_failed else _clock.monotonic() - race.started
             hedger.succeeded(number, first)
+            if race.first is not None and not race.first_failed:
+                race.first.cancel()  # the first attempt, running in the caller's task
             if race.launched - race.failures > 1:
                 scope.cancel()  # the losers, and the hedging loop below
-            else:  # alone: wake the hedging loop, cheaper than a cancellation
+            elif race.changed is not None:  # alone: wake the hedging loop, cheaper
                 race.changed.set()
 
-        async def hedge_wrapper(*args: Any, **kwargs: Any) -> Any:
-            delay = hedger.begin()
-            if delay is None:  # warming up: a plain call, timed for the percentile
-                started = _clock.monotonic()
-                result = await fn(*args, **kwargs)
-                hedger.succeeded(1, _clock.monotonic() - started)
-                return result
-            race = _Race()
+        async def hedges(
+            race: _Race, group: TaskGroup, delay: float, args: Any, kwargs: Any
+        ) -> None:
+            # Start attempts race.launched + 1, ... in the group, each once the delay has
+            # passed since the previous one (or at once when every attempt in flight has
+            # failed), until one succeeds or none is left.
+            for number in range(race.launched + 1, total + 1):
+                if number > 1:
+                    hedger.hedged(number, stack.value)
+                race.launched += 1
+                group.start_soon(attempt, number, race, group.cancel_scope, args, kwargs)
+                if number == total:
+                    break
+                deadline: float | None = None
+                while not race.done and race.failures < race.launched:
+                    race.changed = anyio.Event()
+                    if deadline is None:
+                        with anyio.move_on_after(delay) as waiting:
+                            await race.changed.wait()
+                        deadline = waiting.deadline
+                    else:
+                        with anyio.move_on_at(deadline) as waiting:
+                            await race.changed.wait()
+                    if waiting.cancelled_caught:
+                        break
+                if race.done:
+                    break
+
+        async def run(race: _Race, args: Any, kwargs: Any, delay: float) -> None:
+            # The task that runs the hedges of a call whose first attempt runs in the
+            # caller's task (asyncio), started when the delay has passed.
             async with anyio.create_task_group() as group:
-                for number in range(1, total + 1):
-                    if number > 1:
-                        hedger.hedged(number, stack.value)
-                    race.launched += 1
-                    group.start_soon(attempt, number, race, group.cancel_scope, args, kwargs)
-                    if number == total:
-                        break
-                    # Wait out the delay, unless every attempt in flight fails first
-                    # (then hedge at once) or one succeeds (then stop).
-                    deadline: float | None = None
-                    while not race.done and race.failures < race.launched:
-                        race.changed = anyio.Event()
-                        if deadline is None:
-                            with anyio.move_on_after(delay) as waiting:
-                                await race.changed.wait()
-                            deadline = waiting.deadline
-                        else:
-                            with anyio.move_on_at(deadline) as waiting:
-                                await race.changed.wait()
-                        if waiting.cancelled_caught:
-                            break
-                    if race.done:
-                        break
+                await hedges(race, group, delay, args, kwargs)
+
+        def start_hedges(
+            loop: asyncio.AbstractEventLoop, race: _Race, args: Any, kwargs: Any, delay: float
+        ) -> None:
+            # A loop callback (the delay has passed), or the caller once its first attempt
+            # failed before it had.
+            if race.runner is not None or race.done:
+                return
+            finished = race.finished = asyncio.Event()
+            runner = race.runner = loop.create_task(run(race, args, kwargs, delay))
+            # A done callback: it runs even for a task cancelled before it started.
+            runner.add_done_callback(lambda _: finished.set())
+
+        async def stop(race: _Race) -> None:
+            # Cancel the hedges still running and wait until they have ended: shielded,
+            # since a caller cancelled from outside must not leave them behind.
+            runner, finished = race.runner, race.finished
+            if runner is None or finished is None:
+                return
+            runner.cancel()
+            with anyio.CancelScope(shield=True):
+                await finished.wait()
+            ended(runner)
+
+        def ended(runner: asyncio.Task[None]) -> None:
+            # What the hedges' task ended with: the attempts' own errors are in the race;
+            # only what must not be swallowed (KeyboardInterrupt...) ends the task.
+            if not runner.cancelled() and (crash := runner.exception()) is not None:
+                raise crash
+
+        async def first_in_caller(
+            loop: asyncio.AbstractEventLoop, delay: float, args: Any, kwargs: Any
+        ) -> Any:
+            # asyncio: the first attempt is awaited right here, in the caller's task; a
+            # timer starts the hedges in a task of their own only if the delay passes.
+            race = _Race()
+            race.launched = 1
+            race.first = first = Deadline(math.inf)
+            timer = loop.call_later(delay, start_hedges, loop, race, args, kwargs, delay)
+            tracer = _tracing.tracer
+            span = None if tracer is None else tracer.start(
+                f"{stack.value} attempt", "internal", span_attributes[1]
+            )
+            try:
+                with first:
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except BaseException as exc:
+                        # Here, before the deadline swallows a winning hedge's
+                        # cancellation: the span shows the first attempt cancelled.
+                        if span is not None:
+                            span.end(exc)
+                            span = None
+                        raise
+            except BaseException as exc:
+                timer.cancel()
+                if is_fatal(exc):  # the caller's cancellation (never ours: swallowed)
+                    await stop(race)
+                    raise
+                race.first_failed = True
+                race.failures += 1
+                race.error = exc
+                if race.runner is None:
+                    if race.launched == total:  # pragma: no cover - max_hedges >= 1
+                        raise
+                    start_hedges(loop, race, args, kwargs, delay)  # hedge at once
+                elif race.changed is not None:
+                    race.changed.set()
+                assert race.finished is not None
+                assert race.runner is not None
+                try:
+                    await race.finished.wait()
+                except BaseException:
+                    await stop(race)
+                    raise
+                ended(race.runner)
+                return outcome(race)
+            timer.cancel()
+            if span is not None:
+                span.end(None)
+            if race.runner is None:  # no hedge started: the common case
+                hedger.succeeded(1, _clock.monotonic() - race.started)
+                return result
+            if not first.expired and not race.done:  # the first attempt won
+                race.done = True
+                race.winner = 1
+                race.result = result
+                hedger.succeeded(1, _clock.monotonic() - race.started)
+            await stop(race)
+            return outcome(race)
+
+        def outcome(race: _Race) -> Any:
             if race.done:
                 if race.launched > 1 and events.active:
                     events.emit(
@@ -290,6 +405,22 @@ def _async_shell(hedger: Hedger) -> WrapperFactory:
             error, race.error = race.error, None  # no cycle through the race record
             assert error is not None
             raise error
+
+        async def hedge_wrapper(*args: Any, **kwargs: Any) -> Any:
+            delay = hedger.begin()
+            if delay is None:  # warming up: a plain call, timed for the percentile
+                started = _clock.monotonic()
+                result = await fn(*args, **kwargs)
+                hedger.succeeded(1, _clock.monotonic() - started)
+                return result
+            loop = _get_running_loop()
+            if loop is not None:
+                return await first_in_caller(loop, delay, args, kwargs)
+            # trio: every attempt in a task group of the call's own.
+            race = _Race()
+            async with anyio.create_task_group() as group:
+                await hedges(race, group, delay, args, kwargs)
+            return outcome(race)
 
         return hedge_wrapper
 
@@ -362,8 +493,10 @@ def hedge(delay: float | timedelta | str, *, max_hedges: int = 1) -> _Decorator:
     Each hedge emits :class:`HedgeStarted`, and a call that hedged emits :class:`HedgeWon`
     with the winning attempt. With tracing on (:func:`buttress.otel.enable`), each raced
     attempt runs in a span of its own. The delay is measured with the event loop's
-    clock. Each call runs its attempts in a task group, which costs some microseconds even
-    when the first attempt answers in time. The wrapper carries ``fn.hedge``
+    clock. On asyncio the first attempt runs in the caller's own task and a timer starts
+    the hedges in a task of their own only once the delay has passed, so a call answered
+    in time costs about what a timeout costs; on trio each call runs its attempts in a
+    task group. The wrapper carries ``fn.hedge``
     (:class:`Hedger`) with ``.stats()``.
     """
     hedges = _settings.positive_int(max_hedges, "max_hedges")

@@ -8,8 +8,9 @@ refuses plain functions and generators at decoration (and ``with timeout(...)``)
 ``TypeError`` that says what to do instead.
 
 One :class:`Timeout` holds the limits; the call shell, the stream session and the block
-all bound their waits with anyio cancel scopes (so asyncio and trio behave alike) and
-report the same :class:`CallTimeoutError` and :class:`TimedOut` event.
+all bound their waits with the one deadline of :mod:`buttress._deadline` (anyio's
+cancel semantics on asyncio and trio alike) and report the same
+:class:`CallTimeoutError` and :class:`TimedOut` event.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import anyio
 
 from buttress import _settings
 from buttress._blocks import Entries, caller_name
+from buttress._deadline import Deadline
 from buttress._declare import suggests_keywords
 from buttress._errors import CallTimeoutError, ConfigurationError, StreamTimeoutError
 from buttress._events import TimedOut, events
@@ -53,9 +55,9 @@ def _async_shell(seconds: float) -> WrapperFactory:
         stack = stack_name(fn)
 
         async def timeout_wrapper(*args: Any, **kwargs: Any) -> Any:
-            # move_on_after catches only its own cancellation: a cancellation from outside
+            # The deadline swallows only its own cancellation: a cancellation from outside
             # (the caller's own scope, a task group) passes through unchanged.
-            with anyio.move_on_after(seconds):
+            with Deadline(seconds):
                 return await fn(*args, **kwargs)
             name = stack.value
             if events.active:
@@ -170,7 +172,7 @@ class Timeout:
         self.idle = idle
         self._async = None if seconds is None else _async_shell(seconds)
         self._stream = _async_stream_shell(self)
-        self._blocks: Entries[tuple[anyio.CancelScope, str]] = Entries()
+        self._blocks: Entries[tuple[Deadline, str]] = Entries()
 
     def __repr__(self) -> str:
         limits = [
@@ -220,7 +222,7 @@ class Timeout:
                 f"async with {self!r}: a block needs seconds=; first_item and idle bound "
                 "the items of a stream"
             )
-        scope = anyio.move_on_after(seconds)
+        scope = Deadline(seconds)
         scope.__enter__()
         self._blocks.push((scope, caller_name()))
         return self
@@ -233,7 +235,7 @@ class Timeout:
     ) -> None:
         scope, name = self._blocks.pop()
         # The scope catches only its own cancellation; others pass through unchanged.
-        if scope.__exit__(exc_type, exc, tb) and scope.cancelled_caught:
+        if scope.__exit__(exc_type, exc, tb) and scope.expired:
             seconds = self.seconds or 0.0
             if events.active:
                 events.emit(TimedOut(function=name, seconds=seconds))
@@ -265,11 +267,12 @@ def timeout(
 ) -> Timeout:
     """Cancel a call, a stream or a block that runs past its limit; raise a TimeoutError.
 
-    The coroutine is cancelled through anyio (a cancel scope, on asyncio and trio alike),
-    so its ``finally`` blocks and ``async with`` exits run before the caller gets a
+    The coroutine is cancelled with anyio's semantics (on trio an anyio cancel scope, on
+    asyncio a timer on the loop that waits for a shield entered inside the call), so its
+    ``finally`` blocks and ``async with`` exits run before the caller gets a
     :class:`CallTimeoutError`, which is a ``TimeoutError`` and a ``ButtressError``.
-    Cancellation coming from outside is never turned into a timeout: it propagates as it
-    is. A function that finishes just as the limit passes keeps its result.
+    Cancellation coming from outside is never turned into a timeout: it propagates as it is.
+    A function that finishes just as the limit passes keeps its result.
 
     Placed outside ``@retry`` it bounds the whole call, retries and waits included;
     placed inside (next to the function) it bounds each attempt, and ``@retry`` retries

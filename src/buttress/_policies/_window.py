@@ -65,6 +65,23 @@ class Window:
             self._advance(epoch)
         return self.current
 
+    def slice_of(self, now: float) -> int:
+        """The number of the slice that holds ``now`` (for :meth:`add`)."""
+        return _floor(now * self._slices_per_second)
+
+    def add(self, epoch: int, counter: int, amount: int) -> None:
+        """Add ``amount`` to ``counter`` in slice ``epoch``, moving the window up to it.
+
+        Counts for a slice that has already left the window are dropped: they are older
+        than the window, so they no longer count.
+        """
+        if epoch > self.head:
+            self._advance(epoch)
+        elif epoch <= self.head - self.buckets:
+            return
+        self._counts[epoch % self.buckets][counter] += amount
+        self.totals[counter] += amount
+
     def clear(self) -> None:
         """Forget everything."""
         for counts in self._counts:

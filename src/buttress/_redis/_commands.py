@@ -66,25 +66,33 @@ class Script:
         self.sha = hashlib.sha1(lua.encode()).hexdigest()
 
     def run(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        from redis.exceptions import NoScriptError
-
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
+        except Exception as exc:
+            if not _no_script(exc):
+                raise
             client.script_load(self.lua)
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
     async def arun(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        from redis.exceptions import NoScriptError
-
+        # Every cache hit runs this: redis' NoScriptError is imported only on a failure.
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
+        except Exception as exc:
+            if not _no_script(exc):
+                raise
             await client.script_load(self.lua)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
     def __repr__(self) -> str:
         return f"Script({self.name!r}, sha={self.sha[:12]})"
+
+
+def _no_script(error: Exception) -> bool:
+    """Whether ``error`` is the server's ``NOSCRIPT`` (it forgot the script)."""
+    from redis.exceptions import NoScriptError
+
+    return isinstance(error, NoScriptError)
 
 
 def hash_tag(text: str) -> str:
