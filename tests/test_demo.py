@@ -21,7 +21,7 @@ from buttress._demo import DemoOptions, DemoResult, run_demo, write_outputs
 from buttress._demo import build_parser as demo_parser
 from buttress._demo.load import plan_traffic
 from buttress._demo.report import render
-from buttress._monitoring._emitter import THREAD_NAME
+from buttress._monitoring._emitter import THREAD_NAME, exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {
@@ -275,6 +275,8 @@ async def test_outputs_the_picture_and_the_prometheus_text(tmp_path: Path) -> No
 async def test_monitor_records_go_to_a_file_not_to_the_terminal(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    exporter.reset()  # an earlier test's thread, if one is left, is not the demo's
+    assert not exporter_threads()
     log = tmp_path / "monitor.jsonl"
     result = await run_demo(small(requests=60, out=tmp_path, error_rate=0.3), monitor_log=log)
     records = [json.loads(line) for line in log.read_text().splitlines()]
