@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from enum import Enum
+from threading import current_thread, get_ident
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _settings, _tracing
@@ -45,7 +46,18 @@ from buttress._wrapping import WrapperFactory, function_name, stack_name, wrap
 
 from . import _stats
 from ._emitter import exporter
-from ._logs import PENDING_INPUTS, PENDING_OUTPUT, CallItem, ExcInfo, MessageItem
+from ._logs import (
+    PENDING_INPUTS,
+    PENDING_OUTPUT,
+    CallData,
+    CallItem,
+    ExcInfo,
+    MessageItem,
+    Template,
+    export_call,
+    request_context,
+    unflat_items,
+)
 from ._stats import (
     CANCELLED,
     ERROR,
@@ -57,7 +69,7 @@ from ._stats import (
     counters,
     function_stats,
 )
-from ._summaries import nonfinite, summarize, summarize_scalar, type_name
+from ._summaries import SCALAR_SUMMARIES, nonfinite, summarize, type_name
 
 __all__ = ["MonitorHandle", "MonitoredFunction", "Site", "monitor"]
 
@@ -107,7 +119,7 @@ def _expected(value: object) -> tuple[type[BaseException], ...]:
 
 
 #: Argument types whose values never change: their summaries can wait for the exporter.
-_SCALARS = frozenset({int, bool, float, str, bytes, type(None)})
+_SCALARS = frozenset(SCALAR_SUMMARIES)
 
 
 def _settled(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -130,8 +142,7 @@ def _log_level(value: object) -> int:
         if isinstance(level, int):
             return level
     raise ConfigurationError(
-        f"log_level must be a logging level name such as 'INFO' or a positive int, "
-        f"got {value!r}"
+        f"log_level must be a logging level name such as 'INFO' or a positive int, got {value!r}"
     )
 
 
@@ -178,8 +189,7 @@ def histogram_bounds(value: object, name: str = "output_buckets") -> tuple[float
         raise ConfigurationError(f"{name} must be strictly increasing, got {value!r}")
     if name == "duration_buckets" and (bounds[0] <= 0 or math.isinf(bounds[-1])):
         raise ConfigurationError(
-            f"{name} must be positive and finite (seconds; +Inf is always added), "
-            f"got {value!r}"
+            f"{name} must be positive and finite (seconds; +Inf is always added), got {value!r}"
         )
     return bounds
 
@@ -340,7 +350,7 @@ class Site:
         self.output_bounds = settings.output_buckets
         self.redact = settings.redact
         self.logger = logger
-        self.record_template: tuple[int, dict[str, Any]] | None = None
+        self.record_template: Template | None = None
         self.warned = False
         # The monitor's policy towards the shared signature, all of it here: inputs are
         # what the caller passed (defaults left out), by display name; the receiver is
@@ -496,15 +506,22 @@ class Site:
         if not level and not exporter.wants_calls:
             return
         inputs: Any = None
+        named: tuple[Any, ...] | None = None
         output: Any = None
         pending = 0
+        context: Any = None
+        thread: int | None = None
+        thread_name: str | None = None
         if level:
             # Summaries are taken now, while the values are as the call saw them; values
             # that cannot change (numbers, strings, None) are summarised by the exporter
-            # thread instead, off the caller's path.
+            # thread instead, off the caller's path. Mappings are kept as flat tuples:
+            # see CallData.
             if self.log_inputs:
                 if self.redact is None and _settled(scanned, kwargs):
-                    inputs, pending = (args, kwargs), PENDING_INPUTS
+                    inputs, pending = args, PENDING_INPUTS
+                    if kwargs:
+                        named = (*kwargs, *kwargs.values())
                 else:
                     inputs = self._inputs(args, kwargs)
             if self.log_outputs and outcome == OK and stream is None:
@@ -512,46 +529,68 @@ class Site:
                     output, pending = result, pending | PENDING_OUTPUT
                 else:
                     output = self._summary("return", result)
-        exc_info: ExcInfo | None = None
-        if level and outcome == ERROR and exc is not None and logged_by is None:
-            _mark_logged(exc, self.name)
-            if not expected:  # the traceback, once, from the innermost monitor
-                exc_info = (type(exc), exc, exc.__traceback__)
-        exporter.put(
-            CallItem(
-                self,
+            context = request_context.get()
+            if context:
+                context = (*context, *context.values())
+            thread = get_ident()
+            thread_name = current_thread().name
+        rare: Any = None
+        if exc is not None or trace is not None or stream is not None:
+            exc_info: ExcInfo | None = None
+            error = None
+            if level and outcome == ERROR:
+                assert exc is not None
+                error = exc
+                if logged_by is None:
+                    _mark_logged(exc, self.name)
+                    if not expected:  # the traceback, once, from the innermost monitor
+                        exc_info = (type(exc), exc, exc.__traceback__)
+            rare = (error, exc_info, expected, logged_by, trace, stream)
+        exporter.put_call(
+            (
                 level,
                 outcome,
                 duration,
                 time.time(),
                 slow,
-                exc_info,
                 inputs,
+                named,
                 output,
-                tracked,
-                trace,
-                stream,
                 pending,
-                exc if level and outcome == ERROR else None,
-                expected,
-                logged_by,
-            )
+                thread,
+                thread_name,
+                context,
+                tracked,
+                rare,
+            ),
+            self,
         )
 
-    def summarize_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # -- the exporter thread (see _emitter.CallOwner) ----------------------------------
+
+    export = export_call
+
+    def item(self, data: CallData) -> CallItem:
+        """The call as the metrics sinks see it."""
+        return CallItem(self, data)
+
+    def summarize_inputs(self, args: tuple[Any, ...], named: tuple[Any, ...] | None) -> Any:
         """The ``inputs`` field of a call whose summary was left to the exporter thread
-        (every value a scalar, no ``redact``)."""
+        (every value a scalar, no ``redact``; ``named``: the keyword arguments as one
+        flat tuple, names then values)."""
         names = self.positional
         if len(args) > self.lean_limit:
-            return self._inputs(args, kwargs)
+            return self._inputs(args, unflat_items(named) if named else {})
         if self.skip_first:  # self/cls is no scalar: never summarised
             names, args = names[1:], args[1:]
-        inputs = {
-            name: summarize_scalar(value)
-            for name, value in zip(names, args)  # noqa: B905 - args may be fewer
-        }
-        for name, value in kwargs.items():
-            inputs[name] = summarize_scalar(value)
+        scalar = SCALAR_SUMMARIES
+        inputs = {}
+        for name, value in zip(names, args):  # noqa: B905 - args may be fewer
+            inputs[name] = scalar[type(value)](value)
+        if named:
+            half = len(named) // 2
+            for name, value in zip(named[:half], named[half:]):  # noqa: B905 - as long
+                inputs[name] = scalar[type(value)](value)
         return inputs
 
     def _count_stream(self, items: int, first: float | None) -> None:
@@ -769,9 +808,7 @@ class _StreamRecord(Session):
         self.first: float | None = None
         tracer = _tracing.tracer
         self.span = (
-            None
-            if tracer is None
-            else tracer.open(site.name, site.span_kind, site.span_attributes)
+            None if tracer is None else tracer.open(site.name, site.span_kind, site.span_attributes)
         )
         stats = site.stats
         stats.lock.acquire()

@@ -51,6 +51,16 @@ class Item(Protocol):
     def export(self) -> None: ...
 
 
+class CallOwner(Protocol):
+    """What queues a call's data with :meth:`Exporter.put_call` (``@monitor``'s site)."""
+
+    def export(self, data: tuple[Any, ...]) -> None:
+        """Build and hand on the call's log record (in the exporter thread)."""
+
+    def item(self, data: tuple[Any, ...]) -> Any:
+        """The call as the sinks' :meth:`Sink.observe` gets it."""
+
+
 class Sink(Protocol):
     """A metrics destination fed by the exporter thread (the DogStatsD sink is one)."""
 
@@ -100,7 +110,9 @@ class Exporter:
     """A bounded queue and the one thread that drains it."""
 
     def __init__(self, queue_size: int = 10_000, interval: float = 1.0) -> None:
-        self.queue_size = queue_size
+        #: entries the queue may hold: a call takes two (see :meth:`put_call`)
+        self._limit = 2 * queue_size
+        self._queue_size = queue_size
         self.interval = interval
         self.shutdown_timeout = 5.0
         #: True while a sink wants an item for every call (read on the hot path).
@@ -110,6 +122,9 @@ class Exporter:
         #: set with ``_wake`` by a flush or a stop: no lingering then
         self._hurry = threading.Event()
         self._lock = threading.Lock()
+        #: held while the queue is drained: one consumer at a time keeps a call's two
+        #: entries together (reentrant: a handler may flush from the exporter thread)
+        self._draining = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._sinks: tuple[Sink, ...] = ()
@@ -119,6 +134,16 @@ class Exporter:
         self._atexit_registered = False
         self._exited = False
 
+    @property
+    def queue_size(self) -> int:
+        """How many items (calls, records) may wait before new ones are dropped."""
+        return self._queue_size
+
+    @queue_size.setter
+    def queue_size(self, size: int) -> None:
+        self._queue_size = size
+        self._limit = 2 * size
+
     # -- the hot path ------------------------------------------------------------------
 
     def put(self, item: Any) -> None:
@@ -126,11 +151,31 @@ class Exporter:
         items = self._items
         # len() and append() are each atomic; racing producers may overshoot the bound
         # by a few items, which is harmless, and nobody ever waits.
-        if len(items) >= self.queue_size:
+        if len(items) >= self._limit:
             with self._lock:
                 self._dropped += 1
             return
         items.append(item)
+        if self._thread is None:
+            self._start()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def put_call(self, data: tuple[Any, ...], owner: CallOwner) -> None:
+        """Queue a monitored call's ``data`` (a tuple) and the ``owner`` that exports it.
+
+        They take two entries, ``data`` then ``owner``, added by one ``extend`` (atomic:
+        no other thread's entry comes between). ``data`` holds only plain values in the
+        common case, which the garbage collector stops tracking; an object holding the
+        owner would be tracked, and a long queue of them would be traversed by every
+        full collection of the process's heap.
+        """
+        items = self._items
+        if len(items) >= self._limit:
+            with self._lock:
+                self._dropped += 1
+            return
+        items.extend((data, owner))
         if self._thread is None:
             self._start()
         if not self._wake.is_set():
@@ -211,8 +256,11 @@ class Exporter:
 
     def stats(self) -> MonitoringStats:
         thread = self._thread
+        entries = list(self._items)
+        # a call is two entries (its data, a tuple, then its owner): count the tuples
+        owners = sum(1 for item in entries if type(item) is tuple)
         return MonitoringStats(
-            queued=sum(1 for item in list(self._items) if not isinstance(item, _Marker)),
+            queued=sum(1 for item in entries if type(item) is not _Marker) - owners,
             exported=self._exported,
             dropped=self._dropped,
             queue_size=self.queue_size,
@@ -282,17 +330,21 @@ class Exporter:
 
     def _drain(self) -> None:
         items = self._items
-        while items:
-            try:
-                item = items.popleft()
-            except IndexError:  # raced with a reset
-                return
-            if type(item) is _Marker:
-                self._tick()
-                self._close_removed()
-                item.done.set()
-                continue
-            self._handle(item)
+        with self._draining:
+            while items:
+                try:
+                    item = items.popleft()
+                    if type(item) is tuple:  # a call's data: its owner comes next
+                        self._handle_call(item, items.popleft())
+                        continue
+                except IndexError:  # raced with a reset
+                    return
+                if type(item) is _Marker:
+                    self._tick()
+                    self._close_removed()
+                    item.done.set()
+                    continue
+                self._handle(item)
 
     def _drain_inline(self) -> None:
         # No thread (or we are it): do its work here.
@@ -310,6 +362,25 @@ class Exporter:
                 sink.observe(item)
             except Exception:
                 logger.exception("buttress.monitor sink %r failed", sink)
+        self._exported += 1
+
+    def _handle_call(self, data: tuple[Any, ...], owner: CallOwner) -> None:
+        try:
+            owner.export(data)
+        except Exception:
+            logger.exception("buttress.monitor could not export a log record")
+        sinks = self._sinks
+        if sinks:
+            try:
+                item = owner.item(data)
+            except Exception:  # pragma: no cover - a plain constructor
+                logger.exception("buttress.monitor could not export a call")
+            else:
+                for sink in sinks:
+                    try:
+                        sink.observe(item)
+                    except Exception:
+                        logger.exception("buttress.monitor sink %r failed", sink)
         self._exported += 1
 
     def _tick(self) -> None:
@@ -337,6 +408,7 @@ class Exporter:
         self._wake = threading.Event()
         self._hurry = threading.Event()
         self._lock = threading.Lock()
+        self._draining = threading.RLock()
         self._thread = None
         self._stopping = False
 

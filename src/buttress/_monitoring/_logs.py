@@ -14,28 +14,28 @@ import itertools
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Protocol
 
-from buttress._tracing import TraceIds
-
-from ._stats import OUTCOMES, FunctionStats
+from ._stats import CANCELLED, OK, OUTCOMES, FunctionStats
 from ._summaries import public_type_name, summarize_scalar
 
 __all__ = [
     "PENDING_INPUTS",
     "PENDING_OUTPUT",
+    "CallData",
     "CallItem",
     "CallSite",
     "JsonFormatter",
     "MessageItem",
     "call_id",
+    "export_call",
     "request_context",
     "request_scope",
+    "unflat_items",
 ]
 
 #: Request-scoped fields (a request id, a tenant, a model version) copied into every
@@ -96,6 +96,11 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows onl
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
+#: A site's record template: (the fork epoch it was made in, the template, the logger
+#: it was made for, whether that logger handles records as :class:`logging.Logger` does)
+Template = tuple[int, dict[str, Any], logging.Logger, bool]
+
+
 class CallSite(Protocol):
     """What a call record reads of the monitored function it describes.
 
@@ -121,251 +126,288 @@ class CallSite(Protocol):
     def stats(self) -> FunctionStats: ...
     @property
     def level(self) -> int: ...
+
     #: the part of every record that never changes, made by the first export (with the
     #: epoch it was made in: a forked child makes its own, with its own process id)
-    record_template: tuple[int, dict[str, Any]] | None
+    record_template: Template | None
 
-    def summarize_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+    def summarize_inputs(self, args: tuple[Any, ...], named: tuple[Any, ...] | None) -> Any: ...
 
 
-#: ``CallItem.pending`` flags: the inputs (``(args, kwargs)``) or the output (the raw
-#: value) are of immutable types and still to be summarised, in the exporter thread.
+#: ``pending`` flags of a call's data: the inputs (``(args, kwargs items)``) or the output
+#: (the raw value) are of immutable types and still to be summarised, in the exporter thread.
 PENDING_INPUTS = 1
 PENDING_OUTPUT = 2
 
+#: What a monitored call queues for the exporter thread (see ``Site.finish``), a plain
+#: tuple, in this order:
+#:
+#: ``(level, outcome, duration, end, slow, inputs, named, output, pending, thread,
+#: thread_name, context, tracked, rare)``
+#:
+#: ``level`` is 0 when the call is not logged (sampled out, level disabled: the item is
+#: for the sinks only); ``inputs`` is the summary, or the positional arguments while
+#: PENDING_INPUTS is set, with the keyword arguments in ``named`` (``None`` or a flat
+#: tuple: the keys, then the values); ``thread`` and ``thread_name`` are the calling
+#: thread's ident and name; ``context`` is :data:`request_context` as a flat tuple too
+#: (or ``None``); ``rare`` is ``None`` or ``(error, exc_info, expected, logged_by,
+#: trace, stream)``.
+#:
+#: Why so: a tuple that holds only numbers, strings, ``None`` and such tuples stops
+#: being tracked by the garbage collector at its first collections (one level of
+#: nesting per collection, so no deeper than that), and so never reaches the oldest
+#: generation, however long it waits in the queue. A queue of objects (or of tuples
+#: holding a dict, even an empty one) would be promoted there, and each full
+#: collection traverses the whole heap: with a large heap (numpy, torch, a web
+#: framework), that cost more than building the records. The site travels beside the
+#: tuple in the queue (see ``Exporter.put_call``).
+CallData = tuple[Any, ...]
 
-#: The last second formatted by :func:`_utc` and its text, swapped as one tuple.
+
+def unflat_items(flat: tuple[Any, ...]) -> dict[str, Any]:
+    """A mapping kept as a flat tuple, its keys then its values, as a dict again."""
+    half = len(flat) // 2
+    return dict(zip(flat[:half], flat[half:], strict=True))
+
+
+#: The last second formatted by :func:`_utc`: its number and its text up to the dot.
 _second: tuple[int, str] = (-1, "")
 
 
 def _utc(timestamp: float) -> str:
     """ISO 8601 in UTC with microseconds; the seconds part is reused within a second."""
-    whole, micros = divmod(round(timestamp * 1_000_000), 1_000_000)
+    micros = round(timestamp * 1_000_000)
+    whole, prefix = _second
+    if micros // 1_000_000 != whole or micros < 1_000_000:
+        return _utc_slow(micros)
+    # The last six digits of the count of microseconds are the fraction, zero-padded.
+    return f"{prefix}{str(micros)[-6:]}+00:00"
+
+
+def _utc_slow(micros: int) -> str:
     global _second
-    cached, prefix = _second
-    if cached != whole:
-        prefix = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    whole, fraction = divmod(micros, 1_000_000)
+    prefix = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+    if micros >= 1_000_000:  # later seconds have at least seven digits
         _second = (whole, prefix)
-    return "%s.%06d+00:00" % (prefix, micros)  # noqa: UP031 - the quickest here
+    return "%s%06d+00:00" % (prefix, fraction)  # noqa: UP031 - as the quick path
 
 
 class CallItem:
-    """One finished call, as queued for the exporter thread: plain data only."""
+    """One finished call as the metrics sinks see it: the site and the call's data.
 
-    __slots__ = (
-        "call",
-        "context",
-        "duration",
-        "end",
-        "error",
-        "exc_info",
-        "expected",
-        "inputs",
-        "level",
-        "logged_by",
-        "outcome",
-        "output",
-        "pending",
-        "site",
-        "slow",
-        "stream",
-        "thread",
-        "trace",
-        "tracked",
-    )
+    Made in the exporter thread, only while a sink is registered.
+    """
 
-    def __init__(
-        self,
-        site: CallSite,
-        level: int,
-        outcome: int,
-        duration: float,
-        end: float,
-        slow: bool,
-        exc_info: ExcInfo | None,
-        inputs: Any,
-        output: Any,
-        tracked: float | None,
-        trace: TraceIds | None = None,
-        stream: tuple[int, float | None, str] | None = None,
-        pending: int = 0,
-        error: BaseException | None = None,
-        expected: bool = False,
-        logged_by: str | None = None,
-    ) -> None:
+    __slots__ = ("data", "site")
+
+    def __init__(self, site: CallSite, data: CallData) -> None:
         self.site = site
-        #: the exception of a failed call; ``exc_info`` holds it only when its
-        #: traceback is logged (not for an expected error, nor one logged already)
-        self.error = error if error is not None else (exc_info[1] if exc_info else None)
-        self.expected = expected
-        #: the monitor that logged this exception first (an inner one), if any
-        self.logged_by = logged_by
-        #: which of ``inputs`` and ``output`` still hold raw values (PENDING_* flags)
-        self.pending = pending
-        #: a stream's (items, seconds to its first item or None, how it ended)
-        self.stream = stream
-        #: the log level, or 0 when the call is not logged (sampled out, level disabled)
-        self.level = level
-        self.outcome = outcome
-        self.duration = duration
-        self.end = end
-        self.slow = slow
-        self.exc_info = exc_info
-        #: the inputs summary, or ``(args, kwargs)`` while PENDING_INPUTS is set
-        self.inputs: Any = inputs
-        self.output = output
-        self.tracked = tracked
-        #: the ids of the call's span (tracing on): ``trace_id`` and ``span_id`` fields
-        self.trace = trace
-        self.thread: threading.Thread | None
-        if level:
-            context = request_context.get()
-            self.context = dict(context) if context else None
-            self.thread = threading.current_thread()
-            self.call = next(_counter)
-        else:
-            self.context = None
-            self.thread = None
-            self.call = 0
+        self.data = data
 
-    def fields(self) -> dict[str, Any]:
-        """The structured fields of the record (its ``extra``)."""
-        fields: dict[str, Any] = {}
-        self._fill(fields)
-        return fields
+    @property
+    def level(self) -> int:
+        """The log level, or 0 when the call is not logged."""
+        return int(self.data[0])
 
-    def _fill(self, fields: dict[str, Any]) -> None:
-        site = self.site
-        error = self.error
-        fields["function"] = site.name
-        fields["call_id"] = f"{_prefix}-{self.call:x}"
-        fields["start_time"] = _utc(self.end - self.duration)
-        fields["duration"] = self.duration
-        fields["outcome"] = OUTCOMES[self.outcome]
-        fields["slow"] = self.slow
-        if error is None:
-            fields["error_type"] = fields["error_message"] = None
-        else:
-            fields["error_type"] = public_type_name(error)
-            fields["error_message"] = str(error)
-            fields["expected"] = self.expected
-            if self.logged_by is not None:
-                fields["error_logged_by"] = self.logged_by
-        pending = self.pending
-        if pending:
-            if pending & PENDING_INPUTS:
-                args, kwargs = self.inputs
-                self.inputs = site.summarize_inputs(args, kwargs)
-            if pending & PENDING_OUTPUT:
-                self.output = summarize_scalar(self.output)
-            self.pending = 0
-        fields["inputs"] = self.inputs
-        fields["output"] = self.output
-        fields["context"] = self.context
-        if site.labels and "labels" not in fields:
-            fields["labels"] = dict(site.labels)
-        if self.tracked is not None:
-            fields["tracked_output"] = self.tracked
-        if self.stream is not None:
-            items, first, ended = self.stream
-            fields["stream"] = {"items": items, "first_item": first, "ended": ended}
-        trace = self.trace
-        if trace is not None:
-            fields["trace_id"] = trace.trace_hex
-            fields["span_id"] = trace.span_hex
+    @property
+    def outcome(self) -> int:
+        """An index into ``OUTCOMES``."""
+        return int(self.data[1])
 
-    def message(self) -> tuple[str, tuple[Any, ...]]:
-        name = self.site.name
-        milliseconds = self.duration * 1000
-        outcome = OUTCOMES[self.outcome]
-        args: tuple[Any, ...]
-        error = self.error
-        if error is not None:
-            text, args = "%s() failed after %.1f ms: %s: %s", (
+    @property
+    def duration(self) -> float:
+        return float(self.data[2])
+
+    @property
+    def tracked(self) -> float | None:
+        """The ``track_output`` value of the call, if any."""
+        tracked: float | None = self.data[12]
+        return tracked
+
+    @property
+    def stream(self) -> tuple[int, float | None, str] | None:
+        """A stream's (items, seconds to its first item or None, how it ended)."""
+        rare = self.data[13]
+        return None if rare is None else rare[5]
+
+
+def _message(
+    site: CallSite,
+    outcome: int,
+    duration: float,
+    slow: bool,
+    error: BaseException | None,
+    logged_by: str | None,
+    stream: tuple[int, float | None, str] | None,
+) -> tuple[str, tuple[Any, ...]]:
+    name = site.name
+    milliseconds = duration * 1000
+    args: tuple[Any, ...]
+    if error is not None:
+        text, args = (
+            "%s() failed after %.1f ms: %s: %s",
+            (
                 name,
                 milliseconds,
                 public_type_name(error),
                 error,
-            )
-            if self.logged_by is not None:
-                text += " (logged with its traceback by %s())"
-                args = (*args, self.logged_by)
-        elif outcome == "cancelled":
-            abandoned = self.stream is not None and self.stream[2] == "abandoned"
-            text = "%s() abandoned by its caller after %.1f ms" if abandoned else (
-                "%s() cancelled after %.1f ms"
-            )
-            args = (name, milliseconds)
+            ),
+        )
+        if logged_by is not None:
+            text += " (logged with its traceback by %s())"
+            args = (*args, logged_by)
+    elif outcome == CANCELLED:
+        abandoned = stream is not None and stream[2] == "abandoned"
+        text = (
+            "%s() abandoned by its caller after %.1f ms"
+            if abandoned
+            else ("%s() cancelled after %.1f ms")
+        )
+        args = (name, milliseconds)
+    else:
+        text, args = "%s() ok in %.1f ms", (name, milliseconds)
+    if stream is not None:
+        items, first = stream[0], stream[1]
+        if first is None:
+            text += " (stream: no item)"
         else:
-            text, args = "%s() ok in %.1f ms", (name, milliseconds)
-        if self.stream is not None:
-            items, first = self.stream[0], self.stream[1]
-            if first is None:
-                text += " (stream: no item)"
-            else:
-                text += " (stream: %d item(s), the first after %.1f ms)"
-                args = (*args, items, first * 1000)
-        threshold = self.site.slow_threshold
-        if self.slow and threshold is not None:
-            text += " (slow: threshold %.1f ms)"
-            args = (*args, threshold * 1000)
-        return text, args
+            text += " (stream: %d item(s), the first after %.1f ms)"
+            args = (*args, items, first * 1000)
+    threshold = site.slow_threshold
+    if slow and threshold is not None:
+        text += " (slow: threshold %.1f ms)"
+        args = (*args, threshold * 1000)
+    return text, args
 
-    def export(self) -> None:
-        """Build the log record and hand it to the logger's handlers (exporter thread)."""
-        level = self.level
-        if not level:
-            return
-        site = self.site
-        log = site.logger
-        if not log.isEnabledFor(level):  # the level was raised since the call
-            return
-        text, args = self.message()
-        end = self.end
-        template = _template(site, log)
-        if template is None:  # a custom record factory or logger class: the slow way
-            record = log.makeRecord(
-                log.name,
-                level,
-                site.pathname,
-                site.lineno,
-                text,
-                args,
-                _trimmed(self.exc_info),
-                site.func_name,
-                self.fields(),
-            )
-            # The record describes the call, not the moment the exporter got to it.
-            record.created = end
-            record.msecs = (end - int(end)) * 1000
-            record.relativeCreated = (end - _start_time) * 1000
-            if self.thread is not None:
-                record.thread = self.thread.ident
-                record.threadName = self.thread.name
+
+def export_call(site: CallSite, data: CallData) -> None:
+    """Build the call's log record and hand it to the logger's handlers (exporter thread).
+
+    The record describes the call, not the moment the exporter got to it: its time,
+    thread and source location are the call's.
+    """
+    (
+        level,
+        outcome,
+        duration,
+        end,
+        slow,
+        inputs,
+        named,
+        output,
+        pending,
+        thread,
+        thread_name,
+        context,
+        tracked,
+        rare,
+    ) = data
+    if not level:  # queued for the sinks only
+        return
+    log = site.logger
+    if not log.isEnabledFor(level):  # the level was raised since the call
+        return
+    name = site.name
+    error: BaseException | None
+    if rare is None:
+        error = exc_info = None
+        if not slow and outcome == OK:  # the common case, spelled out
+            text, args = "%s() ok in %.1f ms", (name, duration * 1000)
         else:
-            # What LogRecord.__init__ would compute, all but the call's own facts once
-            # per function: the process, the source location. The fields land in the
-            # record's __dict__ as makeRecord's ``extra`` would put them. The record
-            # describes the call, not the moment the exporter got to it.
-            record = _new_record(_LogRecord)
-            values = template.copy()
-            values["msg"] = text
-            values["args"] = args
-            if level != template["levelno"]:
-                values["levelno"] = level
-                values["levelname"] = logging.getLevelName(level)
-            if self.exc_info is not None:
-                values["exc_info"] = _trimmed(self.exc_info)
-            values["created"] = end
-            values["msecs"] = (end - int(end)) * 1000
-            values["relativeCreated"] = (end - _start_time) * 1000
-            thread = self.thread
-            if thread is not None:
-                values["thread"] = thread.ident
-                values["threadName"] = thread.name
-            self._fill(values)
-            record.__dict__ = values
-        log.handle(record)
+            text, args = _message(site, outcome, duration, slow, None, None, None)
+    else:
+        error = rare[0]
+        exc_info = _trimmed(rare[1])
+        text, args = _message(site, outcome, duration, slow, error, rare[3], rare[5])
+    made = site.record_template
+    if (
+        made is None
+        or made[0] != _epoch
+        or made[2] is not log
+        or logging.getLogRecordFactory() is not _LogRecord
+    ):
+        made = _template(site, log)
+    # The fields, in their order: into a copy of the template (which holds the keys of
+    # the first ones already, so the order stays), or alone for makeRecord's ``extra``.
+    values: dict[str, Any] = {} if made is None else made[1].copy()
+    values["function"] = name
+    values["call_id"] = "%s-%x" % (_prefix, next(_counter))  # noqa: UP031 - the quickest
+    values["start_time"] = _utc(end - duration)
+    values["duration"] = duration
+    values["outcome"] = OUTCOMES[outcome]
+    values["slow"] = slow
+    if error is None:
+        values["error_type"] = values["error_message"] = None
+    else:
+        values["error_type"] = public_type_name(error)
+        values["error_message"] = str(error)
+        values["expected"] = rare[2]
+        if rare[3] is not None:
+            values["error_logged_by"] = rare[3]
+    if pending:
+        if pending & PENDING_INPUTS:
+            inputs = site.summarize_inputs(inputs, named)
+        if pending & PENDING_OUTPUT:
+            output = summarize_scalar(output)
+    values["inputs"] = inputs
+    values["output"] = output
+    values["context"] = None if context is None else unflat_items(context)
+    if made is None and site.labels:
+        values["labels"] = dict(site.labels)
+    if tracked is not None:
+        values["tracked_output"] = tracked
+    if rare is not None:
+        stream = rare[5]
+        if stream is not None:
+            items, first, ended = stream
+            values["stream"] = {"items": items, "first_item": first, "ended": ended}
+        trace = rare[4]
+        if trace is not None:
+            values["trace_id"] = trace.trace_hex
+            values["span_id"] = trace.span_hex
+    if made is None:  # a custom record factory or logger class: the slow way
+        record = log.makeRecord(
+            log.name,
+            level,
+            site.pathname,
+            site.lineno,
+            text,
+            args,
+            exc_info,
+            site.func_name,
+            values,
+        )
+        record.created = end
+        record.msecs = (end - int(end)) * 1000
+        record.relativeCreated = (end - _start_time) * 1000
+        if thread is not None:
+            record.thread = thread
+            record.threadName = thread_name
+    else:
+        # What LogRecord.__init__ would compute, all but the call's own facts once per
+        # function (the process, the source location); makeRecord's ``extra`` would put
+        # the fields in the record's __dict__ too.
+        values["msg"] = text
+        values["args"] = args
+        if level != made[1]["levelno"]:
+            values["levelno"] = level
+            values["levelname"] = logging.getLevelName(level)
+        if exc_info is not None:
+            values["exc_info"] = exc_info
+        values["created"] = end
+        values["msecs"] = (end - int(end)) * 1000
+        values["relativeCreated"] = (end - _start_time) * 1000
+        values["thread"] = thread
+        values["threadName"] = thread_name
+        record = _new_record(_LogRecord)
+        record.__dict__ = values
+        if made[3] and not log.filters and not log.disabled:
+            # What Logger.handle does when the logger has no filter (and is not a
+            # subclass with its own handle or filter), without its two calls.
+            log.callHandlers(record)
+            return
+    log.handle(record)
 
 
 #: Frames of files under this directory (buttress's own wrappers) are left out of the
@@ -410,23 +452,35 @@ _new_record = _LogRecord.__new__
 _probe = _LogRecord("", 0, "", 0, "", (), None)
 _start_time = _probe.created - _probe.relativeCreated / 1000
 del _probe
-def _template(site: CallSite, log: logging.Logger) -> dict[str, Any] | None:
-    """The part of ``site``'s records that never changes, or ``None`` when records must
-    come from makeRecord.
+
+
+_FIRST_FIELDS = (
+    "function",
+    "call_id",
+    "start_time",
+    "duration",
+    "outcome",
+    "slow",
+    "error_type",
+    "error_message",
+)
+
+
+def _template(site: CallSite, log: logging.Logger) -> Template | None:
+    """The part of ``site``'s records that never changes (made anew, and kept on the
+    site), or ``None`` when records must come from makeRecord.
 
     Records are built from this template only while the stdlib makes them the stdlib way:
     a custom record factory (``logging.setLogRecordFactory``, as OpenTelemetry's logging
     instrumentation installs) or a logger class with its own ``makeRecord`` gets the
-    ordinary path, so whatever it adds is still added.
+    ordinary path, so whatever it adds is still added. The template is kept on the site
+    with what it was made for (the epoch, the logger) and whether that logger handles
+    records as :class:`logging.Logger` does.
     """
-    if (
-        logging.getLogRecordFactory() is not _LogRecord
-        or type(log).makeRecord is not logging.Logger.makeRecord
-    ):
+    kind = type(log)
+    if logging.getLogRecordFactory() is not _LogRecord or kind.makeRecord is not _MAKE_RECORD:
+        site.record_template = None
         return None
-    made = site.record_template
-    if made is not None and made[0] == _epoch and made[1]["name"] == log.name:
-        return made[1]
     probe = _LogRecord(log.name, site.level, site.pathname, site.lineno, "", (), None)
     probe.funcName = site.func_name
     template = dict(probe.__dict__)
@@ -434,8 +488,18 @@ def _template(site: CallSite, log: logging.Logger) -> dict[str, Any] | None:
         template["taskName"] = None
     if site.labels:
         template["labels"] = dict(site.labels)
-    site.record_template = (_epoch, template)
-    return template
+    # The first fields, in their order (export_call sets them all): the copies of the
+    # template then hold every key they need but a few, and need no resizing.
+    for key in _FIRST_FIELDS:
+        template[key] = None
+    plain = kind.handle is _HANDLE and kind.filter is _FILTER
+    made = site.record_template = (_epoch, template, log, plain)
+    return made
+
+
+_MAKE_RECORD = logging.Logger.makeRecord
+_HANDLE = logging.Logger.handle
+_FILTER = logging.Logger.filter
 
 
 class MessageItem:
@@ -462,9 +526,11 @@ class MessageItem:
             self.logger.log(self.level, self.text, *self.args, exc_info=self.exc_info)
 
 
-_STANDARD = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__
-) | {"message", "asctime", "taskName"}
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any
 
 from buttress._errors import public_type_name
@@ -32,6 +32,7 @@ from buttress._errors import public_type_name
 __all__ = [
     "MAX_KEYS",
     "SAMPLE_LIMIT",
+    "SCALAR_SUMMARIES",
     "nonfinite",
     "public_type_name",
     "summarize",
@@ -168,9 +169,25 @@ def _fields(value: Any, names: Any) -> dict[str, Any]:
     return {"type": type_name(value), "fields": fields}
 
 
+def _none(value: None) -> None:
+    return None
+
+
+#: The summariser of each scalar type (the types whose values never change); what
+#: :func:`summarize` does for them, without its checks.
+SCALAR_SUMMARIES: dict[type, Callable[[Any], Any]] = {
+    bool: _number,
+    int: _number,
+    float: _float,
+    str: _EXACT[str],
+    bytes: _EXACT[bytes],
+    type(None): _none,
+}
+
+
 def summarize_scalar(value: Any) -> Any:
     """:func:`summarize` for a value whose type is int, bool, float, str, bytes or None."""
-    return None if value is None else _EXACT[type(value)](value)
+    return SCALAR_SUMMARIES[type(value)](value)
 
 
 def summarize(value: Any) -> Any:
