@@ -126,7 +126,6 @@ class CallSite(Protocol):
     def stats(self) -> FunctionStats: ...
     @property
     def level(self) -> int: ...
-
     #: the part of every record that never changes, made by the first export (with the
     #: epoch it was made in: a forked child makes its own, with its own process id)
     record_template: Template | None
@@ -526,11 +525,9 @@ class MessageItem:
             self.logger.log(self.level, self.text, *self.args, exc_info=self.exc_info)
 
 
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message",
-    "asctime",
-    "taskName",
-}
+_STANDARD = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__
+) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -89,20 +89,7 @@ OK, ERROR, CANCELLED = 0, 1, 2
 
 #: Upper bounds (seconds) of ``buttress_call_duration_seconds``: inference from 1 ms to 30 s.
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 
 #: Upper bounds of ``buttress_batch_size``: items per batch sent by ``@batch``.
@@ -111,41 +98,13 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 
 #: Upper bounds (seconds) of ``buttress_batch_wait_seconds``: from half a millisecond (a
 #: ``max_wait`` of a few ms is usual) to seconds (batches queued under max_concurrency).
 BATCH_WAIT_BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
 
 #: Default upper bounds of the ``track_output`` histogram: scores in [0, 1] finely, then
 #: coarser steps for class indices, counts and other larger numbers.
 OUTPUT_BUCKETS: tuple[float, ...] = (
-    0.0,
-    0.1,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.6,
-    0.7,
-    0.8,
-    0.9,
-    1.0,
-    2.0,
-    5.0,
-    10.0,
-    20.0,
-    50.0,
-    100.0,
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
     1000.0,
 )
 
@@ -227,7 +186,9 @@ class FunctionStats:
         "total",
     )
 
-    def __init__(self, name: str, labels: Labels, bounds: tuple[float, ...] | None = None) -> None:
+    def __init__(
+        self, name: str, labels: Labels, bounds: tuple[float, ...] | None = None
+    ) -> None:
         self.name = name
         self.labels = labels
         self.lock = threading.Lock()
@@ -779,7 +740,9 @@ class EventCounters:
         """The event subscriber: count what ``event`` reports."""
         handler = _HANDLERS.get(type(event))
         if handler is None:  # a subclass of a known event
-            handler = next((h for kind, h in _HANDLERS.items() if isinstance(event, kind)), None)
+            handler = next(
+                (h for kind, h in _HANDLERS.items() if isinstance(event, kind)), None
+            )
             if handler is None:
                 return
         with self._lock:
