@@ -86,11 +86,9 @@ def test_the_traceback_holds_no_value_of_a_model_either(arity: int) -> None:
     @validate_input
     def two(who: Login, n: int) -> None: ...
 
+    who: Any = {"user": "alice", "pin": SECRET}
     with pytest.raises(InputValidationError) as caught:
-        if arity == 1:
-            one({"user": "alice", "pin": SECRET})  # type: ignore[arg-type]
-        else:
-            two({"user": "alice", "pin": SECRET}, 1)  # type: ignore[arg-type]
+        one(who) if arity == 1 else two(who, 1)
     shown = "".join(traceback.format_exception(caught.value))
     assert "pin" in shown
     assert "SECRETVALUE" not in shown
