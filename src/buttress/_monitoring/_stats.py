@@ -537,6 +537,19 @@ BATCH_WAIT = HistogramFamily(
     ("function",),
     BATCH_WAIT_BUCKETS,
 )
+HTTP_REQUESTS = CounterFamily(
+    "buttress_http_requests",
+    "HTTP requests answered, by method, route template and status class (the "
+    "integrations' middlewares, with http_metrics=True).",
+    ("method", "route", "status_class"),
+)
+HTTP_DURATION = HistogramFamily(
+    "buttress_http_request_duration_seconds",
+    "Duration of the HTTP requests counted in buttress_http_requests_total, from their "
+    "arrival at the middleware to the end of the response, in seconds.",
+    ("method", "route", "status_class"),
+    DURATION_BUCKETS,
+)
 BATCHES_IN_FLIGHT = GaugeFamily(
     "buttress_batches_in_flight",
     "Batch calls of @batch running now.",
@@ -566,10 +579,11 @@ FAMILIES: tuple[CounterFamily, ...] = (
     BATCHES,
     BATCH_ITEMS_FAILED,
     BATCH_REJECTIONS,
+    HTTP_REQUESTS,
 )
 
 #: Every histogram and gauge family fed by events, in exposition order.
-HISTOGRAMS: tuple[HistogramFamily, ...] = (BATCH_SIZE, BATCH_WAIT)
+HISTOGRAMS: tuple[HistogramFamily, ...] = (BATCH_SIZE, BATCH_WAIT, HTTP_DURATION)
 GAUGES: tuple[GaugeFamily, ...] = (BATCHES_IN_FLIGHT,)
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
@@ -762,6 +776,20 @@ class EventCounters:
         with self._lock:
             values = self._values.setdefault(family, {})
             values[labels] = values.get(labels, 0) + amount
+
+    def add_observed(
+        self,
+        counter: CounterFamily,
+        histogram: HistogramFamily,
+        labels: tuple[str, ...],
+        value: float,
+    ) -> None:
+        """Count one under ``labels`` and observe ``value`` in ``histogram``, at once (so a
+        scrape never sees the count without the observation)."""
+        with self._lock:
+            values = self._values.setdefault(counter, {})
+            values[labels] = values.get(labels, 0) + 1
+            self._observe(histogram, labels, value)
 
     def _observe(self, family: HistogramFamily, labels: tuple[str, ...], value: float) -> None:
         series = self._histograms.setdefault(family, {})
