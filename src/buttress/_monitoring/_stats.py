@@ -51,6 +51,8 @@ from buttress._events import (
 )
 from buttress._tracing import TraceIds
 
+from ._emitter import exporter
+
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "BATCH_WAIT_BUCKETS",
@@ -73,6 +75,7 @@ __all__ = [
     "FunctionStats",
     "GaugeFamily",
     "HistogramFamily",
+    "Observed",
     "counters",
     "duration_buckets",
     "function_stats",
@@ -433,6 +436,19 @@ class GaugeFamily:
     labels: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One value observed in an event-fed histogram, queued for the exporter's sinks that
+    record every value (an OpenTelemetry histogram cannot be read from totals)."""
+
+    family: HistogramFamily
+    labels: tuple[str, ...]
+    value: float
+
+    def export(self) -> None:
+        """Nothing to log: only the metrics sinks look at it."""
+
+
 RETRIES = CounterFamily("buttress_retries", "Retries scheduled by @retry.", ("function",))
 RETRY_GIVE_UPS = CounterFamily(
     "buttress_retry_give_ups",
@@ -759,6 +775,7 @@ class EventCounters:
             )
             if handler is None:
                 return
+        observed: list[Observed] = []
         with self._lock:
             for family, labels, amount in handler(event):
                 if isinstance(family, CounterFamily):
@@ -766,10 +783,14 @@ class EventCounters:
                     values[labels] = values.get(labels, 0) + amount
                 elif isinstance(family, HistogramFamily):
                     self._observe(family, labels, amount)
+                    observed.append(Observed(family, labels, amount))
                 else:
                     self._gauges.setdefault(family, {})[labels] = amount
             if isinstance(event, CircuitStateChanged):
                 self._circuits[event.breaker] = event.new
+        if exporter.wants_observations:  # queued outside the lock
+            for item in observed:
+                exporter.put(item)
 
     def add(self, family: CounterFamily, labels: tuple[str, ...], amount: float = 1) -> None:
         """Count directly (used for the anomalies ``@monitor`` sees itself)."""
@@ -790,6 +811,8 @@ class EventCounters:
             values = self._values.setdefault(counter, {})
             values[labels] = values.get(labels, 0) + 1
             self._observe(histogram, labels, value)
+        if exporter.wants_observations:
+            exporter.put(Observed(histogram, labels, value))
 
     def _observe(self, family: HistogramFamily, labels: tuple[str, ...], value: float) -> None:
         series = self._histograms.setdefault(family, {})
