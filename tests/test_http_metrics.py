@@ -7,11 +7,13 @@ template, method and status class, with their durations; off unless asked for.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from aiohttp import web
@@ -22,10 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from _monitor_support import fresh_monitoring
 from _servers import UvicornThread, aiohttp_serving
-from buttress import metrics
+from buttress import flush_monitoring, metrics
 from buttress._monitoring._http import method_label, status_class
 from buttress.integrations.aiohttp import metrics_middleware
 from buttress.integrations.fastapi import RequestContextMiddleware, add_metrics_route
+from test_monitor_statsd import receive, total
 
 REQUESTS = "buttress_http_requests"
 DURATION = "buttress_http_request_duration_seconds"
@@ -299,6 +302,29 @@ async def test_aiohttp_counts_nothing_without_the_opt_in(registry: CollectorRegi
         async with session.get(f"{url}/metrics") as response:
             text = await response.text()
     assert http_families(text) == {}
+
+
+@pytest.mark.asyncio
+async def test_the_http_families_reach_dogstatsd(registry: CollectorRegistry) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    try:
+        metrics.enable_dogstatsd(port=listener.getsockname()[1])
+        app = aiohttp_app(http_metrics=True)
+        async with aiohttp_serving(app) as url, aiohttp.ClientSession() as session:
+            requests = [("GET", "/items/1"), ("GET", "/items/2"), ("GET", "/boom")]
+            assert await statuses_of(session, url, requests) == [200, 200, 500]
+        assert flush_monitoring()
+        lines = await anyio.to_thread.run_sync(receive, listener)
+    finally:
+        metrics.disable_dogstatsd()
+        listener.close()
+    # Tags keep letters, digits and -:./ (buttress' tag()): the braces become "_".
+    route = "route:/items/_item_id_"
+    assert total(lines, "buttress.http_requests", "method:GET", route, "status_class:2xx") == 2
+    assert total(lines, "buttress.http_requests", "status_class:5xx", "route:/boom") == 1
+    count = "buttress.http_request_duration_seconds.count"
+    assert total(lines, count, "method:GET", route, "status_class:2xx") == 2
 
 
 def test_aiohttp_middleware_checks_its_option() -> None:
