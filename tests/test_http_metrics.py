@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import anyio
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.requests import ClientDisconnect
 
 from _monitor_support import fresh_monitoring
 from _servers import UvicornThread, aiohttp_serving
@@ -188,6 +190,28 @@ def test_fastapi_counts_nothing_without_the_opt_in(registry: CollectorRegistry) 
     assert f"# TYPE {REQUESTS} counter" in text or f"# TYPE {REQUESTS}_total" in text
     assert http_families(text) == {}
     assert "buttress_http_requests_total{" not in text
+
+
+async def broken_streams(scope: Any, receive: Any, send: Any) -> None:
+    """A bare ASGI app whose streams fail after their start: the client left, or a bug."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"first part", "more_body": True})
+    if scope["path"] == "/left":
+        raise ClientDisconnect
+    raise RuntimeError("the stream fails")
+
+
+def test_fastapi_streams_that_fail_after_their_start(registry: CollectorRegistry) -> None:
+    app = RequestContextMiddleware(broken_streams, http_metrics=True)
+    with UvicornThread(app) as url, http_client(url) as http:
+        for path in ("/left", "/broken", "/broken"):
+            with pytest.raises(httpx.HTTPError):  # uvicorn cuts the response short
+                http.get(path).read()
+    counted = http_families(metrics.generate_latest(registry).decode())[f"{REQUESTS}_total"]
+    # No route: a bare app. A bug is the server's error; a client that left is not.
+    assert counted == {("GET", "unmatched", "2xx"): 1.0, ("GET", "unmatched", "5xx"): 2.0}
 
 
 def test_the_middleware_enables_metrics_and_checks_its_option() -> None:

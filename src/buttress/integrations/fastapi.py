@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 try:
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
 except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
     raise ImportError(
@@ -212,9 +212,10 @@ class RequestContextMiddleware:
             duration runs from the request's arrival at this middleware to the end of
             its response (the last body message: a streaming response is counted
             whole). An exception escaping the app counts as ``5xx``, even after a
-            streamed response began; a request cancelled before its response ended is
-            not counted. Creating the middleware with it enables the default registry
-            when none is enabled yet, as :func:`add_metrics_route` does.
+            streamed response began, except a ``ClientDisconnect``: a stream the client
+            left counts under the status it began with. A request cancelled before its
+            response ended is not counted. Creating the middleware with it enables the
+            default registry when none is enabled yet, as :func:`add_metrics_route` does.
 
     Raises:
         TypeError: ``http_metrics`` is not a bool.
@@ -278,9 +279,13 @@ class RequestContextMiddleware:
                         server.finish(status, _route(scope), exc)
                         raise
                     server.finish(status, _route(scope))
-            except Exception:
-                if not counted:  # the server answers 500 (or breaks the stream begun)
-                    count(500)
+            except Exception as exc:
+                if counted:
+                    raise
+                if isinstance(exc, ClientDisconnect) and status is not None:
+                    count(status)  # the client left a stream begun: not the server's error
+                else:
+                    count(500)  # what the server answers (or it breaks the stream begun)
                 raise
         if not counted:  # the client left mid-stream, or the app never answered (500)
             count(status if status is not None else 500)
