@@ -15,6 +15,11 @@ from its ``traceparent`` header in a server span (see :mod:`buttress.otel`).
 Creating either helper calls :func:`buttress.metrics.enable` with the default registry
 (unless you pass one, or enabled another before), so counting starts with the app.
 
+``metrics_middleware(http_metrics=True)`` also counts every request and its duration in
+``buttress_http_requests_total`` and ``buttress_http_request_duration_seconds``, by
+method, route template and status class (opt-in; see the metrics page's "HTTP
+requests").
+
 With a ``web.RouteTableDef``, buttress decorators go *below* ``@routes.get(...)``, which
 registers the function it is given. The middleware checks the app's routes at its first
 request and gives a :class:`~buttress.StackingWarning` for each route whose handler has
@@ -124,7 +129,8 @@ def metrics_middleware(
             at this middleware until the handler returns: a stream the handler prepared
             and wrote is counted whole, while the body of a plain ``Response`` is written
             by aiohttp after that. An exception other than an ``HTTPException`` counts as
-            ``5xx``; a cancelled request (the client went away) is not counted.
+            ``5xx`` (a ``ConnectionResetError`` from writing to a client that left too,
+            unless the handler catches it); a cancelled request is not counted.
 
     Raises:
         TypeError: ``http_metrics`` is not a bool.

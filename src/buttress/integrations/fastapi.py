@@ -17,6 +17,11 @@ header in a server span (see :mod:`buttress.otel`). Creating the route or app ca
 :func:`buttress.metrics.enable` with the default registry (unless you pass one, or
 enabled another before), so counting starts with the app.
 
+``app.add_middleware(RequestContextMiddleware, http_metrics=True)`` also counts every
+request and its duration in ``buttress_http_requests_total`` and
+``buttress_http_request_duration_seconds``, by method, route template and status class
+(opt-in; see the metrics page's "HTTP requests").
+
 Buttress decorators go *below* ``@app.get(...)``: the route decorator registers the
 function it is given. ``RequestContextMiddleware`` checks the app's routes when it
 starts (or at its first request) and gives a :class:`~buttress.StackingWarning` for each
