@@ -163,6 +163,34 @@ def test_multiprocess_mode_in_one_process(
     assert not any(name.startswith("gauge_") for name in os.listdir(tmp_path))
 
 
+def test_workers_forked_after_enabling_write_their_own_calls_only(tmp_path: Path) -> None:
+    # gunicorn --preload: the parent enabled the mode and counted calls, then forked.
+    # Each worker's thread writes without a logged call or a flush, and the totals the
+    # workers inherited are the parent's, counted once.
+    import _forked_workers as script
+
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT / "src")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", str(TESTS / "_forked_workers.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    codes, _, exposition = done.stdout.partition("\n")
+    assert codes == "[0, 0, 0]", done.stderr  # every worker saw its own calls written
+    samples = parse(exposition.encode())
+    made = script.PARENT_CALLS + script.WORKERS * script.WORKER_CALLS
+    assert value(samples, "buttress_calls_total", function="fork.work", outcome="ok") == made
+    assert value(samples, "buttress_call_duration_seconds_count", function="fork.work") == made
+
+
 def test_multiprocess_mode_needs_the_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.delenv("prometheus_multiproc_dir", raising=False)

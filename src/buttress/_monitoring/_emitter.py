@@ -350,6 +350,14 @@ class Exporter:
         self._lock = threading.Lock()
         self._thread = None
         self._stopping = False
+        self._closing = []
+        if self._sinks:
+            # A forked worker (gunicorn --preload, multiprocessing) keeps its parent's
+            # sinks, which send this process's totals every interval: they must not
+            # wait for a logged call to start the thread (metrics-only calls queue
+            # nothing), or a worker's totals would never be written. The first tick comes
+            # an interval later, after the sinks' own fork hooks have run.
+            self._start()
 
 
 def _finish(sink: Sink) -> None:
