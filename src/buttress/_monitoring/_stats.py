@@ -776,6 +776,7 @@ class EventCounters:
             if handler is None:
                 return
         observed: list[Observed] = []
+        wanted = exporter.wants_observations  # a sink records every value (OpenTelemetry)
         with self._lock:
             for family, labels, amount in handler(event):
                 if isinstance(family, CounterFamily):
@@ -783,14 +784,14 @@ class EventCounters:
                     values[labels] = values.get(labels, 0) + amount
                 elif isinstance(family, HistogramFamily):
                     self._observe(family, labels, amount)
-                    observed.append(Observed(family, labels, amount))
+                    if wanted:
+                        observed.append(Observed(family, labels, amount))
                 else:
                     self._gauges.setdefault(family, {})[labels] = amount
             if isinstance(event, CircuitStateChanged):
                 self._circuits[event.breaker] = event.new
-        if exporter.wants_observations:  # queued outside the lock
-            for item in observed:
-                exporter.put(item)
+        for item in observed:  # queued outside the lock
+            exporter.put(item)
 
     def add(self, family: CounterFamily, labels: tuple[str, ...], amount: float = 1) -> None:
         """Count directly (used for the anomalies ``@monitor`` sees itself)."""
