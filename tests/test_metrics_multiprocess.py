@@ -113,11 +113,14 @@ def test_a_scrape_of_any_worker_adds_up_every_worker(uvicorn_workers: str) -> No
     assert len(pids) >= 2, "the requests all went to one worker"
 
     # Each worker writes its totals every 0.2 s (and the one answering, right away).
+    # The middleware counts a request once its response is sent, after the call's count.
+    http = {"method": "GET", "route": "/work", "status_class": "2xx"}
     deadline = time.monotonic() + 60
     while True:
         samples = scraped(uvicorn_workers)
         calls = value(samples, "buttress_calls_total", function="mw.work", outcome="ok")
-        if calls == REQUESTS or time.monotonic() > deadline:
+        requests = value(samples, "buttress_http_requests_total", **http)
+        if (calls == requests == REQUESTS) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert calls == REQUESTS, samples
@@ -128,6 +131,9 @@ def test_a_scrape_of_any_worker_adds_up_every_worker(uvicorn_workers: str) -> No
         samples, "buttress_call_duration_seconds_bucket", function="mw.work", le="+Inf"
     ) == REQUESTS
     assert value(samples, "buttress_in_flight", function="mw.work") == 0
+    # The middleware's HTTP-level counts add up across the workers too.
+    assert value(samples, "buttress_http_requests_total", **http) == REQUESTS
+    assert value(samples, "buttress_http_request_duration_seconds_count", **http) == REQUESTS
     # Scraping another worker gives the same totals.
     again = scraped(uvicorn_workers)
     assert value(again, "buttress_calls_total", function="mw.work", outcome="ok") == REQUESTS
