@@ -3,7 +3,7 @@
 Each ``GET /work`` makes one monitored call (with a retry below it that retries the first
 attempt of every third call) and answers with the worker's pid; ``/metrics`` answers
 with the totals of every worker (buttress' multiprocess mode, on by
-``PROMETHEUS_MULTIPROC_DIR``).
+``PROMETHEUS_MULTIPROC_DIR``), the HTTP-level request counts included.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import os
 from fastapi import FastAPI
 
 from buttress import configure_monitoring, monitor, retry
-from buttress.integrations.fastapi import add_metrics_route
+from buttress.integrations.fastapi import RequestContextMiddleware, add_metrics_route
 
 configure_monitoring(interval=0.2)  # the workers write their totals five times a second
 app = FastAPI()
 add_metrics_route(app)
+app.add_middleware(RequestContextMiddleware, http_metrics=True)
 _calls = itertools.count()
 
 

@@ -113,11 +113,14 @@ def test_a_scrape_of_any_worker_adds_up_every_worker(uvicorn_workers: str) -> No
     assert len(pids) >= 2, "the requests all went to one worker"
 
     # Each worker writes its totals every 0.2 s (and the one answering, right away).
+    # The middleware counts a request once its response is sent, after the call's count.
+    http = {"method": "GET", "route": "/work", "status_class": "2xx"}
     deadline = time.monotonic() + 60
     while True:
         samples = scraped(uvicorn_workers)
         calls = value(samples, "buttress_calls_total", function="mw.work", outcome="ok")
-        if calls == REQUESTS or time.monotonic() > deadline:
+        requests = value(samples, "buttress_http_requests_total", **http)
+        if (calls == requests == REQUESTS) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert calls == REQUESTS, samples
@@ -128,6 +131,9 @@ def test_a_scrape_of_any_worker_adds_up_every_worker(uvicorn_workers: str) -> No
         samples, "buttress_call_duration_seconds_bucket", function="mw.work", le="+Inf"
     ) == REQUESTS
     assert value(samples, "buttress_in_flight", function="mw.work") == 0
+    # The middleware's HTTP-level counts add up across the workers too.
+    assert value(samples, "buttress_http_requests_total", **http) == REQUESTS
+    assert value(samples, "buttress_http_request_duration_seconds_count", **http) == REQUESTS
     # Scraping another worker gives the same totals.
     again = scraped(uvicorn_workers)
     assert value(again, "buttress_calls_total", function="mw.work", outcome="ok") == REQUESTS
@@ -155,6 +161,34 @@ def test_multiprocess_mode_in_one_process(
     metrics.disable()
     # This process's gauges leave the sum; its counters stay.
     assert not any(name.startswith("gauge_") for name in os.listdir(tmp_path))
+
+
+def test_workers_forked_after_enabling_write_their_own_calls_only(tmp_path: Path) -> None:
+    # gunicorn --preload: the parent enabled the mode and counted calls, then forked.
+    # Each worker's thread writes without a logged call or a flush, and the totals the
+    # workers inherited are the parent's, counted once.
+    import _forked_workers as script
+
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT / "src")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", str(TESTS / "_forked_workers.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    codes, _, exposition = done.stdout.partition("\n")
+    assert codes == "[0, 0, 0]", done.stderr  # every worker saw its own calls written
+    samples = parse(exposition.encode())
+    made = script.PARENT_CALLS + script.WORKERS * script.WORKER_CALLS
+    assert value(samples, "buttress_calls_total", function="fork.work", outcome="ok") == made
+    assert value(samples, "buttress_call_duration_seconds_count", function="fork.work") == made
 
 
 def test_multiprocess_mode_needs_the_directory(monkeypatch: pytest.MonkeyPatch) -> None:

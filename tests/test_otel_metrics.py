@@ -226,3 +226,33 @@ def test_metrics_off_leaves_the_events_and_exporter_alone() -> None:
     with telemetry(metrics=False) as recorded:
         assert not exporter.wants_calls
         assert recorded.metrics() == {}
+
+
+def test_event_fed_histograms_and_gauges_reach_the_meter(meter: Telemetry) -> None:
+    # The HTTP families (fed by the integrations' middlewares) and @batch's.
+    from buttress import batch
+    from buttress._monitoring import _http
+
+    for status in (200, 200, 503):
+        _http.record_request("GET", "/items/{item_id}", status, _http.start())
+
+    @batch(max_size=4, max_wait=0)
+    def double(items: list[int]) -> list[int]:
+        return [item * 2 for item in items]
+
+    assert double.one(3) == 6
+    flush_monitoring()  # each observed value is recorded by the exporter thread
+    found = meter.metrics()
+    http = {"method": "GET", "route": "/items/{item_id}"}
+    assert point(found["buttress_http_requests"], **http, status_class="2xx").value == 2
+    duration = point(found["buttress_http_request_duration_seconds"], **http, status_class="2xx")
+    assert duration.count == 2
+    assert tuple(duration.explicit_bounds) == DURATION_BUCKETS
+    errors = point(found["buttress_http_request_duration_seconds"], **http, status_class="5xx")
+    assert errors.count == 1
+    sizes = found["buttress_batch_size"]
+    assert len(sizes) == 1
+    assert sizes[0].count == 1
+    assert sizes[0].sum == 1
+    assert len(found["buttress_batches_in_flight"]) == 1
+    assert found["buttress_batches_in_flight"][0].value == 0

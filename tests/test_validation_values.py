@@ -60,7 +60,9 @@ def failure() -> str:
             {"sekrit-key": 1},
             {"user": "alice smith-SECRETVALUE", "pin": "not-a-pin-SECRETVALUE"},
         )
-    return str(caught.value) + "".join(str(p.found) for p in caught.value.errors)
+    # What a server's error log shows of it too: the traceback, with its chained causes.
+    shown = "".join(traceback.format_exception(caught.value))
+    return str(caught.value) + "".join(str(p.found) for p in caught.value.errors) + shown
 
 
 def test_messages_describe_values_by_default() -> None:
@@ -72,6 +74,24 @@ def test_messages_describe_values_by_default() -> None:
     assert "missing required key 'id'" in text
     assert "unknown keys 'sekrit-key'" in text  # key names are shown, as in summaries
     assert "Value error" in text
+
+
+@pytest.mark.parametrize("arity", [1, 2])
+def test_the_traceback_holds_no_value_of_a_model_either(arity: int) -> None:
+    # pydantic's own error quotes the input (input_value=...): it must not ride along as
+    # the chained context a server's error log prints.
+    @validate_input
+    def one(who: Login) -> None: ...
+
+    @validate_input
+    def two(who: Login, n: int) -> None: ...
+
+    who: Any = {"user": "alice", "pin": SECRET}
+    with pytest.raises(InputValidationError) as caught:
+        one(who) if arity == 1 else two(who, 1)
+    shown = "".join(traceback.format_exception(caught.value))
+    assert "pin" in shown
+    assert "SECRETVALUE" not in shown
 
 
 def test_values_are_quoted_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:

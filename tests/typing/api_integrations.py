@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from aiohttp import web
+from fastapi import FastAPI
 from typing_extensions import assert_type
 
 import buttress
 from buttress.integrations.aiohttp import metrics_handler, metrics_middleware
+from buttress.integrations.fastapi import RequestContextMiddleware
 
 # The middleware goes straight into an application's list (aiohttp's Middleware protocol).
 app = web.Application(middlewares=[metrics_middleware()])
 app.router.add_get("/metrics", metrics_handler())
+counted = web.Application(middlewares=[metrics_middleware(http_metrics=True)])
+
+# Starlette checks the middleware's keyword arguments against its __init__.
+api = FastAPI()
+api.add_middleware(RequestContextMiddleware, http_metrics=True, header="X-Request-ID")
 
 
 class EmbeddingView(web.View):

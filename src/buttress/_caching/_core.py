@@ -8,13 +8,11 @@ and invalidates. It decides nothing about a call; the engine does.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, Final, Literal, final
+from typing import Any, Literal, final
 
-from buttress import _clock
 from buttress._errors import value_text
 from buttress._events import CacheAccess, CacheEviction, CacheStoreFailed, events
 from buttress._wrapping import function_module, function_name, stack_name
@@ -30,11 +28,6 @@ from ._values import copy_arrays, freeze
 
 __all__ = ["CacheCore", "Result"]
 
-logger = logging.getLogger("buttress.cache")
-
-#: Store failures are logged at most once per this many seconds per function.
-_LOG_INTERVAL: Final = 60.0
-
 #: How one call was answered; each call that reads the cache counts exactly one.
 Result = Literal["hit", "miss", "join", "stale"]
 
@@ -45,7 +38,6 @@ class CacheCore:
 
     __slots__ = (
         "_after",
-        "_last_log",
         "builder",
         "counters",
         "flights",
@@ -98,7 +90,6 @@ class CacheCore:
         # bumped by invalidate() and clear(): a computation that started before must not
         # store what it read before the invalidation
         self.generation = 0
-        self._last_log = -math.inf
         # how long an entry of the table stays useful past its expiry (its stale windows)
         keep, ttl = policy.keep, policy.ttl
         self._after = None if keep is None or ttl is None else keep - ttl
@@ -180,27 +171,18 @@ class CacheCore:
             events.emit(CacheEviction(function=self.stack.value, reason=why, count=count))
 
     def store_failed(self, operation: str, exc: Exception) -> None:
-        """A store failed and the call goes on without it: count, report, log (rarely)."""
+        """A store failed and the call goes on without it: count and report.
+
+        The report is the ``CacheStoreFailed`` event, which the ``buttress.events``
+        logger writes (rate-limited): the one place an operator reads store outages.
+        """
         self.counters.store_errors += 1
-        store_name = getattr(self.store, "name", type(self.store).__name__)
         if events.notable():
+            store_name = getattr(self.store, "name", type(self.store).__name__)
             events.emit(
                 CacheStoreFailed(
                     function=self.stack.value, store=store_name, operation=operation, error=exc
                 )
-            )
-        now = _clock.monotonic()
-        if now - self._last_log >= _LOG_INTERVAL:
-            self._last_log = now
-            logger.warning(
-                "cache store %r failed on %s for %s(); the call goes on uncached "
-                "(further failures are counted in fn.cache.stats() and logged at most "
-                "every %gs): %r",
-                store_name,
-                operation,
-                self.name,
-                _LOG_INTERVAL,
-                exc,
             )
 
     # --- values -------------------------------------------------------------------------

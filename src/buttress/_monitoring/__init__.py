@@ -6,6 +6,7 @@ Layout:
     _logs        the queued call records, request context and the JSON formatter
     _emitter     the bounded queue and the exporter thread (flush, atexit, drops)
     _stats       the plain-Python totals and the counters fed by events
+    _http        the integrations' HTTP request counts and durations (labels bounded)
 
 The metrics sinks that read these totals (Prometheus, DogStatsD) are in
 :mod:`buttress._sinks`, above this package: monitoring imports no sink and no other

@@ -64,7 +64,9 @@ class CallOwner(Protocol):
 class Sink(Protocol):
     """A metrics destination fed by the exporter thread (the DogStatsD sink is one)."""
 
-    #: True when the sink wants one item per monitored call, logged or not.
+    #: True when the sink wants one item per monitored call, logged or not. A sink may
+    #: also set ``wants_observations`` to be handed every value of the event-fed
+    #: histograms (``_stats.Observed``).
     wants_calls: bool
 
     def observe(self, item: Any) -> None:
@@ -117,6 +119,8 @@ class Exporter:
         self.shutdown_timeout = 5.0
         #: True while a sink wants an item for every call (read on the hot path).
         self.wants_calls = False
+        #: True while a sink wants every value of the event-fed histograms (``Observed``).
+        self.wants_observations = False
         self._items: deque[Any] = deque()
         self._wake = threading.Event()
         #: set with ``_wake`` by a flush or a stop: no lingering then
@@ -190,7 +194,7 @@ class Exporter:
     def add_sink(self, sink: Sink) -> None:
         with self._lock:
             self._sinks = (*self._sinks, sink)
-            self.wants_calls = any(s.wants_calls for s in self._sinks)
+            self._wants()
         self._start()
 
     def remove_sink(self, sink: Sink) -> None:
@@ -199,7 +203,7 @@ class Exporter:
             if sink not in self._sinks:
                 return
             self._sinks = tuple(s for s in self._sinks if s is not sink)
-            self.wants_calls = any(s.wants_calls for s in self._sinks)
+            self._wants()
             self._closing.append(sink)
         self.flush()
         with self._lock:  # the thread did not run (or timed out): close it here
@@ -208,6 +212,13 @@ class Exporter:
                 self._closing.remove(sink)
         if leftover:
             _finish(sink)
+
+    def _wants(self) -> None:
+        self.wants_calls = any(s.wants_calls for s in self._sinks)
+        # Optional for a sink: only OpenTelemetry's records each value of a histogram.
+        self.wants_observations = any(
+            getattr(s, "wants_observations", False) for s in self._sinks
+        )
 
     # -- control -----------------------------------------------------------------------
 
@@ -411,6 +422,14 @@ class Exporter:
         self._draining = threading.RLock()
         self._thread = None
         self._stopping = False
+        self._closing = []
+        if self._sinks:
+            # A forked worker (gunicorn --preload, multiprocessing) keeps its parent's
+            # sinks, which send this process's totals every interval: they must not
+            # wait for a logged call to start the thread (metrics-only calls queue
+            # nothing), or a worker's totals would never be written. The first tick comes
+            # an interval later, after the sinks' own fork hooks have run.
+            self._start()
 
 
 def _finish(sink: Sink) -> None:

@@ -51,6 +51,8 @@ from buttress._events import (
 )
 from buttress._tracing import TraceIds
 
+from ._emitter import exporter
+
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "BATCH_WAIT_BUCKETS",
@@ -73,6 +75,7 @@ __all__ = [
     "FunctionStats",
     "GaugeFamily",
     "HistogramFamily",
+    "Observed",
     "counters",
     "duration_buckets",
     "function_stats",
@@ -433,6 +436,19 @@ class GaugeFamily:
     labels: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One value observed in an event-fed histogram, queued for the exporter's sinks that
+    record every value (an OpenTelemetry histogram cannot be read from totals)."""
+
+    family: HistogramFamily
+    labels: tuple[str, ...]
+    value: float
+
+    def export(self) -> None:
+        """Nothing to log: only the metrics sinks look at it."""
+
+
 RETRIES = CounterFamily("buttress_retries", "Retries scheduled by @retry.", ("function",))
 RETRY_GIVE_UPS = CounterFamily(
     "buttress_retry_give_ups",
@@ -537,6 +553,19 @@ BATCH_WAIT = HistogramFamily(
     ("function",),
     BATCH_WAIT_BUCKETS,
 )
+HTTP_REQUESTS = CounterFamily(
+    "buttress_http_requests",
+    "HTTP requests answered, by method, route template and status class (the "
+    "integrations' middlewares, with http_metrics=True).",
+    ("method", "route", "status_class"),
+)
+HTTP_DURATION = HistogramFamily(
+    "buttress_http_request_duration_seconds",
+    "Duration of the HTTP requests counted in buttress_http_requests_total, from their "
+    "arrival at the middleware to the end of the response, in seconds.",
+    ("method", "route", "status_class"),
+    DURATION_BUCKETS,
+)
 BATCHES_IN_FLIGHT = GaugeFamily(
     "buttress_batches_in_flight",
     "Batch calls of @batch running now.",
@@ -566,10 +595,11 @@ FAMILIES: tuple[CounterFamily, ...] = (
     BATCHES,
     BATCH_ITEMS_FAILED,
     BATCH_REJECTIONS,
+    HTTP_REQUESTS,
 )
 
 #: Every histogram and gauge family fed by events, in exposition order.
-HISTOGRAMS: tuple[HistogramFamily, ...] = (BATCH_SIZE, BATCH_WAIT)
+HISTOGRAMS: tuple[HistogramFamily, ...] = (BATCH_SIZE, BATCH_WAIT, HTTP_DURATION)
 GAUGES: tuple[GaugeFamily, ...] = (BATCHES_IN_FLIGHT,)
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
@@ -745,6 +775,8 @@ class EventCounters:
             )
             if handler is None:
                 return
+        observed: list[Observed] = []
+        wanted = exporter.wants_observations  # a sink records every value (OpenTelemetry)
         with self._lock:
             for family, labels, amount in handler(event):
                 if isinstance(family, CounterFamily):
@@ -752,16 +784,36 @@ class EventCounters:
                     values[labels] = values.get(labels, 0) + amount
                 elif isinstance(family, HistogramFamily):
                     self._observe(family, labels, amount)
+                    if wanted:
+                        observed.append(Observed(family, labels, amount))
                 else:
                     self._gauges.setdefault(family, {})[labels] = amount
             if isinstance(event, CircuitStateChanged):
                 self._circuits[event.breaker] = event.new
+        for item in observed:  # queued outside the lock
+            exporter.put(item)
 
     def add(self, family: CounterFamily, labels: tuple[str, ...], amount: float = 1) -> None:
         """Count directly (used for the anomalies ``@monitor`` sees itself)."""
         with self._lock:
             values = self._values.setdefault(family, {})
             values[labels] = values.get(labels, 0) + amount
+
+    def add_observed(
+        self,
+        counter: CounterFamily,
+        histogram: HistogramFamily,
+        labels: tuple[str, ...],
+        value: float,
+    ) -> None:
+        """Count one under ``labels`` and observe ``value`` in ``histogram``, at once (so a
+        scrape never sees the count without the observation)."""
+        with self._lock:
+            values = self._values.setdefault(counter, {})
+            values[labels] = values.get(labels, 0) + 1
+            self._observe(histogram, labels, value)
+        if exporter.wants_observations:
+            exporter.put(Observed(histogram, labels, value))
 
     def _observe(self, family: HistogramFamily, labels: tuple[str, ...], value: float) -> None:
         series = self._histograms.setdefault(family, {})

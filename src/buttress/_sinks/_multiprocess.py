@@ -13,6 +13,13 @@ so totals never go back); gauges (calls in flight, breaker states) are written i
 ``livesum`` mode: the sum over the processes alive, a worker's files being removed when
 it exits (and by ``multiprocess.mark_process_dead`` from gunicorn's ``child_exit``).
 
+A worker forked from a process that had enabled the mode (gunicorn ``--preload``, a
+``multiprocessing`` pool on fork) inherits that process's totals with its memory. Those
+are the parent's, written in the parent's files already, so the worker writes only what
+it counted since the fork: the totals at the fork (taken in the parent just before it)
+are subtracted from its counters, histograms and in-flight gauges. Its exporter thread
+starts again at once (see ``Exporter._after_fork``).
+
 Importing this module imports prometheus-client; only :mod:`buttress.metrics` does.
 """
 
@@ -21,7 +28,8 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import multiprocess
@@ -42,6 +50,11 @@ mark_process_dead: Any = multiprocess.mark_process_dead
 
 #: The mode of every gauge: the sum over live processes.
 _GAUGE_MODE = "livesum"
+
+#: A value as written: (file kind, metric, sample), the sample's value per file format.
+_Written = tuple[str, Any, Any]
+#: A series: (sample name, its labels in order).
+_Series = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def directory_from_environment() -> str | None:
@@ -67,7 +80,12 @@ class MultiprocessSink:
         self._pid: int | None = None
         self._files: dict[str, Any] = {}
         self._closed = False
+        #: the totals inherited at a fork, subtracted from what this process writes
+        self._inherited: dict[_Series, float] = {}
+        #: the totals taken in the parent just before a fork (see ``_before_fork``)
+        self._at_fork: dict[_Series, float] | None = None
         atexit.register(self.close)
+        _sinks.add(self)
 
     def __repr__(self) -> str:
         return f"<MultiprocessSink {self.directory!r}>"
@@ -94,22 +112,49 @@ class MultiprocessSink:
         with self._lock:
             if self._closed:
                 return
-            for metric in self._collector.collect():
-                if metric.type == "counter":
-                    self._write(self._file("counter"), metric, metric.samples)
-                elif metric.type == "gauge":
-                    self._write(self._file(f"gauge_{_GAUGE_MODE}"), metric, metric.samples)
-                elif metric.type == "histogram":
-                    self._write(self._file("histogram"), metric, _per_bucket(metric.samples))
+            inherited = self._inherited
+            for kind, metric, sample in self._values():
+                labels = sample.labels
+                key = mmap_key(
+                    metric.name,
+                    sample.name,
+                    list(labels),
+                    list(labels.values()),
+                    metric.documentation,
+                )
+                amount = float(sample.value)
+                if inherited:
+                    amount -= inherited.get((sample.name, tuple(labels.items())), 0.0)
+                self._file(kind).write_value(key, amount, 0.0)
 
-    @staticmethod
-    def _write(file: Any, metric: Any, samples: Iterable[Any]) -> None:
-        for sample in samples:
-            labels = sample.labels
-            key = mmap_key(
-                metric.name, sample.name, list(labels), list(labels.values()), metric.documentation
-            )
-            file.write_value(key, float(sample.value), 0.0)
+    def _values(self) -> Iterator[_Written]:
+        """Every value to write, in the files' format (a count per bucket)."""
+        for metric in self._collector.collect():
+            if metric.type == "counter":
+                yield from (("counter", metric, sample) for sample in metric.samples)
+            elif metric.type == "gauge":
+                kind = f"gauge_{_GAUGE_MODE}"
+                yield from ((kind, metric, sample) for sample in metric.samples)
+            elif metric.type == "histogram":
+                yield from (("histogram", metric, s) for s in _per_bucket(metric.samples))
+
+    def _before_fork(self) -> None:
+        # In the parent, where every lock works: what a child will inherit. Gauges
+        # other than calls in flight (a breaker's state) are the child's state too.
+        if self._closed:
+            return
+        self._at_fork = {
+            (sample.name, tuple(sample.labels.items())): float(sample.value)
+            for kind, metric, sample in self._values()
+            if not kind.startswith("gauge") or metric.name.endswith("_in_flight")
+        }
+
+    def _after_fork(self, child: bool) -> None:
+        taken, self._at_fork = self._at_fork, None
+        if child:
+            self._lock = threading.Lock()  # it may have been held by a parent's thread
+            if taken is not None:  # absolute totals: a grandchild's replace a child's
+                self._inherited = taken
 
     def close(self) -> None:
         """A last write; then this process's gauges leave the sum (its counters stay)."""
@@ -125,6 +170,28 @@ class MultiprocessSink:
         if mine:
             mark_process_dead(os.getpid(), self.directory)
         atexit.unregister(self.close)
+
+
+#: Every sink alive, for the fork hooks.
+_sinks: weakref.WeakSet[MultiprocessSink] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for sink in list(_sinks):
+        sink._before_fork()
+
+
+def _after_fork(child: bool) -> None:
+    for sink in list(_sinks):
+        sink._after_fork(child)
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=lambda: _after_fork(False),
+        after_in_child=lambda: _after_fork(True),
+    )
 
 
 def _per_bucket(samples: Iterable[Any]) -> Iterable[Any]:

@@ -15,6 +15,11 @@ from its ``traceparent`` header in a server span (see :mod:`buttress.otel`).
 Creating either helper calls :func:`buttress.metrics.enable` with the default registry
 (unless you pass one, or enabled another before), so counting starts with the app.
 
+``metrics_middleware(http_metrics=True)`` also counts every request and its duration in
+``buttress_http_requests_total`` and ``buttress_http_request_duration_seconds``, by
+method, route template and status class (opt-in; see the metrics page's "HTTP
+requests").
+
 With a ``web.RouteTableDef``, buttress decorators go *below* ``@routes.get(...)``, which
 registers the function it is given. The middleware checks the app's routes at its first
 request and gives a :class:`~buttress.StackingWarning` for each route whose handler has
@@ -32,6 +37,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from buttress import metrics, otel
+from buttress._monitoring import _http
+from buttress._monitoring._http import http_metrics_option
 from buttress._monitoring._logs import request_scope
 from buttress._wrapping import warn_decorated_above
 
@@ -103,6 +110,7 @@ def metrics_middleware(
     path: str | None = "/metrics",
     registry: CollectorRegistry | None = None,
     request_id_header: str | None = "X-Request-ID",
+    http_metrics: bool = False,
 ) -> Middleware:
     """An aiohttp middleware that serves ``path`` and binds a request id.
 
@@ -114,6 +122,18 @@ def metrics_middleware(
             :func:`buttress.request_scope` with ``request_id`` taken from this header (a
             new one is made when absent), so ``@monitor`` records made while handling it
             carry it; the id is echoed in the response's header. ``None`` disables this.
+        http_metrics: count every request (scrapes of ``path`` too) in
+            ``buttress_http_requests_total`` and ``buttress_http_request_duration_seconds``,
+            by ``method``, ``route`` (the route's template, ``unmatched`` when none
+            matched) and ``status_class``. The duration runs from the request's arrival
+            at this middleware until the handler returns: a stream the handler prepared
+            and wrote is counted whole, while the body of a plain ``Response`` is written
+            by aiohttp after that. An exception other than an ``HTTPException`` counts as
+            ``5xx`` (a ``ConnectionResetError`` from writing to a client that left too,
+            unless the handler catches it); a cancelled request is not counted.
+
+    Raises:
+        TypeError: ``http_metrics`` is not a bool.
 
     At its first request it checks the app's routes with :func:`check_routes`.
 
@@ -122,15 +142,18 @@ def metrics_middleware(
     (through the configured propagator), or in the span OpenTelemetry's own aiohttp
     instrumentation made, when it runs in front: never in two.
     """
+    counted = http_metrics_option(http_metrics)
     serve = metrics_handler(registry) if path is not None else None
     checked: list[web.Application] = []
 
-    @web.middleware
-    async def buttress_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def scrape(request: web.Request) -> bool:
+        return serve is not None and request.path == path and request.method in ("GET", "HEAD")
+
+    async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not checked:  # once, at the first request: the routes are all added by then
             checked.append(request.app)
             check_routes(request.app)
-        if serve is not None and request.path == path and request.method in ("GET", "HEAD"):
+        if serve is not None and scrape(request):
             return await serve(request)
         spans = otel.server_spans()  # None unless buttress.otel is enabled
         if request_id_header is None:
@@ -146,6 +169,28 @@ def metrics_middleware(
                 response = await _traced(spans, request, handler, request_id)
         if not response.prepared and request_id_header not in response.headers:
             response.headers[request_id_header] = request_id
+        return response
+
+    if not counted:
+        return web.middleware(handle)
+
+    def count(request: web.Request, status: int, started: float) -> None:
+        route = _route(request) or (path if scrape(request) else None)
+        _http.record_request(request.method, route, status, started)
+
+    @web.middleware
+    async def buttress_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = _http.start()
+        try:
+            response = await handle(request, handler)
+        except web.HTTPException as answer:  # aiohttp's raised responses (404, redirects...)
+            count(request, answer.status, started)
+            raise
+        except Exception:  # what the server answers: 500
+            count(request, 500, started)
+            raise
+        # Cancelled (the client went away, the server stops): no answer, nothing counted.
+        count(request, response.status, started)
         return response
 
     return buttress_middleware

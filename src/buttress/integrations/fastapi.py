@@ -17,6 +17,11 @@ header in a server span (see :mod:`buttress.otel`). Creating the route or app ca
 :func:`buttress.metrics.enable` with the default registry (unless you pass one, or
 enabled another before), so counting starts with the app.
 
+``app.add_middleware(RequestContextMiddleware, http_metrics=True)`` also counts every
+request and its duration in ``buttress_http_requests_total`` and
+``buttress_http_request_duration_seconds``, by method, route template and status class
+(opt-in; see the metrics page's "HTTP requests").
+
 Buttress decorators go *below* ``@app.get(...)``: the route decorator registers the
 function it is given. ``RequestContextMiddleware`` checks the app's routes when it
 starts (or at its first request) and gives a :class:`~buttress.StackingWarning` for each
@@ -31,7 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 try:
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
 except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
     raise ImportError(
@@ -39,6 +44,8 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in the t
     ) from exc
 
 from buttress import metrics, otel
+from buttress._monitoring import _http
+from buttress._monitoring._http import http_metrics_option
 from buttress._monitoring._logs import request_scope
 from buttress._wrapping import warn_decorated_above
 
@@ -203,12 +210,31 @@ class RequestContextMiddleware:
     Args:
         app: the ASGI application to wrap (``app.add_middleware`` passes it).
         header: the request-id header, case-insensitive.
+        http_metrics: count every HTTP request in ``buttress_http_requests_total`` and
+            ``buttress_http_request_duration_seconds``, by ``method``, ``route`` (the
+            matched route's template, ``unmatched`` when none matched) and
+            ``status_class``; scrapes of ``/metrics`` are requests like the others. The
+            duration runs from the request's arrival at this middleware to the end of
+            its response (the last body message: a streaming response is counted
+            whole). An exception escaping the app counts as ``5xx``, even after a
+            streamed response began, except a ``ClientDisconnect``: a stream the client
+            left counts under the status it began with. A request cancelled before its
+            response ended is not counted. Creating the middleware with it enables the
+            default registry when none is enabled yet, as :func:`add_metrics_route` does.
+
+    Raises:
+        TypeError: ``http_metrics`` is not a bool.
     """
 
-    def __init__(self, app: ASGIApp, *, header: str = "X-Request-ID") -> None:
+    def __init__(
+        self, app: ASGIApp, *, header: str = "X-Request-ID", http_metrics: bool = False
+    ) -> None:
         self.app = app
         self.header = header.lower().encode("latin-1")
         self.checked = False
+        self.http_metrics = http_metrics_option(http_metrics)
+        if self.http_metrics:
+            _prepare(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.checked:  # once, as the app starts: routes are all registered by then
@@ -217,34 +243,64 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Read before anything else, so the duration covers this middleware's own work.
+        started = _http.start() if self.http_metrics else None
         header = self.header
         given = next((value for key, value in scope["headers"] if key == header), b"")
         request_id = given.decode("latin-1")[:_MAX_REQUEST_ID] or uuid.uuid4().hex
 
         status: int | None = None
+        counted = started is None  # True once the request is counted (or is not to be)
+
+        def count(answer: int) -> None:
+            nonlocal counted
+            counted = True
+            assert started is not None
+            _http.record_request(scope.get("method", "GET"), _route(scope), answer, started)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(key.lower() == header for key, _ in headers):
                     headers.append((header, request_id.encode("latin-1")))
                     message["headers"] = headers
             await send(message)
+            if not counted and status is not None and _last_message(kind, message):
+                count(status)
 
         with request_scope(request_id=request_id):
-            spans = otel.server_spans()  # None unless buttress.otel is enabled
-            if spans is None:
-                await self.app(scope, receive, send_with_id)
-                return
-            server = _start_span(spans, scope, request_id)
             try:
-                await self.app(scope, receive, send_with_id)
-            except BaseException as exc:
-                server.finish(status, _route(scope), exc)
+                spans = otel.server_spans()  # None unless buttress.otel is enabled
+                if spans is None:
+                    await self.app(scope, receive, send_with_id)
+                else:
+                    server = _start_span(spans, scope, request_id)
+                    try:
+                        await self.app(scope, receive, send_with_id)
+                    except BaseException as exc:
+                        server.finish(status, _route(scope), exc)
+                        raise
+                    server.finish(status, _route(scope))
+            except Exception as exc:
+                if counted:
+                    raise
+                if isinstance(exc, ClientDisconnect) and status is not None:
+                    count(status)  # the client left a stream begun: not the server's error
+                else:
+                    count(500)  # what the server answers (or it breaks the stream begun)
                 raise
-            server.finish(status, _route(scope))
+        if not counted:  # the client left mid-stream, or the app never answered (500)
+            count(status if status is not None else 500)
+
+
+def _last_message(kind: str, message: Message) -> bool:
+    """Whether ``message`` ends the response (the ASGI body, or a path to send whole)."""
+    if kind == "http.response.body":
+        return not message.get("more_body", False)
+    return kind == "http.response.pathsend"
 
 
 def _start_span(spans: ServerSpans, scope: Scope, request_id: str) -> ServerSpan:

@@ -15,6 +15,10 @@ Prometheus, and one that converts OTLP to Prometheus gets the same series:
   each monitored call's duration is recorded by the exporter thread, as the DogStatsD
   sink does: the call only queues a small item. When that queue is full, samples are
   dropped (and counted in ``buttress_monitor_dropped``) like log records.
+- The event-fed histograms (``buttress_batch_size``, ``buttress_batch_wait_seconds``,
+  ``buttress_http_request_duration_seconds``) are recorded the same way: while this sink
+  runs, each observed value is queued as an ``Observed`` item. The event-fed gauges
+  (``buttress_batches_in_flight``) are observable.
 
 Functions with their own ``output_buckets`` share the one ``buttress_output``
 instrument, whose advisory boundaries are the default ones; an SDK ``View`` can change
@@ -26,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
 from buttress._monitoring._emitter import exporter
 from buttress._monitoring._logs import CallItem
@@ -35,10 +39,15 @@ from buttress._monitoring._stats import CIRCUIT_FAMILY as _CIRCUIT
 from buttress._monitoring._stats import (
     CIRCUIT_STATES,
     FAMILIES,
+    GAUGES,
+    HISTOGRAMS,
     OUTCOMES,
     OUTPUT_BUCKETS,
     CounterFamily,
+    GaugeFamily,
+    HistogramFamily,
     Labels,
+    Observed,
     counters,
     duration_buckets,
     snapshot,
@@ -60,8 +69,10 @@ class OtelMetrics:
     instrument: a stopped sink's callbacks observe nothing).
     """
 
-    #: The exporter hands this sink an item for every monitored call (see ``_emitter``).
+    #: The exporter hands this sink an item for every monitored call (see ``_emitter``)
+    #: and every value of an event-fed histogram.
     wants_calls = True
+    wants_observations = True
 
     def __init__(self, meter: Meter) -> None:
         self.active = False
@@ -93,6 +104,19 @@ class OtelMetrics:
         for family in FAMILIES:
             meter.create_observable_counter(
                 family.name, callbacks=[self._family(family)], description=family.documentation
+            )
+        self._histograms: dict[HistogramFamily, Histogram] = {
+            histogram: meter.create_histogram(
+                histogram.name,
+                unit="s" if histogram.name.endswith("_seconds") else "",
+                description=histogram.documentation,
+                explicit_bucket_boundaries_advisory=histogram.bounds,
+            )
+            for histogram in HISTOGRAMS
+        }
+        for gauge in GAUGES:
+            meter.create_observable_gauge(
+                gauge.name, callbacks=[self._family(gauge)], description=gauge.documentation
             )
 
     def __repr__(self) -> str:
@@ -128,7 +152,15 @@ class OtelMetrics:
     # -- the exporter thread (Sink) ----------------------------------------------------
 
     def observe(self, item: Any) -> None:
-        if type(item) is not CallItem or not self.active:
+        if not self.active:
+            return
+        if type(item) is Observed:
+            family = item.family
+            self._histograms[family].record(
+                item.value, dict(zip(family.labels, item.labels, strict=True))
+            )
+            return
+        if type(item) is not CallItem:
             return
         stats = item.site.stats
         attributes = self._function(stats.name, stats.labels)
@@ -173,12 +205,16 @@ class OtelMetrics:
                 )
 
     def _family(
-        self, family: CounterFamily
+        self, family: CounterFamily | GaugeFamily
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             if not self.active:
                 return []
-            values = counters.values().get(family, {})
+            values = (
+                counters.values().get(family, {})
+                if isinstance(family, CounterFamily)
+                else counters.gauges().get(family, {})
+            )
             return [
                 Observation(value, dict(zip(family.labels, labels, strict=True)))
                 for labels, value in sorted(values.items())

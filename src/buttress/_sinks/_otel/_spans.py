@@ -13,7 +13,8 @@ How a span ends (it starts with ``buttress.outcome="ok"``, corrected when it is 
 - returned: status left ``UNSET``, as OpenTelemetry asks of instrumentation (``OK`` is
   for the application to set); ``buttress.outcome`` is ``"ok"``;
 - raised: status ``ERROR`` with ``"Type: message"``, ``error.type`` (the exception's
-  qualified class name), and the exception recorded as an ``exception`` event
+  class by the path it is imported from: ``buttress.CallTimeoutError``, never a private
+  module), and the exception recorded as an ``exception`` event
   (``exception.type``, ``exception.message``, ``exception.stacktrace``);
 - cancelled (or interrupted by an exit): status ``UNSET``, ``buttress.outcome`` is
   ``"cancelled"``: a cancellation is the caller's decision, not a failure.
@@ -27,8 +28,7 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from buttress._errors import is_fatal
-from buttress._monitoring._summaries import type_name
+from buttress._errors import is_fatal, public_type_name
 from buttress._tracing import Attributes, TraceIds
 
 __all__ = [
@@ -53,7 +53,7 @@ KINDS = {
 
 def error_attributes(error: BaseException) -> dict[str, str]:
     """``error.type`` and ``exception.message`` of ``error``, for events and spans."""
-    return {"error.type": type_name(error), "exception.message": str(error)}
+    return {"error.type": public_type_name(error), "exception.message": str(error)}
 
 
 def end_span(span: trace.Span, error: BaseException | None, *, started_ok: bool = False) -> None:
@@ -70,7 +70,7 @@ def end_span(span: trace.Span, error: BaseException | None, *, started_ok: bool 
         elif is_fatal(error):
             span.set_attribute("buttress.outcome", "cancelled")
         else:
-            kind = type_name(error)
+            kind = public_type_name(error)
             span.set_attributes({"buttress.outcome": "error", "error.type": kind})
             # exception.type written out: SDKs before 1.30 give the bare class name.
             span.record_exception(error, {"exception.type": kind}, escaped=True)
