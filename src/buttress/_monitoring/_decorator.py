@@ -122,18 +122,6 @@ def _expected(value: object) -> tuple[type[BaseException], ...]:
 _SCALARS = frozenset(SCALAR_SUMMARIES)
 
 
-def _settled(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether every value is of a type in :data:`_SCALARS` (immutable)."""
-    for value in args:
-        if type(value) not in _SCALARS:
-            return False
-    if kwargs:
-        for value in kwargs.values():
-            if type(value) not in _SCALARS:
-                return False
-    return True
-
-
 def _log_level(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
@@ -518,7 +506,20 @@ class Site:
             # thread instead, off the caller's path. Mappings are kept as flat tuples:
             # see CallData.
             if self.log_inputs:
-                if self.redact is None and _settled(scanned, kwargs):
+                # Every value of a type in _SCALARS (immutable), and no redact: the
+                # summary can wait. The loops are written out: no call on this path.
+                settled = self.redact is None
+                if settled:
+                    for value in scanned:
+                        if type(value) not in _SCALARS:
+                            settled = False
+                            break
+                    if settled and kwargs:
+                        for value in kwargs.values():
+                            if type(value) not in _SCALARS:
+                                settled = False
+                                break
+                if settled:
                     inputs, pending = args, PENDING_INPUTS
                     if kwargs:
                         named = (*kwargs, *kwargs.values())

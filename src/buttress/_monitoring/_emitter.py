@@ -123,6 +123,9 @@ class Exporter:
         self.wants_observations = False
         self._items: deque[Any] = deque()
         self._wake = threading.Event()
+        #: True from a producer's setting ``_wake`` until the thread clears it: read on
+        #: the hot path instead of ``_wake.is_set()``, a method call
+        self._signalled = False
         #: set with ``_wake`` by a flush or a stop: no lingering then
         self._hurry = threading.Event()
         self._lock = threading.Lock()
@@ -162,7 +165,8 @@ class Exporter:
         items.append(item)
         if self._thread is None:
             self._start()
-        if not self._wake.is_set():
+        if not self._signalled:
+            self._signalled = True
             self._wake.set()
 
     def put_call(self, data: tuple[Any, ...], owner: CallOwner) -> None:
@@ -182,7 +186,8 @@ class Exporter:
         items.extend((data, owner))
         if self._thread is None:
             self._start()
-        if not self._wake.is_set():
+        if not self._signalled:
+            self._signalled = True
             self._wake.set()
 
     @property
@@ -326,8 +331,10 @@ class Exporter:
                 # Cleared only now, and the queue checked again after: an item queued
                 # while the flag was still set is never left waiting for the next tick.
                 self._wake.clear()
+                self._signalled = False
                 self._hurry.clear()
                 if self._items:
+                    self._signalled = True
                     self._wake.set()
                 if time.monotonic() >= next_tick:
                     self._tick()
@@ -346,7 +353,15 @@ class Exporter:
                 try:
                     item = items.popleft()
                     if type(item) is tuple:  # a call's data: its owner comes next
-                        self._handle_call(item, items.popleft())
+                        owner = items.popleft()
+                        if self._sinks:
+                            self._handle_call(item, owner)
+                            continue
+                        try:  # _handle_call without sinks, spelled out
+                            owner.export(item)
+                        except Exception:
+                            logger.exception("buttress.monitor could not export a log record")
+                        self._exported += 1
                         continue
                 except IndexError:  # raced with a reset
                     return
@@ -417,6 +432,7 @@ class Exporter:
         # parent's to export: start afresh.
         self._items = deque()
         self._wake = threading.Event()
+        self._signalled = False
         self._hurry = threading.Event()
         self._lock = threading.Lock()
         self._draining = threading.RLock()

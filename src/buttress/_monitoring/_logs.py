@@ -329,15 +329,16 @@ def export_call(site: CallSite, data: CallData) -> None:
         made = _template(site, log)
     # The fields, in their order: into a copy of the template (which holds the keys of
     # the first ones already, so the order stays), or alone for makeRecord's ``extra``.
-    values: dict[str, Any] = {} if made is None else made[1].copy()
-    values["function"] = name
+    # (the template holds the function's name already)
+    values: dict[str, Any] = {"function": name} if made is None else made[1].copy()
     values["call_id"] = "%s-%x" % (_prefix, next(_counter))  # noqa: UP031 - the quickest
     values["start_time"] = _utc(end - duration)
     values["duration"] = duration
     values["outcome"] = OUTCOMES[outcome]
     values["slow"] = slow
     if error is None:
-        values["error_type"] = values["error_message"] = None
+        if made is None:  # the template has them as None
+            values["error_type"] = values["error_message"] = None
     else:
         values["error_type"] = public_type_name(error)
         values["error_message"] = str(error)
@@ -487,10 +488,11 @@ def _template(site: CallSite, log: logging.Logger) -> Template | None:
         template["taskName"] = None
     if site.labels:
         template["labels"] = dict(site.labels)
-    # The first fields, in their order (export_call sets them all): the copies of the
+    # The first fields, in their order (export_call sets the others): the copies of the
     # template then hold every key they need but a few, and need no resizing.
     for key in _FIRST_FIELDS:
         template[key] = None
+    template["function"] = site.name
     plain = kind.handle is _HANDLE and kind.filter is _FILTER
     made = site.record_template = (_epoch, template, log, plain)
     return made

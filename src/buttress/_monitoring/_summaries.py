@@ -173,11 +173,19 @@ def _none(value: None) -> None:
     return None
 
 
+def _int(value: int) -> dict[str, Any]:
+    return {"type": "int"}
+
+
+def _bool(value: bool) -> dict[str, Any]:
+    return {"type": "bool"}
+
+
 #: The summariser of each scalar type (the types whose values never change); what
 #: :func:`summarize` does for them, without its checks.
 SCALAR_SUMMARIES: dict[type, Callable[[Any], Any]] = {
-    bool: _number,
-    int: _number,
+    bool: _bool,
+    int: _int,
     float: _float,
     str: _EXACT[str],
     bytes: _EXACT[bytes],
