@@ -295,6 +295,7 @@ class Site:
         "output_bounds",
         "pathname",
         "positional",
+        "positional_scanned",
         "record_template",
         "redact",
         "sample_rate",
@@ -347,6 +348,8 @@ class Site:
         self.signature = signature
         self.positional = signature.names[: signature.positional]
         self.skip_first = signature.receiver is not None
+        #: the names of the positional values summarised (self/cls left out)
+        self.positional_scanned = self.positional[1:] if self.skip_first else self.positional
         # The lean summary names positional values by zipping: not with redact, nor when
         # a keyword could land in **kwargs under a positional-only parameter's name.
         lean = self.redact is None and not (signature.positional_only and signature.var_keyword)
@@ -579,15 +582,17 @@ class Site:
         """The ``inputs`` field of a call whose summary was left to the exporter thread
         (every value a scalar, no ``redact``; ``named``: the keyword arguments as one
         flat tuple, names then values)."""
-        names = self.positional
         if len(args) > self.lean_limit:
             return self._inputs(args, unflat_items(named) if named else {})
         if self.skip_first:  # self/cls is no scalar: never summarised
-            names, args = names[1:], args[1:]
+            args = args[1:]
+        names = self.positional_scanned
         scalar = SCALAR_SUMMARIES
         inputs = {}
-        for name, value in zip(names, args):  # noqa: B905 - args may be fewer
-            inputs[name] = scalar[type(value)](value)
+        index = 0  # counted by hand: quicker than zip() or enumerate() for a few values
+        for value in args:
+            inputs[names[index]] = scalar[type(value)](value)
+            index += 1  # noqa: SIM113 - enumerate() costs more here
         if named:
             half = len(named) // 2
             for name, value in zip(named[:half], named[half:]):  # noqa: B905 - as long
