@@ -21,7 +21,7 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from enum import Enum
-from threading import current_thread, get_ident
+from threading import current_thread
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from buttress import _clock, _settings, _tracing
@@ -299,6 +299,7 @@ class Site:
         "record_template",
         "redact",
         "sample_rate",
+        "scanned_limit",
         "signature",
         "skip_first",
         "slow_threshold",
@@ -354,6 +355,8 @@ class Site:
         # a keyword could land in **kwargs under a positional-only parameter's name.
         lean = self.redact is None and not (signature.positional_only and signature.var_keyword)
         self.lean_limit = len(self.positional) if lean else -1
+        #: the same bound for the values without self/cls (negative: never lean)
+        self.scanned_limit = self.lean_limit - 1 if self.skip_first else self.lean_limit
         if self.redact:
             unknown = sorted(
                 name for name in self.redact if name != "return" and not signature.accepts(name)
@@ -523,7 +526,9 @@ class Site:
                                 settled = False
                                 break
                 if settled:
-                    inputs, pending = args, PENDING_INPUTS
+                    # without self/cls, which is never summarised and, as an object,
+                    # would keep the garbage collector tracking the call's data
+                    inputs, pending = scanned, PENDING_INPUTS
                     if kwargs:
                         named = (*kwargs, *kwargs.values())
                 else:
@@ -536,8 +541,9 @@ class Site:
             context = request_context.get()
             if context:
                 context = (*context, *context.values())
-            thread = get_ident()
-            thread_name = current_thread().name
+            # The Thread's own ident object: get_ident() would make a new int each call.
+            running = current_thread()
+            thread, thread_name = running.ident, running.name
         rare: Any = None
         if exc is not None or trace is not None or stream is not None:
             exc_info: ExcInfo | None = None
@@ -580,12 +586,13 @@ class Site:
 
     def summarize_inputs(self, args: tuple[Any, ...], named: tuple[Any, ...] | None) -> Any:
         """The ``inputs`` field of a call whose summary was left to the exporter thread
-        (every value a scalar, no ``redact``; ``named``: the keyword arguments as one
-        flat tuple, names then values)."""
-        if len(args) > self.lean_limit:
-            return self._inputs(args, unflat_items(named) if named else {})
-        if self.skip_first:  # self/cls is no scalar: never summarised
-            args = args[1:]
+        (every value a scalar, no ``redact``): ``args`` are the positional values
+        without self/cls, ``named`` the keyword arguments as one flat tuple, names then
+        values."""
+        if len(args) > self.scanned_limit:
+            # the general way, which takes the receiver's place (and skips it)
+            full = (None, *args) if self.skip_first else args
+            return self._inputs(full, unflat_items(named) if named else {})
         names = self.positional_scanned
         scalar = SCALAR_SUMMARIES
         inputs = {}

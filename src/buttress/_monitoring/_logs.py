@@ -145,12 +145,12 @@ PENDING_OUTPUT = 2
 #: thread_name, context, tracked, rare)``
 #:
 #: ``level`` is 0 when the call is not logged (sampled out, level disabled: the item is
-#: for the sinks only); ``inputs`` is the summary, or the positional arguments while
-#: PENDING_INPUTS is set, with the keyword arguments in ``named`` (``None`` or a flat
-#: tuple: the keys, then the values); ``thread`` and ``thread_name`` are the calling
-#: thread's ident and name; ``context`` is :data:`request_context` as a flat tuple too
-#: (or ``None``); ``rare`` is ``None`` or ``(error, exc_info, expected, logged_by,
-#: trace, stream)``.
+#: for the sinks only); ``inputs`` is the summary, or the positional arguments (without
+#: self or cls) while PENDING_INPUTS is set, with the keyword arguments in ``named``
+#: (``None`` or a flat tuple: the keys, then the values); ``thread`` and ``thread_name``
+#: are the calling thread's ident and name; ``context`` is :data:`request_context` as a
+#: flat tuple too (or ``None``); ``rare`` is ``None`` or ``(error, exc_info, expected,
+#: logged_by, trace, stream)``.
 #:
 #: Why so: a tuple that holds only numbers, strings, ``None`` and such tuples stops
 #: being tracked by the garbage collector at its first collections (one level of
