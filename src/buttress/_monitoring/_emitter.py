@@ -348,12 +348,13 @@ class Exporter:
 
     def _drain(self) -> None:
         items = self._items
+        popleft = items.popleft
         with self._draining:
             while items:
                 try:
-                    item = items.popleft()
+                    item = popleft()
                     if type(item) is tuple:  # a call's data: its owner comes next
-                        owner = items.popleft()
+                        owner = popleft()
                         if self._sinks:
                             self._handle_call(item, owner)
                             continue
