@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from ._stats import CANCELLED, OK, OUTCOMES, FunctionStats
-from ._summaries import public_type_name, summarize_scalar
+from ._summaries import SCALAR_SUMMARIES, public_type_name
 
 __all__ = [
     "PENDING_INPUTS",
@@ -355,7 +355,7 @@ def export_call(site: CallSite, data: CallData) -> None:
         if pending & PENDING_INPUTS:
             inputs = site.summarize_inputs(inputs, named)
         if pending & PENDING_OUTPUT:
-            output = summarize_scalar(output)
+            output = SCALAR_SUMMARIES[type(output)](output)  # summarize_scalar(output)
     values["inputs"] = inputs
     values["output"] = output
     values["context"] = None if context is None else unflat_items(context)
