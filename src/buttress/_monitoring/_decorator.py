@@ -500,6 +500,7 @@ class Site:
         if not level and not exporter.wants_calls:
             return
         inputs: Any = None
+        arguments: tuple[Any, ...] | None = None
         named: tuple[Any, ...] | None = None
         output: Any = None
         pending = 0
@@ -528,7 +529,7 @@ class Site:
                 if settled:
                     # without self/cls, which is never summarised and, as an object,
                     # would keep the garbage collector tracking the call's data
-                    inputs, pending = scanned, PENDING_INPUTS
+                    arguments, pending = scanned, PENDING_INPUTS
                     if kwargs:
                         named = (*kwargs, *kwargs.values())
                 else:
@@ -573,6 +574,7 @@ class Site:
                 tracked,
                 rare,
             ),
+            arguments,
             self,
         )
 

@@ -54,7 +54,7 @@ class Item(Protocol):
 class CallOwner(Protocol):
     """What queues a call's data with :meth:`Exporter.put_call` (``@monitor``'s site)."""
 
-    def export(self, data: tuple[Any, ...]) -> None:
+    def export(self, data: tuple[Any, ...], arguments: tuple[Any, ...] | None) -> None:
         """Build and hand on the call's log record (in the exporter thread)."""
 
     def item(self, data: tuple[Any, ...]) -> Any:
@@ -112,8 +112,8 @@ class Exporter:
     """A bounded queue and the one thread that drains it."""
 
     def __init__(self, queue_size: int = 10_000, interval: float = 1.0) -> None:
-        #: entries the queue may hold: a call takes two (see :meth:`put_call`)
-        self._limit = 2 * queue_size
+        #: entries the queue may hold: a call takes three (see :meth:`put_call`)
+        self._limit = 3 * queue_size
         self._queue_size = queue_size
         self.interval = interval
         self.shutdown_timeout = 5.0
@@ -149,7 +149,7 @@ class Exporter:
     @queue_size.setter
     def queue_size(self, size: int) -> None:
         self._queue_size = size
-        self._limit = 2 * size
+        self._limit = 3 * size
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -169,21 +169,24 @@ class Exporter:
             self._signalled = True
             self._wake.set()
 
-    def put_call(self, data: tuple[Any, ...], owner: CallOwner) -> None:
-        """Queue a monitored call's ``data`` (a tuple) and the ``owner`` that exports it.
+    def put_call(
+        self, data: tuple[Any, ...], arguments: tuple[Any, ...] | None, owner: CallOwner
+    ) -> None:
+        """Queue a monitored call's ``data`` (a tuple), the ``arguments`` it still needs
+        (a tuple, or ``None``) and the ``owner`` that exports it.
 
-        They take two entries, ``data`` then ``owner``, added by one ``extend`` (atomic:
-        no other thread's entry comes between). ``data`` holds only plain values in the
-        common case, which the garbage collector stops tracking; an object holding the
-        owner would be tracked, and a long queue of them would be traversed by every
-        full collection of the process's heap.
+        They take three entries, added by one ``extend`` (atomic: no other thread's entry
+        comes between). The two tuples hold only plain values in the common case, side by
+        side rather than one in the other, so the garbage collector stops tracking both
+        at its first collection; an object holding the owner would stay tracked, and a
+        long queue of them would be traversed by every full collection of the heap.
         """
         items = self._items
         if len(items) >= self._limit:
             with self._lock:
                 self._dropped += 1
             return
-        items.extend((data, owner))
+        items.extend((data, arguments, owner))
         if self._thread is None:
             self._start()
         if not self._signalled:
@@ -272,11 +275,17 @@ class Exporter:
 
     def stats(self) -> MonitoringStats:
         thread = self._thread
-        entries = list(self._items)
-        # a call is two entries (its data, a tuple, then its owner): count the tuples
-        owners = sum(1 for item in entries if type(item) is tuple)
+        queued = follow = 0
+        for item in list(self._items):
+            if follow:  # a call's arguments and owner, after its data
+                follow -= 1
+            elif type(item) is tuple:
+                queued += 1
+                follow = 2
+            elif type(item) is not _Marker:
+                queued += 1
         return MonitoringStats(
-            queued=sum(1 for item in entries if type(item) is not _Marker) - owners,
+            queued=queued,
             exported=self._exported,
             dropped=self._dropped,
             queue_size=self.queue_size,
@@ -353,13 +362,14 @@ class Exporter:
             while items:
                 try:
                     item = popleft()
-                    if type(item) is tuple:  # a call's data: its owner comes next
+                    if type(item) is tuple:  # a call's data: its arguments and owner next
+                        arguments = popleft()
                         owner = popleft()
                         if self._sinks:
-                            self._handle_call(item, owner)
+                            self._handle_call(item, arguments, owner)
                             continue
                         try:  # _handle_call without sinks, spelled out
-                            owner.export(item)
+                            owner.export(item, arguments)
                         except Exception:
                             logger.exception("buttress.monitor could not export a log record")
                         self._exported += 1
@@ -391,9 +401,11 @@ class Exporter:
                 logger.exception("buttress.monitor sink %r failed", sink)
         self._exported += 1
 
-    def _handle_call(self, data: tuple[Any, ...], owner: CallOwner) -> None:
+    def _handle_call(
+        self, data: tuple[Any, ...], arguments: tuple[Any, ...] | None, owner: CallOwner
+    ) -> None:
         try:
-            owner.export(data)
+            owner.export(data, arguments)
         except Exception:
             logger.exception("buttress.monitor could not export a log record")
         sinks = self._sinks

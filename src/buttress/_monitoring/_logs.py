@@ -145,17 +145,18 @@ PENDING_OUTPUT = 2
 #: thread_name, context, tracked, rare)``
 #:
 #: ``level`` is 0 when the call is not logged (sampled out, level disabled: the item is
-#: for the sinks only); ``inputs`` is the summary, or the positional arguments (without
-#: self or cls) while PENDING_INPUTS is set, with the keyword arguments in ``named``
-#: (``None`` or a flat tuple: the keys, then the values); ``thread`` and ``thread_name``
+#: for the sinks only); ``inputs`` is the summary, or ``None`` while PENDING_INPUTS is
+#: set: then the positional arguments (without self or cls) are queued beside the data
+#: (``arguments``), and the keyword arguments are in ``named`` (``None`` or a flat tuple:
+#: the keys, then the values); ``thread`` and ``thread_name``
 #: are the calling thread's ident and name; ``context`` is :data:`request_context` as a
 #: flat tuple too (or ``None``); ``rare`` is ``None`` or ``(error, exc_info, expected,
 #: logged_by, trace, stream)``.
 #:
 #: Why so: a tuple that holds only numbers, strings, ``None`` and such tuples stops
-#: being tracked by the garbage collector at its first collections (one level of
-#: nesting per collection, so no deeper than that), and so never reaches the oldest
-#: generation, however long it waits in the queue. A queue of objects (or of tuples
+#: being tracked by the garbage collector at its first collection (one level of nesting
+#: per collection: hence the arguments beside it, not in it), and so never reaches the
+#: oldest generation, however long it waits in the queue. A queue of objects (or of tuples
 #: holding a dict, even an empty one) would be promoted there, and each full
 #: collection traverses the whole heap: with a large heap (numpy, torch, a web
 #: framework), that cost more than building the records. The site travels beside the
@@ -280,7 +281,7 @@ def _message(
     return text, args
 
 
-def export_call(site: CallSite, data: CallData) -> None:
+def export_call(site: CallSite, data: CallData, arguments: tuple[Any, ...] | None) -> None:
     """Build the call's log record and hand it to the logger's handlers (exporter thread).
 
     The record describes the call, not the moment the exporter got to it: its time,
@@ -353,7 +354,7 @@ def export_call(site: CallSite, data: CallData) -> None:
             values["error_logged_by"] = rare[3]
     if pending:
         if pending & PENDING_INPUTS:
-            inputs = site.summarize_inputs(inputs, named)
+            inputs = site.summarize_inputs(arguments or (), named)
         if pending & PENDING_OUTPUT:
             output = SCALAR_SUMMARIES[type(output)](output)  # summarize_scalar(output)
     values["inputs"] = inputs
