@@ -500,18 +500,20 @@ class Site:
         if not level and not exporter.wants_calls:
             return
         inputs: Any = None
-        arguments: tuple[Any, ...] | None = None
-        named: tuple[Any, ...] | None = None
+        # What is left to read in the exporter thread, as one flat tuple beside the
+        # call's data (see CallData): the positional values still to summarise, then the
+        # keyword arguments' names and values (``named`` of them), then the request
+        # context's (``contextual`` of them).
+        arguments: tuple[Any, ...] = ()
+        named = contextual = 0
         output: Any = None
         pending = 0
-        context: Any = None
         thread: int | None = None
         thread_name: str | None = None
         if level:
             # Summaries are taken now, while the values are as the call saw them; values
             # that cannot change (numbers, strings, None) are summarised by the exporter
-            # thread instead, off the caller's path. Mappings are kept as flat tuples:
-            # see CallData.
+            # thread instead, off the caller's path.
             if self.log_inputs:
                 # Every value of a type in _SCALARS (immutable), and no redact: the
                 # summary can wait. The loops are written out: no call on this path.
@@ -531,7 +533,8 @@ class Site:
                     # would keep the garbage collector tracking the call's data
                     arguments, pending = scanned, PENDING_INPUTS
                     if kwargs:
-                        named = (*kwargs, *kwargs.values())
+                        named = len(kwargs)
+                        arguments = (*scanned, *kwargs, *kwargs.values())
                 else:
                     inputs = self._inputs(args, kwargs)
             if self.log_outputs and outcome == OK and stream is None:
@@ -541,7 +544,8 @@ class Site:
                     output = self._summary("return", result)
             context = request_context.get()
             if context:
-                context = (*context, *context.values())
+                contextual = len(context)
+                arguments = (*arguments, *context, *context.values())
             # The Thread's own ident object: get_ident() would make a new int each call.
             running = current_thread()
             thread, thread_name = running.ident, running.name
@@ -570,7 +574,7 @@ class Site:
                 pending,
                 thread,
                 thread_name,
-                context,
+                contextual,
                 tracked,
                 rare,
             ),

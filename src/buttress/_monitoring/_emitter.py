@@ -54,7 +54,7 @@ class Item(Protocol):
 class CallOwner(Protocol):
     """What queues a call's data with :meth:`Exporter.put_call` (``@monitor``'s site)."""
 
-    def export(self, data: tuple[Any, ...], arguments: tuple[Any, ...] | None) -> None:
+    def export(self, data: tuple[Any, ...], arguments: tuple[Any, ...]) -> None:
         """Build and hand on the call's log record (in the exporter thread)."""
 
     def item(self, data: tuple[Any, ...]) -> Any:
@@ -170,10 +170,10 @@ class Exporter:
             self._wake.set()
 
     def put_call(
-        self, data: tuple[Any, ...], arguments: tuple[Any, ...] | None, owner: CallOwner
+        self, data: tuple[Any, ...], arguments: tuple[Any, ...], owner: CallOwner
     ) -> None:
-        """Queue a monitored call's ``data`` (a tuple), the ``arguments`` it still needs
-        (a tuple, or ``None``) and the ``owner`` that exports it.
+        """Queue a monitored call's ``data`` and the ``arguments`` it still needs (two
+        tuples) with the ``owner`` that exports it.
 
         They take three entries, added by one ``extend`` (atomic: no other thread's entry
         comes between). The two tuples hold only plain values in the common case, side by
@@ -402,7 +402,7 @@ class Exporter:
         self._exported += 1
 
     def _handle_call(
-        self, data: tuple[Any, ...], arguments: tuple[Any, ...] | None, owner: CallOwner
+        self, data: tuple[Any, ...], arguments: tuple[Any, ...], owner: CallOwner
     ) -> None:
         try:
             owner.export(data, arguments)

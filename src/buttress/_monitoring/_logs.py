@@ -138,29 +138,29 @@ class CallSite(Protocol):
 PENDING_INPUTS = 1
 PENDING_OUTPUT = 2
 
-#: What a monitored call queues for the exporter thread (see ``Site.finish``), a plain
-#: tuple, in this order:
+#: What a monitored call queues for the exporter thread (see ``Site.finish``): a plain
+#: tuple, in this order,
 #:
 #: ``(level, outcome, duration, end, slow, inputs, named, output, pending, thread,
-#: thread_name, context, tracked, rare)``
+#: thread_name, contextual, tracked, rare)``,
 #:
-#: ``level`` is 0 when the call is not logged (sampled out, level disabled: the item is
-#: for the sinks only); ``inputs`` is the summary, or ``None`` while PENDING_INPUTS is
-#: set: then the positional arguments (without self or cls) are queued beside the data
-#: (``arguments``), and the keyword arguments are in ``named`` (``None`` or a flat tuple:
-#: the keys, then the values); ``thread`` and ``thread_name``
-#: are the calling thread's ident and name; ``context`` is :data:`request_context` as a
-#: flat tuple too (or ``None``); ``rare`` is ``None`` or ``(error, exc_info, expected,
+#: and beside it, ``arguments``: one flat tuple of what is left to read, the positional
+#: values still to summarise (without self or cls), then the names and the values of the
+#: ``named`` keyword arguments, then those of the ``contextual`` fields of
+#: :data:`request_context`. ``level`` is 0 when the call is not logged (sampled out,
+#: level disabled: the item is for the sinks only); ``inputs`` is the summary, or
+#: ``None`` while PENDING_INPUTS is set; ``thread`` and ``thread_name`` are the calling
+#: thread's ident and name; ``rare`` is ``None`` or ``(error, exc_info, expected,
 #: logged_by, trace, stream)``.
 #:
-#: Why so: a tuple that holds only numbers, strings, ``None`` and such tuples stops
-#: being tracked by the garbage collector at its first collection (one level of nesting
-#: per collection: hence the arguments beside it, not in it), and so never reaches the
-#: oldest generation, however long it waits in the queue. A queue of objects (or of tuples
-#: holding a dict, even an empty one) would be promoted there, and each full
-#: collection traverses the whole heap: with a large heap (numpy, torch, a web
-#: framework), that cost more than building the records. The site travels beside the
-#: tuple in the queue (see ``Exporter.put_call``).
+#: Why so: a tuple that holds only numbers, strings and ``None`` stops being tracked by
+#: the garbage collector at its first collection (a tuple holding tuples, one level of
+#: nesting per collection: hence the arguments beside the data, not in it), and so never
+#: reaches the oldest generation, however long it waits in the queue. A queue of objects
+#: (or of tuples holding a dict, even an empty one) would be promoted there, and each
+#: full collection traverses the whole heap: with a large heap (numpy, torch, a web
+#: framework), that cost more than building the records. The site travels beside them
+#: in the queue (see ``Exporter.put_call``).
 CallData = tuple[Any, ...]
 
 
@@ -281,7 +281,7 @@ def _message(
     return text, args
 
 
-def export_call(site: CallSite, data: CallData, arguments: tuple[Any, ...] | None) -> None:
+def export_call(site: CallSite, data: CallData, arguments: tuple[Any, ...]) -> None:
     """Build the call's log record and hand it to the logger's handlers (exporter thread).
 
     The record describes the call, not the moment the exporter got to it: its time,
@@ -299,7 +299,7 @@ def export_call(site: CallSite, data: CallData, arguments: tuple[Any, ...] | Non
         pending,
         thread,
         thread_name,
-        context,
+        contextual,
         tracked,
         rare,
     ) = data
@@ -352,14 +352,24 @@ def export_call(site: CallSite, data: CallData, arguments: tuple[Any, ...] | Non
         values["expected"] = rare[2]
         if rare[3] is not None:
             values["error_logged_by"] = rare[3]
+    context = None
+    if named or contextual:  # the flat tuple's parts: see CallData
+        last = len(arguments) - 2 * contextual
+        if contextual:
+            context = unflat_items(arguments[last:])
+        first = last - 2 * named
+        keywords = arguments[first:last] if named else None
+        arguments = arguments[:first]
+    else:
+        keywords = None
     if pending:
         if pending & PENDING_INPUTS:
-            inputs = site.summarize_inputs(arguments or (), named)
+            inputs = site.summarize_inputs(arguments, keywords)
         if pending & PENDING_OUTPUT:
             output = SCALAR_SUMMARIES[type(output)](output)  # summarize_scalar(output)
     values["inputs"] = inputs
     values["output"] = output
-    values["context"] = None if context is None else unflat_items(context)
+    values["context"] = context
     if made is None and site.labels:
         values["labels"] = dict(site.labels)
     if tracked is not None:
