@@ -191,6 +191,40 @@ def test_fastapi_counts_nothing_without_the_opt_in(registry: CollectorRegistry) 
     assert "buttress_http_requests_total{" not in text
 
 
+def bucket_bounds(text: str) -> set[str]:
+    return {
+        sample.labels["le"]
+        for family in text_string_to_metric_families(text)
+        if family.name == DURATION
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    }
+
+
+def test_the_default_duration_buckets_apply_to_http_durations(
+    registry: CollectorRegistry,
+) -> None:
+    app = fastapi_app(http_metrics=True)
+    before = metrics.duration_buckets()
+    metrics.set_duration_buckets([0.05, 0.5])
+    try:
+        with UvicornThread(app) as url, http_client(url) as http:
+            assert http.get("/items/1").status_code == 200
+            item = ("GET", "/items/{item_id}", "2xx")
+            first = settle(lambda: http.get("/metrics").text, {item: 1})
+            assert bucket_bounds(first) == {"0.05", "0.5", "+Inf"}
+            # New buckets: the histograms start again in them, as @monitor's do.
+            metrics.set_duration_buckets([0.25])
+            assert bucket_bounds(metrics.generate_latest(registry).decode()) == set()
+            assert http.get("/items/2").status_code == 200
+            again = settle(lambda: http.get("/metrics").text, {item: 2})
+            assert bucket_bounds(again) == {"0.25", "+Inf"}
+            counts = http_families(again)[f"{DURATION}_count"]
+            assert counts[item] == 1  # the requests since the change
+    finally:
+        metrics.set_duration_buckets(before)
+
+
 async def broken_streams(scope: Any, receive: Any, send: Any) -> None:
     """A bare ASGI app whose streams fail after their start: the client left, or a bug."""
     if scope["type"] != "http":

@@ -176,10 +176,12 @@ def disable() -> None:
 
 def set_duration_buckets(buckets: Sequence[float]) -> None:
     """Set the default upper bounds of ``buttress_call_duration_seconds`` (and of
-    ``buttress_stream_first_item_seconds``) for every monitored function.
+    ``buttress_stream_first_item_seconds``) for every monitored function, and of
+    ``buttress_http_request_duration_seconds`` (the integrations' ``http_metrics``).
 
     Functions given ``@monitor(duration_buckets=...)`` keep their own. Call it at start-up,
-    before the first calls: the histograms of the functions that use the default start
+    before the first calls (and before :func:`buttress.otel.enable`, whose instruments
+    take the buckets as advice when created): the histograms that use the default start
     again in the new buckets (counts cannot be moved from one set of buckets to another).
     :func:`duration_buckets` returns the bounds in force (1 ms to 30 s by default).
 

@@ -75,6 +75,7 @@ __all__ = [
     "FunctionStats",
     "GaugeFamily",
     "HistogramFamily",
+    "HistogramSeries",
     "Observed",
     "counters",
     "duration_buckets",
@@ -396,6 +397,7 @@ def set_duration_buckets(bounds: tuple[float, ...]) -> None:
         current = list(_functions.values())
     for stats in current:
         stats.rebucket(bounds)
+    counters.rebucket(bounds)
 
 
 def snapshot() -> list[FunctionSnapshot]:
@@ -419,12 +421,18 @@ class CounterFamily:
 
 @dataclass(frozen=True, slots=True)
 class HistogramFamily:
-    """A histogram fed by events: its Prometheus name, label names and bucket bounds."""
+    """A histogram fed by events: its Prometheus name, label names and bucket bounds
+    (``None``: the default duration buckets, which :func:`set_duration_buckets` sets)."""
 
     name: str
     documentation: str
     labels: tuple[str, ...]
-    bounds: tuple[float, ...]
+    bounds: tuple[float, ...] | None
+
+
+#: An event-fed histogram as read: its bounds, and per label values the count in each
+#: bucket (not cumulative, ``+Inf`` last) followed by the sum of the values.
+HistogramSeries = tuple[tuple[float, ...], dict[tuple[str, ...], tuple[float, ...]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,7 +572,7 @@ HTTP_DURATION = HistogramFamily(
     "Duration of the HTTP requests counted in buttress_http_requests_total, from their "
     "arrival at the middleware to the end of the response, in seconds.",
     ("method", "route", "status_class"),
-    DURATION_BUCKETS,
+    None,  # the default duration buckets, as @monitor's
 )
 BATCHES_IN_FLIGHT = GaugeFamily(
     "buttress_batches_in_flight",
@@ -736,6 +744,8 @@ class EventCounters:
         # Per label set: a count per bucket (not cumulative; the last one is +Inf), then
         # the sum of the values observed.
         self._histograms: dict[HistogramFamily, dict[tuple[str, ...], list[float]]] = {}
+        #: the bounds in force of the families that follow the default duration buckets
+        self._default_bounds: tuple[float, ...] | None = None
         self._gauges: dict[GaugeFamily, dict[tuple[str, ...], float]] = {}
         self._circuits: dict[str, str] = {}
         self._users = 0
@@ -816,24 +826,51 @@ class EventCounters:
             exporter.put(Observed(histogram, labels, value))
 
     def _observe(self, family: HistogramFamily, labels: tuple[str, ...], value: float) -> None:
+        # The lock is held.
+        bounds = self._bounds(family)
         series = self._histograms.setdefault(family, {})
         counts = series.get(labels)
         if counts is None:
-            counts = series[labels] = [0.0] * (len(family.bounds) + 2)
-        counts[bisect.bisect_left(family.bounds, value)] += 1
+            counts = series[labels] = [0.0] * (len(bounds) + 2)
+        counts[bisect.bisect_left(bounds, value)] += 1
         counts[-1] += value
+
+    def _bounds(self, family: HistogramFamily) -> tuple[float, ...]:
+        # The lock is held.
+        if family.bounds is not None:
+            return family.bounds
+        if self._default_bounds is None:
+            self._default_bounds = _duration_bounds
+        return self._default_bounds
+
+    def bounds(self, family: HistogramFamily) -> tuple[float, ...]:
+        """The bounds ``family``'s values are counted in now."""
+        with self._lock:
+            return self._bounds(family)
+
+    def rebucket(self, bounds: tuple[float, ...]) -> None:
+        """New default duration buckets: the families that follow them start again."""
+        with self._lock:
+            if bounds == self._default_bounds:
+                return
+            self._default_bounds = bounds
+            for family in list(self._histograms):
+                if family.bounds is None:
+                    del self._histograms[family]
 
     def values(self) -> dict[CounterFamily, dict[tuple[str, ...], float]]:
         """A copy of every counter, by family then label values."""
         with self._lock:
             return {family: dict(values) for family, values in self._values.items()}
 
-    def histograms(self) -> dict[HistogramFamily, dict[tuple[str, ...], tuple[float, ...]]]:
-        """A copy of every event-fed histogram: per label values, the count in each bucket
-        (not cumulative, ``+Inf`` last), then the sum of the values."""
+    def histograms(self) -> dict[HistogramFamily, HistogramSeries]:
+        """A copy of every event-fed histogram, with the bounds its counts are in."""
         with self._lock:
             return {
-                family: {labels: tuple(counts) for labels, counts in series.items()}
+                family: (
+                    self._bounds(family),
+                    {labels: tuple(counts) for labels, counts in series.items()},
+                )
                 for family, series in self._histograms.items()
             }
 
@@ -859,6 +896,7 @@ class EventCounters:
         with self._lock:
             self._values.clear()
             self._histograms.clear()
+            self._default_bounds = None  # the default buckets as they are now, at next use
             self._gauges.clear()
             self._circuits.clear()
 

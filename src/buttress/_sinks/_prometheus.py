@@ -166,10 +166,11 @@ class ButtressCollector(Collector):
         histograms = counters.histograms()
         for histogram in HISTOGRAMS:
             observed = Metric(histogram.name, histogram.documentation, "histogram")
-            for label_values, counts in sorted(histograms.get(histogram, {}).items()):
+            bounds, series = histograms.get(histogram, ((), {}))
+            for label_values, counts in sorted(series.items()):
                 labels = dict(zip(histogram.labels, label_values, strict=True))
                 buckets = [int(count) for count in counts[:-1]]
-                _histogram(observed, labels, histogram.bounds, buckets, counts[-1])
+                _histogram(observed, labels, bounds, buckets, counts[-1])
             yield observed
         gauges = counters.gauges()
         for gauge in GAUGES:

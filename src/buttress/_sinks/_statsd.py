@@ -91,7 +91,7 @@ class DogStatsdSink:
         for family, values in counters.values().items():
             for labels, value in values.items():
                 self._last[(family.name, labels)] = value
-        for histogram, series in counters.histograms().items():
+        for histogram, (_, series) in counters.histograms().items():
             for labels, counts in series.items():
                 self._last[(histogram.name, labels, "count")] = sum(counts[:-1])
                 self._last[(histogram.name, labels, "sum")] = counts[-1]
@@ -161,7 +161,7 @@ class DogStatsdSink:
         histograms = counters.histograms()
         for histogram in HISTOGRAMS:
             metric = f"{prefix}.{histogram.name.removeprefix('buttress_')}"
-            for labels, counts in histograms.get(histogram, {}).items():
+            for labels, counts in histograms.get(histogram, ((), {}))[1].items():
                 named = zip(histogram.labels, labels, strict=True)
                 tags = [*self.tags, *(tag(key, value) for key, value in named)]
                 observed = self._delta((histogram.name, labels, "count"), sum(counts[:-1]))

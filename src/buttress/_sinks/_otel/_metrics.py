@@ -110,7 +110,7 @@ class OtelMetrics:
                 histogram.name,
                 unit="s" if histogram.name.endswith("_seconds") else "",
                 description=histogram.documentation,
-                explicit_bucket_boundaries_advisory=histogram.bounds,
+                explicit_bucket_boundaries_advisory=counters.bounds(histogram),
             )
             for histogram in HISTOGRAMS
         }
