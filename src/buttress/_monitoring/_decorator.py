@@ -130,7 +130,8 @@ def _log_level(value: object) -> int:
         if isinstance(level, int):
             return level
     raise ConfigurationError(
-        f"log_level must be a logging level name such as 'INFO' or a positive int, got {value!r}"
+        f"log_level must be a logging level name such as 'INFO' or a positive int, "
+        f"got {value!r}"
     )
 
 
@@ -177,7 +178,8 @@ def histogram_bounds(value: object, name: str = "output_buckets") -> tuple[float
         raise ConfigurationError(f"{name} must be strictly increasing, got {value!r}")
     if name == "duration_buckets" and (bounds[0] <= 0 or math.isinf(bounds[-1])):
         raise ConfigurationError(
-            f"{name} must be positive and finite (seconds; +Inf is always added), got {value!r}"
+            f"{name} must be positive and finite (seconds; +Inf is always added), "
+            f"got {value!r}"
         )
     return bounds
 
@@ -827,7 +829,9 @@ class _StreamRecord(Session):
         self.first: float | None = None
         tracer = _tracing.tracer
         self.span = (
-            None if tracer is None else tracer.open(site.name, site.span_kind, site.span_attributes)
+            None
+            if tracer is None
+            else tracer.open(site.name, site.span_kind, site.span_attributes)
         )
         stats = site.stats
         stats.lock.acquire()
