@@ -37,6 +37,10 @@ from buttress.testing import FakeClock, testing_mode
 def _fresh() -> Iterator[None]:
     with fresh_monitoring():
         yield
+    # The functions made in modules of their own die with the test: their static labels
+    # (model=...) would otherwise join every function's label set in later tests.
+    _kept.clear()
+    gc.collect()
 
 
 @pytest.fixture
@@ -431,4 +435,4 @@ def make_in_module(
     return made
 
 
-_kept: list[Any] = []  # alive to the end: a collision is between live functions
+_kept: list[Any] = []  # alive to the test's end: a collision is between live functions
