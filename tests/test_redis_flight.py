@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from _redis_support import (
     wait_for,
     workers,
 )
-from buttress import CacheKey, CacheScope, RedisStore, cache_result
+from buttress import BlockingCallWarning, CacheKey, CacheScope, RedisStore, cache_result
 
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("no_stray_threads")]
 
@@ -227,6 +228,38 @@ def test_when_the_holder_fails_a_waiter_computes_itself(redis_url: str) -> None:
     assert len(errors) == 1
     assert calls == ["replica-a", "MainThread"]
     assert second.stats().takeovers == 1
+    first.close()
+    second.close()
+
+
+def test_a_plain_function_waiting_for_another_process_on_a_loop_thread_is_warned(
+    redis_url: str,
+) -> None:
+    # The sync path waits for the holder on its thread: on an event loop's thread, the
+    # whole loop waits with it, which the guardrail says once.
+    first, second = _replicas(redis_url, lock_ttl=5.0)
+    started = threading.Event()
+
+    def slow(x: int) -> int:
+        if threading.current_thread().name == "replica-a":
+            started.set()
+            time.sleep(0.3)
+        return x
+
+    slow.__qualname__ = "work"
+    a = cache_result(store=first, name=named(work))(slow)
+    b = cache_result(store=second, name=named(work))(slow)
+    thread = threading.Thread(target=a, args=(7,), name="replica-a")
+    thread.start()
+    assert started.wait(10)
+
+    async def endpoint() -> int:
+        return b(7)  # a plain cached function called from a coroutine
+
+    with pytest.warns(BlockingCallWarning, match=r"@cache_result is about to wait"):
+        assert asyncio.run(endpoint()) == 7
+    thread.join()
+    assert second.stats().waits == 1  # it did wait for replica a's value
     first.close()
     second.close()
 

@@ -140,6 +140,9 @@ def run(
             step = steps.send(reply)
             if isinstance(step, Wait):
                 assert step.timeout is not None
+                # Waiting for another process's computation: on a thread that runs an
+                # event loop, the loop stops with it (warned once, as every sync wait is).
+                _clock.blocking_wait(key.scope, key.scope.function, "cache_result", step.timeout)
                 if step.on is HOLDER:
                     reply = store.block(key, name, step.timeout)
                 else:
