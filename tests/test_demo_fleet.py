@@ -19,15 +19,8 @@ from buttress._demo import DemoOptions, fleet_problem, run_demo
 from buttress._demo.load import plan_traffic
 from buttress._demo.report import render
 from conftest import free_port, redis_binary
-
-QUIET = {
-    "spike_rate": 0.0,
-    "error_rate": 0.0,
-    "hang_rate": 0.0,
-    "nan_rate": 0.0,
-    "wrong_dim_rate": 0.0,
-    "outage_length": 0.0,
-}
+from test_demo import QUIET
+from test_demo import small as single
 
 
 @pytest.fixture(autouse=True)
@@ -36,18 +29,8 @@ def _metrics_off() -> None:
 
 
 def small(**changes: object) -> DemoOptions:
-    values: dict[str, object] = {
-        "requests": 150,
-        "duration": 2.0,
-        "concurrency": 8,
-        "timeout": 1.5,
-        "seed": 11,
-        "retry_after": 0.02,
-        "progress": False,
-        "replicas": 3,
-    }
-    values.update(changes)
-    return DemoOptions(**values)  # type: ignore[arg-type]
+    """test_demo's small run, as three replicas with a little more time."""
+    return single(**{"duration": 2.0, "timeout": 1.5, "replicas": 3, **changes})
 
 
 def descendants() -> dict[int, str]:
